@@ -1,0 +1,168 @@
+"""Settings, all read from the environment. Every variable is listed in README.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+from config.env import database_from_url, env_bool, env_float, env_int, env_secret, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = env_secret("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY is required unless DEBUG=1")
+    SECRET_KEY = "insecure-debug-only-key"  # noqa: S105 - only reachable with DEBUG on
+
+ALLOWED_HOSTS = [h for h in env_str("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h]
+CSRF_TRUSTED_ORIGINS = [o for o in env_str("CSRF_TRUSTED_ORIGINS").split(",") if o]
+SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.postgres",
+    "django_htmx",
+    "template_partials",
+    "moderation",
+    "reviews",
+    "inference_worker",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "config.middleware.ContentSecurityPolicyMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+_database = database_from_url(env_str("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/safeguard"))
+# psycopg's pool: connections are reused across requests and tasks without CONN_MAX_AGE.
+_database["OPTIONS"] = {
+    **_database["OPTIONS"],  # type: ignore[dict-item]
+    "pool": {
+        "min_size": env_int("DATABASE_POOL_MIN", 1),
+        "max_size": env_int("DATABASE_POOL_MAX", 10),
+        "timeout": env_int("DATABASE_POOL_TIMEOUT", 10),
+    },
+}
+_database["TEST"] = {"NAME": env_str("DATABASE_TEST_NAME", "test_safeguard")}
+DATABASES = {"default": _database}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "/admin/login/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+if DEBUG:
+    STORAGES["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
+
+# Security: strict by default, relaxed only by DEBUG for local http.
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+SESSION_COOKIE_HTTPONLY = True
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_SECONDS > 0
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_TLS_PROXY") else None
+
+# Ingestion API.
+INGEST_MAX_BATCH = 500
+INGEST_MAX_TEXT_CHARS = env_int("INGEST_MAX_TEXT_CHARS", 100_000)
+INGEST_MAX_BODY_BYTES = env_int("INGEST_MAX_BODY_BYTES", 10 * 1024 * 1024)
+INGEST_SIGNATURE_WINDOW_SECONDS = 300
+DATA_UPLOAD_MAX_MEMORY_SIZE = INGEST_MAX_BODY_BYTES
+
+# Celery: Redis carries messages only; Postgres is the source of truth.
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# Publishing must not hang a web request when Redis is down: Postgres has the item, the sweep re-sends.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+CELERY_BEAT_SCHEDULE = {
+    "triage-sweep": {
+        "task": "inference_worker.triage_sweep",
+        "schedule": env_float("TRIAGE_SWEEP_INTERVAL_SECONDS", 30.0),
+    },
+}
+
+# The safeguard engine (gpt-oss-safeguard behind vLLM or any OpenAI-compatible server).
+# An empty SAFEGUARD_BASE_URL means "no reasoning engine configured": cases go to humans.
+SAFEGUARD_BASE_URL = env_str("SAFEGUARD_BASE_URL").rstrip("/")
+SAFEGUARD_API_KEY = env_secret("SAFEGUARD_API_KEY")
+SAFEGUARD_TRANSPORT = env_str("SAFEGUARD_TRANSPORT", "completions")
+SAFEGUARD_MODEL = env_str("SAFEGUARD_MODEL", "openai/gpt-oss-safeguard-20b")
+SAFEGUARD_EFFORT = env_str("SAFEGUARD_EFFORT", "low")
+SAFEGUARD_ESCALATION_MODEL = env_str("SAFEGUARD_ESCALATION_MODEL", SAFEGUARD_MODEL)
+SAFEGUARD_ESCALATION_EFFORT = env_str("SAFEGUARD_ESCALATION_EFFORT", "high")
+SAFEGUARD_MAX_TOKENS = env_int("SAFEGUARD_MAX_TOKENS", 4096)
+SAFEGUARD_TIMEOUT_SECONDS = env_float("SAFEGUARD_TIMEOUT_SECONDS", 120.0)
+SAFEGUARD_MAX_IN_FLIGHT = env_int("SAFEGUARD_MAX_IN_FLIGHT", 128)
+SAFEGUARD_MAX_ATTEMPTS = env_int("SAFEGUARD_MAX_ATTEMPTS", 6)
+SAFEGUARD_RETRY_BASE_SECONDS = env_float("SAFEGUARD_RETRY_BASE_SECONDS", 2.0)
+SAFEGUARD_BREAKER_FAILURES = env_int("SAFEGUARD_BREAKER_FAILURES", 20)
+SAFEGUARD_BREAKER_COOLDOWN_SECONDS = env_float("SAFEGUARD_BREAKER_COOLDOWN_SECONDS", 30.0)
+TRIAGE_STUCK_AFTER_SECONDS = env_int("TRIAGE_STUCK_AFTER_SECONDS", 600)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+}

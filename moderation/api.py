@@ -1,0 +1,210 @@
+"""The ingestion API for platforms: authenticated as a Source by API key, optionally HMAC-signed."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pydantic
+import redis
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError
+from ninja.errors import ValidationError as NinjaValidationError
+from ninja.security import HttpBearer
+
+from moderation import selectors, services
+from moderation.models import Source
+from moderation.ratelimit import source_rate_limit_take
+from moderation.schemas import BatchIn, ErrorOut, IngestedItemOut, IngestOut, ItemIn, ItemStatusOut
+from moderation.signatures import SignatureRefused, signature_verify
+
+class IngestionAPI(NinjaAPI):
+    def get_openapi_schema(self, **kwargs: Any) -> Any:
+        # POST /items parses its body by hand (one item or a batch); publish both shapes.
+        schema = super().get_openapi_schema(**kwargs)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (ItemIn, BatchIn):
+            model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(model_schema.pop("$defs", {}))
+            components[model.__name__] = model_schema
+        return schema
+
+
+api = IngestionAPI(
+    title="Safeguard review queue API",
+    version="1",
+    description=(
+        "Send content for review and read its status. Authenticate with `Authorization: Bearer <api key>`. "
+        "Sources that require signatures also send `X-Signature-Timestamp` (Unix seconds) and "
+        "`X-Signature: sha256=<hex HMAC-SHA256 of '<timestamp>.<body>' with the source's secret>`; "
+        "a signature is accepted once, within 5 minutes of its timestamp."
+    ),
+    urls_namespace="api",
+)
+
+ERRORS: dict[int, type[ErrorOut]] = {
+    400: ErrorOut,
+    401: ErrorOut,
+    403: ErrorOut,
+    413: ErrorOut,
+    429: ErrorOut,
+    503: ErrorOut,
+}
+
+
+class SourceKeyAuth(HttpBearer):
+    def authenticate(self, request: HttpRequest, token: str) -> Source:
+        content_length = request.META.get("CONTENT_LENGTH") or "0"
+        if content_length.isdigit() and int(content_length) > settings.INGEST_MAX_BODY_BYTES:
+            raise HttpError(413, f"request body is larger than {settings.INGEST_MAX_BODY_BYTES} bytes")
+        source = selectors.source_by_api_key(token)
+        if source is None:
+            raise HttpError(401, "unknown or revoked API key")
+        signature = request.headers.get("X-Signature")
+        if signature is not None or source.require_signature:
+            try:
+                signature_verify(
+                    secret=source.hmac_secret,
+                    timestamp=request.headers.get("X-Signature-Timestamp"),
+                    signature=signature,
+                    body=request.body,
+                    window_seconds=settings.INGEST_SIGNATURE_WINDOW_SECONDS,
+                    replay_scope=str(source.pk),
+                )
+            except SignatureRefused as exc:
+                raise HttpError(403, str(exc)) from exc
+            except redis.RedisError as exc:
+                raise HttpError(503, "cannot check signatures for replay right now; retry") from exc
+        return source
+
+
+def _error_response(request: HttpRequest, status: int, detail: str, errors: list[Any] | None = None) -> HttpResponse:
+    return api.create_response(request, {"detail": detail, "errors": errors or []}, status=status)
+
+
+def _field_errors(exc: pydantic.ValidationError | NinjaValidationError) -> list[dict[str, Any]]:
+    raw = exc.errors() if isinstance(exc, pydantic.ValidationError) else exc.errors
+    return [
+        {"loc": [str(p) if not isinstance(p, int) else p for p in e.get("loc", ())], "msg": e.get("msg", "")}
+        for e in raw
+    ]
+
+
+@api.exception_handler(NinjaValidationError)
+def validation_error(request: HttpRequest, exc: NinjaValidationError) -> HttpResponse:
+    return _error_response(request, 400, "invalid request", _field_errors(exc))
+
+
+@api.exception_handler(HttpError)
+def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    return _error_response(request, exc.status_code, str(exc))
+
+
+@api.exception_handler(AuthenticationError)
+def authentication_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return _error_response(request, 401, "send your API key as 'Authorization: Bearer <key>'")
+
+
+@api.exception_handler(RequestDataTooBig)
+def body_too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    return _error_response(request, 413, f"request body is larger than {settings.INGEST_MAX_BODY_BYTES} bytes")
+
+
+def _items_parse(body: bytes) -> list[ItemIn]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HttpError(400, f"body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise HttpError(400, "body must be a JSON object: one item, or {\"items\": [...]}")
+    try:
+        if "items" in data:
+            return BatchIn.model_validate(data).items
+        return [ItemIn.model_validate(data)]
+    except pydantic.ValidationError as exc:
+        raise _BadItems(_field_errors(exc)) from exc
+
+
+class _BadItems(Exception):
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        self.errors = errors
+
+
+@api.exception_handler(_BadItems)
+def bad_items(request: HttpRequest, exc: _BadItems) -> HttpResponse:
+    return _error_response(request, 400, "invalid items; nothing was stored", exc.errors)
+
+
+@api.post(
+    "/items",
+    auth=SourceKeyAuth(),
+    response={200: IngestOut, **ERRORS},
+    summary="Send one item or a batch of up to 500",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "oneOf": [
+                            {"$ref": "#/components/schemas/ItemIn"},
+                            {"$ref": "#/components/schemas/BatchIn"},
+                        ]
+                    }
+                }
+            },
+        }
+    },
+)
+def items_create(request: HttpRequest) -> HttpResponse | dict[str, Any]:
+    source: Source = request.auth  # type: ignore[attr-defined]
+    items = _items_parse(request.body)
+    limit = source_rate_limit_take(source, len(items))
+    if not limit.allowed:
+        response = _error_response(request, 429, "rate limit exceeded for this source; retry later")
+        response["Retry-After"] = str(limit.retry_after_seconds)
+        return response
+    ingested = services.items_ingest(
+        source=source,
+        items=[
+            services.ItemIn(
+                external_id=i.external_id,
+                text=i.text if i.text is not None else services.transcript_render(
+                    [t.model_dump() for t in i.transcript or []]
+                ),
+                transcript=[t.model_dump() for t in i.transcript] if i.transcript is not None else None,
+                metadata=i.metadata,
+            )
+            for i in items
+        ],
+    )
+    created = sum(1 for i in ingested if i.created)
+    return {
+        "created": created,
+        "existing": len(ingested) - created,
+        "items": [
+            IngestedItemOut(
+                external_id=i.external_id,
+                id=i.item_id,
+                status="created" if i.created else "existing",
+                case_ids=i.case_ids,
+            )
+            for i in ingested
+        ],
+    }
+
+
+@api.get(
+    "/items/{external_id}",
+    auth=SourceKeyAuth(),
+    response={200: ItemStatusOut, **ERRORS, 404: ErrorOut},
+    summary="Status of an item and its cases",
+)
+def item_status(request: HttpRequest, external_id: str) -> dict[str, Any]:
+    source: Source = request.auth  # type: ignore[attr-defined]
+    item = get_object_or_404(selectors.items_of_source(source), external_id=external_id)
+    return selectors.item_status(item)

@@ -1,0 +1,257 @@
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import ClassVar
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+
+API_KEY_PREFIX = "sgq"
+
+
+def api_key_hash(key: str) -> str:
+    # Keys are 256-bit random tokens, so a fast hash is enough (no dictionary to defend against).
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Source(models.Model):
+    """A platform that sends content and receives decision callbacks."""
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=100, unique=True)
+    api_key_id = models.CharField(max_length=16, unique=True, editable=False)
+    api_key_hash = models.CharField(max_length=64, editable=False)
+    hmac_secret = models.CharField(max_length=128, editable=False)
+    require_signature = models.BooleanField(
+        default=False, help_text="Refuse requests without a valid X-Signature header."
+    )
+    callback_url = models.URLField(blank=True)
+    policies = models.ManyToManyField("Policy", related_name="sources", blank=True)
+    rate_limit_per_minute = models.PositiveIntegerField(
+        default=120_000, help_text="Items accepted per minute; 0 means unlimited."
+    )
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def api_key_issue(self) -> str:
+        """Set a new API key and HMAC secret; returns the key, which is never stored in clear."""
+        key_id = secrets.token_hex(6)
+        key = f"{API_KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+        self.api_key_id = key_id
+        self.api_key_hash = api_key_hash(key)
+        self.hmac_secret = secrets.token_urlsafe(32)
+        return key
+
+    def api_key_matches(self, key: str) -> bool:
+        return hmac.compare_digest(self.api_key_hash, api_key_hash(key))
+
+    @staticmethod
+    def api_key_id_of(key: str) -> str | None:
+        parts = key.split("_", 2)
+        if len(parts) != 3 or parts[0] != API_KEY_PREFIX:
+            return None
+        return parts[1]
+
+
+class Confidence(models.TextChoices):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+class Verdict(models.TextChoices):
+    VIOLATES = "violates"
+    SAFE = "safe"
+    UNDETERMINED = "undetermined"
+
+
+class Policy(models.Model):
+    slug = models.SlugField(max_length=100, unique=True)
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    # Routing. Violations always go to a human unless the policy team opts into auto-action.
+    auto_action_violations = models.BooleanField(default=False)
+    auto_clear_min_confidence = models.CharField(
+        max_length=8, choices=Confidence.choices, default=Confidence.HIGH
+    )
+    escalate_below_confidence = models.CharField(
+        max_length=8,
+        choices=Confidence.choices,
+        default=Confidence.MEDIUM,
+        help_text="Verdicts less confident than this are re-judged at escalation effort / model.",
+    )
+    qa_sample_rate = models.FloatField(
+        default=0.05, help_text="Share of auto-cleared items that still go to a human for QA."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "policies"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class PolicyVersion(models.Model):
+    class Status(models.TextChoices):
+        DRAFT = "draft"
+        ACTIVE = "active"
+        RETIRED = "retired"
+
+    # The text is what the model was asked; once saved it never changes (cases point here forever).
+    IMMUTABLE_FIELDS: ClassVar[tuple[str, ...]] = ("policy_id", "number", "text", "content_hash")
+
+    policy = models.ForeignKey(Policy, on_delete=models.PROTECT, related_name="versions")
+    number = models.PositiveIntegerField()
+    text = models.TextField()
+    rule_ids = ArrayField(models.CharField(max_length=32), default=list, blank=True)
+    token_count = models.PositiveIntegerField(default=0)
+    content_hash = models.CharField(max_length=64)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.DRAFT)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    activated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["policy", "number"], name="policy_version_number_unique"),
+            models.UniqueConstraint(
+                fields=["policy"], condition=Q(status="active"), name="policy_one_active_version"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.policy.slug} v{self.number}"
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        if self.pk is not None:
+            stored = PolicyVersion.objects.filter(pk=self.pk).values(*self.IMMUTABLE_FIELDS).first()
+            if stored and any(stored[f] != getattr(self, f) for f in self.IMMUTABLE_FIELDS):
+                raise ValidationError("A policy version's text is immutable; create a new version.")
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+
+class ContentItem(models.Model):
+    source = models.ForeignKey(Source, on_delete=models.PROTECT, related_name="items")
+    external_id = models.CharField(max_length=255)
+    # For chat transcripts, text holds the rendered transcript and transcript the original turns.
+    text = models.TextField()
+    transcript = models.JSONField(null=True, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["source", "external_id"], name="item_external_id_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.source_id}:{self.external_id}"
+
+
+class Case(models.Model):
+    """One item judged under one policy version."""
+
+    class State(models.TextChoices):
+        PENDING_TRIAGE = "pending_triage"
+        TRIAGING = "triaging"
+        QUEUED = "queued"
+        CLAIMED = "claimed"
+        DECIDED = "decided"
+        AUTO_CLEARED = "auto_cleared"
+        AUTO_ACTIONED = "auto_actioned"
+        ESCALATED = "escalated"
+        APPEALED = "appealed"
+
+    item = models.ForeignKey(ContentItem, on_delete=models.PROTECT, related_name="cases")
+    policy_version = models.ForeignKey(PolicyVersion, on_delete=models.PROTECT, related_name="cases")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING_TRIAGE)
+    is_appeal = models.BooleanField(default=False)
+    priority = models.SmallIntegerField(default=0)
+    # Latest verdict, denormalised from TriageResult so the queue can filter without a join.
+    verdict = models.CharField(max_length=16, choices=Verdict.choices, blank=True)
+    confidence = models.CharField(max_length=8, choices=Confidence.choices, blank=True)
+    route_reason = models.CharField(max_length=200, blank=True)
+    triage_attempts = models.PositiveSmallIntegerField(default=0)
+    triage_not_before = models.DateTimeField(null=True, blank=True)
+    lease_owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    sla_due_at = models.DateTimeField(null=True, blank=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints: ClassVar = [
+            models.UniqueConstraint(
+                fields=["item", "policy_version"],
+                condition=Q(is_appeal=False),
+                name="case_one_per_item_and_version",
+            ),
+        ]
+        indexes: ClassVar = [
+            # The human queue: highest priority first, oldest first within a priority.
+            models.Index(
+                "policy_version",
+                models.F("priority").desc(),
+                "queued_at",
+                name="case_queue_idx",
+                condition=Q(state="queued"),
+            ),
+            # Triage claims and the stuck-case sweep.
+            models.Index(
+                fields=["state", "updated_at"],
+                name="case_triage_idx",
+                condition=Q(state__in=["pending_triage", "triaging"]),
+            ),
+            models.Index(fields=["lease_expires_at"], name="case_lease_idx", condition=Q(state="claimed")),
+        ]
+
+    def __str__(self) -> str:
+        return f"case {self.pk} ({self.state})"
+
+
+class TriageResult(models.Model):
+    """One engine call (or one funnel score) for a case."""
+
+    class Tier(models.TextChoices):
+        FUNNEL = "funnel"
+        SAFEGUARD = "safeguard"
+        ESCALATION = "escalation"
+
+    case = models.ForeignKey(Case, on_delete=models.PROTECT, related_name="triage_results")
+    tier = models.CharField(max_length=16, choices=Tier.choices)
+    engine = models.CharField(max_length=32, blank=True)
+    model = models.CharField(max_length=200, blank=True)
+    reasoning_effort = models.CharField(max_length=8, blank=True)
+    verdict = models.CharField(max_length=16, choices=Verdict.choices)
+    policy_category = models.CharField(max_length=200, blank=True)
+    rule_ids = ArrayField(models.CharField(max_length=32), default=list, blank=True)
+    hallucinated_rule_ids = ArrayField(models.CharField(max_length=64), default=list, blank=True)
+    confidence = models.CharField(max_length=8, choices=Confidence.choices, blank=True)
+    rationale = models.TextField(blank=True)
+    chain_of_thought = models.TextField(blank=True)
+    raw_final_text = models.TextField(blank=True)
+    parse_path = models.CharField(max_length=16, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cached_prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    finish_reason = models.CharField(max_length=32, blank=True)
+    error = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.tier} {self.verdict} for case {self.case_id}"

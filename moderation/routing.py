@@ -1,0 +1,60 @@
+"""Where a judged case goes: auto-clear, auto-action, or the human queue at some priority."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moderation.models import Case, Confidence, Policy, Verdict
+
+CONFIDENCE_RANK = {"": 0, Confidence.LOW: 1, Confidence.MEDIUM: 2, Confidence.HIGH: 3}
+
+REASON_NO_ENGINE = "no reasoning engine configured"
+REASON_ENGINE_UNAVAILABLE = "not triaged: engine unavailable"
+
+PRIORITY_VIOLATION = {Confidence.HIGH: 80, Confidence.MEDIUM: 70, Confidence.LOW: 60, "": 60}
+PRIORITY_UNDETERMINED = 75
+PRIORITY_NOT_TRIAGED = 65
+PRIORITY_NO_ENGINE = 50
+PRIORITY_UNSURE_SAFE = 40
+PRIORITY_QA_SAMPLE = 10
+
+
+@dataclass(frozen=True)
+class Route:
+    state: Case.State
+    priority: int
+    reason: str
+
+
+def qa_sampled(case_id: int, rate: float) -> bool:
+    """A deterministic sample (Knuth's multiplicative hash), so a re-run routes the same way."""
+    return (case_id * 2654435761 % 2**32) / 2**32 < rate
+
+
+def triage_needs_escalation(policy: Policy, *, verdict: str, confidence: str) -> bool:
+    if verdict == Verdict.UNDETERMINED:
+        return True
+    return CONFIDENCE_RANK[confidence] < CONFIDENCE_RANK[policy.escalate_below_confidence]
+
+
+def case_route(
+    policy: Policy, *, case_id: int, verdict: str, confidence: str, hallucinated_rule_ids: list[str]
+) -> Route:
+    if verdict == Verdict.VIOLATES:
+        if policy.auto_action_violations and confidence == Confidence.HIGH and not hallucinated_rule_ids:
+            return Route(Case.State.AUTO_ACTIONED, 0, "auto-actioned: high-confidence violation")
+        return Route(Case.State.QUEUED, PRIORITY_VIOLATION[confidence], f"model: violates ({confidence or 'no'} confidence)")
+    if verdict == Verdict.SAFE:
+        if hallucinated_rule_ids:
+            return Route(Case.State.QUEUED, PRIORITY_UNSURE_SAFE, "model: safe, but cited rules the policy lacks")
+        if CONFIDENCE_RANK[confidence] >= CONFIDENCE_RANK[policy.auto_clear_min_confidence]:
+            if qa_sampled(case_id, policy.qa_sample_rate):
+                return Route(Case.State.QUEUED, PRIORITY_QA_SAMPLE, "QA sample of an auto-clear")
+            return Route(Case.State.AUTO_CLEARED, 0, f"auto-cleared: safe ({confidence} confidence)")
+        return Route(Case.State.QUEUED, PRIORITY_UNSURE_SAFE, f"model: safe ({confidence or 'no'} confidence)")
+    return Route(Case.State.QUEUED, PRIORITY_UNDETERMINED, "model could not decide")
+
+
+def route_not_triaged(reason: str) -> Route:
+    priority = PRIORITY_NO_ENGINE if reason == REASON_NO_ENGINE else PRIORITY_NOT_TRIAGED
+    return Route(Case.State.QUEUED, priority, reason)

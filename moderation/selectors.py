@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+
+from moderation.models import Case, ContentItem, Source
+
+CASE_STATES_PENDING = {Case.State.PENDING_TRIAGE, Case.State.TRIAGING}
+CASE_STATES_IN_REVIEW = {Case.State.QUEUED, Case.State.CLAIMED, Case.State.ESCALATED, Case.State.APPEALED}
+
+
+def source_by_api_key(key: str) -> Source | None:
+    key_id = Source.api_key_id_of(key)
+    if key_id is None:
+        return None
+    source = Source.objects.filter(api_key_id=key_id, is_active=True).first()
+    if source is None or not source.api_key_matches(key):
+        return None
+    return source
+
+
+def items_of_source(source: Source) -> QuerySet[ContentItem]:
+    return ContentItem.objects.filter(source=source)
+
+
+def item_status(item: ContentItem) -> dict[str, Any]:
+    cases = list(
+        Case.objects.filter(item=item).select_related("policy_version__policy").order_by("created_at", "id")
+    )
+    states = {c.state for c in cases}
+    if states & CASE_STATES_PENDING:
+        status = "pending"
+    elif states & CASE_STATES_IN_REVIEW:
+        status = "in_review"
+    else:
+        status = "resolved"
+    return {
+        "external_id": item.external_id,
+        "id": item.pk,
+        "status": status,
+        "received_at": item.received_at,
+        "cases": [
+            {
+                "id": c.pk,
+                "policy": c.policy_version.policy.slug,
+                "policy_version": c.policy_version.number,
+                "state": c.state,
+                "is_appeal": c.is_appeal,
+                "verdict": c.verdict or None,
+                "confidence": c.confidence or None,
+                "priority": c.priority,
+                "route_reason": c.route_reason,
+                "updated_at": c.updated_at,
+            }
+            for c in cases
+        ],
+    }

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import redis
+from django.test import Client
+
+from config.celery import app as celery_app
+from moderation import services
+from moderation.models import Policy, PolicyVersion, Source
+from moderation.redis import redis_client
+
+pytest_plugins = ["inference_worker.testing.fixtures"]
+
+# Tests get a Redis database of their own, emptied before each test.
+TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
+
+POLICY_TEXT = """# Spam policy (test)
+
+## Instructions
+Decide whether the content is spam. Answer with the JSON verdict described below.
+
+## Rules
+- SP1: Unsolicited commercial promotion repeated across conversations.
+- SP2: Links that disguise their destination.
+
+## Output
+{"violation": 0|1, "policy_category": str|null, "rule_ids": [str], "confidence": "low"|"medium"|"high",
+ "rationale": str}
+"""
+
+
+@pytest.fixture(autouse=True)
+def redis_test_db(settings: Any) -> Iterator[redis.Redis]:
+    settings.REDIS_URL = TEST_REDIS_URL
+    settings.CELERY_BROKER_URL = TEST_REDIS_URL
+    celery_app.conf.broker_url = TEST_REDIS_URL
+    redis_client.cache_clear()
+    client = redis_client()
+    client.flushdb()
+    yield client
+    redis_client.cache_clear()
+
+
+@pytest.fixture
+def policy(db: None) -> Policy:
+    policy = Policy.objects.create(slug="spam", name="Spam")
+    services.policy_version_create(policy=policy, text=POLICY_TEXT, activate=True)
+    return policy
+
+
+@pytest.fixture
+def active_version(policy: Policy) -> PolicyVersion:
+    return policy.versions.get(status=PolicyVersion.Status.ACTIVE)
+
+
+@dataclass
+class ApiClient:
+    """A platform's view of the API: its source, its key, and a Django test client."""
+
+    source: Source
+    api_key: str
+    client: Client
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        return {"HTTP_AUTHORIZATION": f"Bearer {self.api_key}", **{f"HTTP_{k}": v for k, v in extra.items()}}
+
+    def post_items(self, body: Any, **headers: str) -> Any:
+        raw = body if isinstance(body, bytes | str) else json.dumps(body)
+        return self.client.post("/api/v1/items", raw, content_type="application/json", **self.headers(**headers))
+
+    def get_item(self, external_id: str) -> Any:
+        return self.client.get(f"/api/v1/items/{external_id}", **self.headers())
+
+
+def source_api_client(slug: str, policies: list[Policy], **kwargs: Any) -> ApiClient:
+    created = services.source_create(name=slug.title(), slug=slug, policies=policies, **kwargs)
+    return ApiClient(source=created.source, api_key=created.api_key, client=Client())
+
+
+@pytest.fixture
+def source(policy: Policy) -> ApiClient:
+    return source_api_client("acme", [policy])
