@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from argparse import ArgumentParser
+from pathlib import Path
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+
+from moderation import services
+from moderation.models import Policy, Source
+
+DEMO_DIR = Path(__file__).resolve().parents[2] / "demo"
+DEMO_POLICIES = [
+    ("spam", "Spam and scams", "spam.md"),
+    ("harassment", "Harassment and threats", "harassment.md"),
+]
+DEMO_SOURCE = "demo-forum"
+
+
+class Command(BaseCommand):
+    help = "Load demo policies, a demo source and fictional demo content (safe to run again)."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument(
+            "--admin-password",
+            default=os.environ.get("DEMO_ADMIN_PASSWORD", ""),
+            help="password for the demo 'admin' user (default: $DEMO_ADMIN_PASSWORD, else a new random one)",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        policies = [self._policy(slug, name, filename) for slug, name, filename in DEMO_POLICIES]
+        source = Source.objects.filter(slug=DEMO_SOURCE).first()
+        if source is None:
+            created = services.source_create(name="Demo forum", slug=DEMO_SOURCE, policies=policies)
+            source = created.source
+            self.stdout.write(f"demo source api key: {created.api_key}")
+        items = [json.loads(line) for line in (DEMO_DIR / "content.jsonl").read_text().splitlines() if line]
+        ingested = services.items_ingest(
+            source=source,
+            items=[
+                services.ItemIn(
+                    external_id=i["external_id"],
+                    text=i.get("text") or services.transcript_render(i["transcript"]),
+                    transcript=i.get("transcript"),
+                    metadata=i.get("metadata", {}),
+                )
+                for i in items
+            ],
+        )
+        self.stdout.write(f"demo content: {sum(i.created for i in ingested)} new items, {len(ingested)} in all")
+
+        password = options["admin_password"] or secrets.token_urlsafe(12)
+        user_model = get_user_model()
+        admin, _ = user_model.objects.get_or_create(username="admin", defaults={"is_staff": True, "is_superuser": True})
+        admin.set_password(password)
+        admin.save()
+        self.stdout.write(f"login: admin / {password}")
+
+    def _policy(self, slug: str, name: str, filename: str) -> Policy:
+        policy, _ = Policy.objects.get_or_create(slug=slug, defaults={"name": name})
+        if not policy.versions.exists():
+            services.policy_version_create(policy=policy, text=(DEMO_DIR / filename).read_text(), activate=True)
+        return policy

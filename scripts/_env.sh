@@ -1,0 +1,16 @@
+# Shared by scripts/run and scripts/test: a virtualenv with the project and its dev tools.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+    .venv/bin/pip install --quiet --upgrade pip
+    .venv/bin/pip install --quiet -e ".[dev]"
+    rm -f .venv/.installed-*
+    touch "$stamp"
+fi
+export PATH="$PWD/.venv/bin:$PATH"
