@@ -22,6 +22,7 @@ from moderation.ratelimit import source_rate_limit_take
 from moderation.schemas import BatchIn, ErrorOut, IngestedItemOut, IngestOut, ItemIn, ItemStatusOut
 from moderation.signatures import SignatureRefused, signature_verify
 
+
 class IngestionAPI(NinjaAPI):
     def get_openapi_schema(self, **kwargs: Any) -> Any:
         # POST /items parses its body by hand (one item or a batch); publish both shapes.
@@ -82,7 +83,9 @@ class SourceKeyAuth(HttpBearer):
         return source
 
 
-def _error_response(request: HttpRequest, status: int, detail: str, errors: list[Any] | None = None) -> HttpResponse:
+def _error_response(
+    request: HttpRequest, status: int, detail: str, errors: list[Any] | None = None
+) -> HttpResponse:
     return api.create_response(request, {"detail": detail, "errors": errors or []}, status=status)
 
 
@@ -111,7 +114,9 @@ def authentication_error(request: HttpRequest, exc: AuthenticationError) -> Http
 
 @api.exception_handler(RequestDataTooBig)
 def body_too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
-    return _error_response(request, 413, f"request body is larger than {settings.INGEST_MAX_BODY_BYTES} bytes")
+    return _error_response(
+        request, 413, f"request body is larger than {settings.INGEST_MAX_BODY_BYTES} bytes"
+    )
 
 
 def _items_parse(body: bytes) -> list[ItemIn]:
@@ -120,7 +125,7 @@ def _items_parse(body: bytes) -> list[ItemIn]:
     except (ValueError, UnicodeDecodeError) as exc:
         raise HttpError(400, f"body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
-        raise HttpError(400, "body must be a JSON object: one item, or {\"items\": [...]}")
+        raise HttpError(400, 'body must be a JSON object: one item, or {"items": [...]}')
     try:
         if "items" in data:
             return BatchIn.model_validate(data).items
@@ -173,9 +178,9 @@ def items_create(request: HttpRequest) -> HttpResponse | dict[str, Any]:
         items=[
             services.ItemIn(
                 external_id=i.external_id,
-                text=i.text if i.text is not None else services.transcript_render(
-                    [t.model_dump() for t in i.transcript or []]
-                ),
+                text=i.text
+                if i.text is not None
+                else services.transcript_render([t.model_dump() for t in i.transcript or []]),
                 transcript=[t.model_dump() for t in i.transcript] if i.transcript is not None else None,
                 metadata=i.metadata,
             )

@@ -19,48 +19,6 @@ def api_key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-class Source(models.Model):
-    """A platform that sends content and receives decision callbacks."""
-
-    name = models.CharField(max_length=200)
-    slug = models.SlugField(max_length=100, unique=True)
-    api_key_id = models.CharField(max_length=16, unique=True, editable=False)
-    api_key_hash = models.CharField(max_length=64, editable=False)
-    hmac_secret = models.CharField(max_length=128, editable=False)
-    require_signature = models.BooleanField(
-        default=False, help_text="Refuse requests without a valid X-Signature header."
-    )
-    callback_url = models.URLField(blank=True)
-    policies = models.ManyToManyField("Policy", related_name="sources", blank=True)
-    rate_limit_per_minute = models.PositiveIntegerField(
-        default=120_000, help_text="Items accepted per minute; 0 means unlimited."
-    )
-    is_active = models.BooleanField(default=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    def __str__(self) -> str:
-        return self.name
-
-    def api_key_issue(self) -> str:
-        """Set a new API key and HMAC secret; returns the key, which is never stored in clear."""
-        key_id = secrets.token_hex(6)
-        key = f"{API_KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
-        self.api_key_id = key_id
-        self.api_key_hash = api_key_hash(key)
-        self.hmac_secret = secrets.token_urlsafe(32)
-        return key
-
-    def api_key_matches(self, key: str) -> bool:
-        return hmac.compare_digest(self.api_key_hash, api_key_hash(key))
-
-    @staticmethod
-    def api_key_id_of(key: str) -> str | None:
-        parts = key.split("_", 2)
-        if len(parts) != 3 or parts[0] != API_KEY_PREFIX:
-            return None
-        return parts[1]
-
-
 class Confidence(models.TextChoices):
     LOW = "low"
     MEDIUM = "medium"
@@ -98,6 +56,48 @@ class Policy(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Source(models.Model):
+    """A platform that sends content and receives decision callbacks."""
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=100, unique=True)
+    api_key_id = models.CharField(max_length=16, unique=True, editable=False)
+    api_key_hash = models.CharField(max_length=64, editable=False)
+    hmac_secret = models.CharField(max_length=128, editable=False)
+    require_signature = models.BooleanField(
+        default=False, help_text="Refuse requests without a valid X-Signature header."
+    )
+    callback_url = models.URLField(blank=True)
+    policies = models.ManyToManyField(Policy, related_name="sources", blank=True)
+    rate_limit_per_minute = models.PositiveIntegerField(
+        default=120_000, help_text="Items accepted per minute; 0 means unlimited."
+    )
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def api_key_issue(self) -> str:
+        """Set a new API key and HMAC secret; returns the key, which is never stored in clear."""
+        key_id = secrets.token_hex(6)
+        key = f"{API_KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+        self.api_key_id = key_id
+        self.api_key_hash = api_key_hash(key)
+        self.hmac_secret = secrets.token_urlsafe(32)
+        return key
+
+    def api_key_matches(self, key: str) -> bool:
+        return hmac.compare_digest(self.api_key_hash, api_key_hash(key))
+
+    @staticmethod
+    def api_key_id_of(key: str) -> str | None:
+        parts = key.split("_", 2)
+        if len(parts) != 3 or parts[0] != API_KEY_PREFIX:
+            return None
+        return parts[1]
 
 
 class PolicyVersion(models.Model):

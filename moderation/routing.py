@@ -43,15 +43,23 @@ def case_route(
     if verdict == Verdict.VIOLATES:
         if policy.auto_action_violations and confidence == Confidence.HIGH and not hallucinated_rule_ids:
             return Route(Case.State.AUTO_ACTIONED, 0, "auto-actioned: high-confidence violation")
-        return Route(Case.State.QUEUED, PRIORITY_VIOLATION[confidence], f"model: violates ({confidence or 'no'} confidence)")
+        return Route(
+            Case.State.QUEUED,
+            PRIORITY_VIOLATION[confidence],
+            f"model: violates ({confidence or 'no'} confidence)",
+        )
     if verdict == Verdict.SAFE:
         if hallucinated_rule_ids:
-            return Route(Case.State.QUEUED, PRIORITY_UNSURE_SAFE, "model: safe, but cited rules the policy lacks")
+            return Route(
+                Case.State.QUEUED, PRIORITY_UNSURE_SAFE, "model: safe, but cited rules the policy lacks"
+            )
         if CONFIDENCE_RANK[confidence] >= CONFIDENCE_RANK[policy.auto_clear_min_confidence]:
             if qa_sampled(case_id, policy.qa_sample_rate):
                 return Route(Case.State.QUEUED, PRIORITY_QA_SAMPLE, "QA sample of an auto-clear")
             return Route(Case.State.AUTO_CLEARED, 0, f"auto-cleared: safe ({confidence} confidence)")
-        return Route(Case.State.QUEUED, PRIORITY_UNSURE_SAFE, f"model: safe ({confidence or 'no'} confidence)")
+        return Route(
+            Case.State.QUEUED, PRIORITY_UNSURE_SAFE, f"model: safe ({confidence or 'no'} confidence)"
+        )
     return Route(Case.State.QUEUED, PRIORITY_UNDETERMINED, "model could not decide")
 
 

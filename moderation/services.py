@@ -9,6 +9,7 @@ from functools import partial
 from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import connection, transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -55,7 +56,7 @@ def _items_insert_new(source: Source, items: Sequence[ItemIn]) -> dict[str, int]
         ON CONFLICT (source_id, external_id) DO NOTHING
         RETURNING external_id, id
     """  # noqa: S608 - the table name is ours, every value is a parameter
-    params = [
+    params: list[Any] = [
         source.pk,
         timezone.now(),
         [i.external_id for i in items],
@@ -78,7 +79,9 @@ def items_ingest(*, source: Source, items: Sequence[ItemIn]) -> list[IngestedIte
     with transaction.atomic():
         created_ids = _items_insert_new(source, items)
         versions = list(
-            PolicyVersion.objects.filter(policy__sources=source, status=PolicyVersion.Status.ACTIVE).only("id")
+            PolicyVersion.objects.filter(policy__sources=source, status=PolicyVersion.Status.ACTIVE).only(
+                "id"
+            )
         )
         cases = Case.objects.bulk_create(
             [Case(item_id=item_id, policy_version=v) for item_id in created_ids.values() for v in versions]
@@ -91,7 +94,9 @@ def items_ingest(*, source: Source, items: Sequence[ItemIn]) -> list[IngestedIte
         if len(created_ids) < len(items):
             wanted = [i.external_id for i in items if i.external_id not in created_ids]
             existing_ids = dict(
-                ContentItem.objects.filter(source=source, external_id__in=wanted).values_list("external_id", "id")
+                ContentItem.objects.filter(source=source, external_id__in=wanted).values_list(
+                    "external_id", "id"
+                )
             )
             for item_id, case_id in Case.objects.filter(item_id__in=existing_ids.values()).values_list(
                 "item_id", "id"
@@ -110,7 +115,9 @@ def items_ingest(*, source: Source, items: Sequence[ItemIn]) -> list[IngestedIte
             audit.record_many(
                 "item.resubmitted",
                 actor=source,
-                objects=[(ContentItem(pk=item_id), {"external_id": ext}) for ext, item_id in existing_ids.items()],
+                objects=[
+                    (ContentItem(pk=item_id), {"external_id": ext}) for ext, item_id in existing_ids.items()
+                ],
             )
         if cases:
             transaction.on_commit(partial(tasks.triage_enqueue, case_ids=[c.pk for c in cases]))
@@ -151,7 +158,11 @@ def source_create(
         "source.created",
         actor=actor,
         obj=source,
-        payload={"slug": slug, "policies": [p.slug for p in policies], "require_signature": require_signature},
+        payload={
+            "slug": slug,
+            "policies": [p.slug for p in policies],
+            "require_signature": require_signature,
+        },
     )
     return SourceCreated(source=source, api_key=api_key)
 
@@ -162,7 +173,7 @@ def policy_text_hash(text: str) -> str:
 
 @transaction.atomic
 def policy_version_create(
-    *, policy: Policy, text: str, author: AbstractBaseUser | None = None, activate: bool = False
+    *, policy: Policy, text: str, author: User | None = None, activate: bool = False
 ) -> PolicyVersion:
     """A new immutable version; with activate=True it replaces the active one (new cases only)."""
     Policy.objects.select_for_update().get(pk=policy.pk)  # serialise version numbering per policy

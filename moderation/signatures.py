@@ -21,7 +21,13 @@ def signature_compute(*, secret: str, timestamp: str, body: bytes) -> str:
 
 
 def signature_verify(
-    *, secret: str, timestamp: str | None, signature: str | None, body: bytes, window_seconds: int, replay_scope: str
+    *,
+    secret: str,
+    timestamp: str | None,
+    signature: str | None,
+    body: bytes,
+    window_seconds: int,
+    replay_scope: str,
 ) -> None:
     """Raise SignatureRefused unless the signature is valid, fresh and not seen before."""
     if not timestamp or not signature:
@@ -36,6 +42,8 @@ def signature_verify(
     if not hmac.compare_digest(expected, signature):
         raise SignatureRefused("signature does not match the body")
     # A valid signature may be used once: remember it for longer than the window it is valid in.
-    first_use = redis_client().set(f"replay:{replay_scope}:{signature}", 1, nx=True, ex=window_seconds * 2 + 60)
+    first_use = redis_client().set(
+        f"replay:{replay_scope}:{signature}", 1, nx=True, ex=window_seconds * 2 + 60
+    )
     if not first_use:
         raise SignatureRefused("this signed request was already received (replay)")

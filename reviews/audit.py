@@ -18,11 +18,21 @@ def _actor_fields(actor: Actor) -> dict[str, str]:
     if actor is None:
         return {"actor_kind": AuditEvent.ActorKind.SYSTEM, "actor_id": "", "actor_label": "system"}
     if isinstance(actor, Source):
-        return {"actor_kind": AuditEvent.ActorKind.SOURCE, "actor_id": str(actor.pk), "actor_label": actor.slug}
-    return {"actor_kind": AuditEvent.ActorKind.USER, "actor_id": str(actor.pk), "actor_label": actor.get_username()}
+        return {
+            "actor_kind": AuditEvent.ActorKind.SOURCE,
+            "actor_id": str(actor.pk),
+            "actor_label": actor.slug,
+        }
+    return {
+        "actor_kind": AuditEvent.ActorKind.USER,
+        "actor_id": str(actor.pk),
+        "actor_label": actor.get_username(),
+    }
 
 
-def record(action: str, *, actor: Actor, obj: models.Model, payload: dict[str, Any] | None = None) -> AuditEvent:
+def record(
+    action: str, *, actor: Actor, obj: models.Model, payload: dict[str, Any] | None = None
+) -> AuditEvent:
     return AuditEvent.objects.create(
         action=action,
         object_type=obj._meta.label_lower,

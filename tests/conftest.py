@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,15 +8,13 @@ import pytest
 import redis
 from django.test import Client
 
-from config.celery import app as celery_app
 from moderation import services
 from moderation.models import Policy, PolicyVersion, Source
 from moderation.redis import redis_client
 
 pytest_plugins = ["inference_worker.testing.fixtures"]
 
-# Tests get a Redis database of their own, emptied before each test.
-TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
+TEST_REDIS_DB = 15
 
 POLICY_TEXT = """# Spam policy (test)
 
@@ -35,15 +32,14 @@ Decide whether the content is spam. Answer with the JSON verdict described below
 
 
 @pytest.fixture(autouse=True)
-def redis_test_db(settings: Any) -> Iterator[redis.Redis]:
-    settings.REDIS_URL = TEST_REDIS_URL
-    settings.CELERY_BROKER_URL = TEST_REDIS_URL
-    celery_app.conf.broker_url = TEST_REDIS_URL
-    redis_client.cache_clear()
+def redis_test_db() -> redis.Redis:
+    """pyproject.toml points REDIS_URL and the broker at database 15; it is emptied before each test."""
     client = redis_client()
+    assert client.connection_pool.connection_kwargs["db"] == TEST_REDIS_DB, (
+        "tests never touch other Redis dbs"
+    )
     client.flushdb()
-    yield client
-    redis_client.cache_clear()
+    return client
 
 
 @pytest.fixture
@@ -66,15 +62,19 @@ class ApiClient:
     api_key: str
     client: Client
 
-    def headers(self, **extra: str) -> dict[str, str]:
-        return {"HTTP_AUTHORIZATION": f"Bearer {self.api_key}", **{f"HTTP_{k}": v for k, v in extra.items()}}
-
-    def post_items(self, body: Any, **headers: str) -> Any:
+    def post_items(self, body: Any, headers: dict[str, str] | None = None) -> Any:
         raw = body if isinstance(body, bytes | str) else json.dumps(body)
-        return self.client.post("/api/v1/items", raw, content_type="application/json", **self.headers(**headers))
+        return self.client.post(
+            "/api/v1/items",
+            raw,
+            content_type="application/json",
+            headers={"Authorization": f"Bearer {self.api_key}", **(headers or {})},
+        )
 
     def get_item(self, external_id: str) -> Any:
-        return self.client.get(f"/api/v1/items/{external_id}", **self.headers())
+        return self.client.get(
+            f"/api/v1/items/{external_id}", headers={"Authorization": f"Bearer {self.api_key}"}
+        )
 
 
 def source_api_client(slug: str, policies: list[Policy], **kwargs: Any) -> ApiClient:

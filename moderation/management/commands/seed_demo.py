@@ -51,11 +51,15 @@ class Command(BaseCommand):
                 for i in items
             ],
         )
-        self.stdout.write(f"demo content: {sum(i.created for i in ingested)} new items, {len(ingested)} in all")
+        self.stdout.write(
+            f"demo content: {sum(i.created for i in ingested)} new items, {len(ingested)} in all"
+        )
 
         password = options["admin_password"] or secrets.token_urlsafe(12)
         user_model = get_user_model()
-        admin, _ = user_model.objects.get_or_create(username="admin", defaults={"is_staff": True, "is_superuser": True})
+        admin, _ = user_model.objects.get_or_create(
+            username="admin", defaults={"is_staff": True, "is_superuser": True}
+        )
         admin.set_password(password)
         admin.save()
         self.stdout.write(f"login: admin / {password}")
@@ -63,5 +67,7 @@ class Command(BaseCommand):
     def _policy(self, slug: str, name: str, filename: str) -> Policy:
         policy, _ = Policy.objects.get_or_create(slug=slug, defaults={"name": name})
         if not policy.versions.exists():
-            services.policy_version_create(policy=policy, text=(DEMO_DIR / filename).read_text(), activate=True)
+            services.policy_version_create(
+                policy=policy, text=(DEMO_DIR / filename).read_text(), activate=True
+            )
         return policy

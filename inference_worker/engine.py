@@ -1,0 +1,342 @@
+"""HTTP transports to the safeguard engine, and one judging call with its length retry.
+
+Two transports:
+
+- ``completions`` (vLLM): the harmony prompt is rendered here and sent as token
+  ids to ``/v1/completions``; the completion comes back as token ids and is
+  parsed with openai-harmony. Content can never be read as prompt structure.
+- ``chat`` (Ollama, LM Studio, llama.cpp, hosted endpoints): ``/v1/chat/completions``;
+  the server renders the prompt and splits reasoning from the final text.
+
+Errors are ``EngineUnavailable`` when trying again later may work and
+``EngineError`` when it will not. Their messages are shown to moderators.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol, TypeGuard
+
+import httpx
+
+from inference_worker.prompts import (
+    completion_parse,
+    harmony_encoding,
+    prompt_token_ids,
+    stop_token_ids,
+)
+
+_RETRYABLE_STATUSES = frozenset({408, 429})
+_ERROR_DETAIL_LIMIT = 200
+# The chat APIs name the reasoning field differently by server and version.
+_CHAT_REASONING_FIELDS = ("reasoning", "reasoning_content", "thinking")
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    policy_text: str
+    content: str
+    effort: str
+    model: str
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+@dataclass(frozen=True)
+class EngineReply:
+    final_text: str | None
+    reasoning: str
+    finish_reason: str | None
+    prompt_tokens: int | None
+    cached_prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_ms: int
+    model: str
+    effort: str
+    length_retried: bool
+
+
+class EngineError(Exception):
+    """The engine refused the request or answered nonsense: retrying will not help."""
+
+
+class EngineUnavailable(EngineError):
+    """The engine could not answer now (timeout, connection, overload): retry later."""
+
+    def __init__(self, message: str, *, retry_after_seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class Transport(Protocol):
+    async def complete(self, client: httpx.AsyncClient, request: EngineRequest) -> EngineReply: ...
+
+
+class CompletionsTransport:
+    """vLLM's ``/v1/completions`` with harmony token ids in and out."""
+
+    def __init__(self, base_url: str, api_key: str) -> None:
+        self.url = f"{_api_root(base_url)}/v1/completions"
+        self.api_key = api_key
+
+    async def complete(self, client: httpx.AsyncClient, request: EngineRequest) -> EngineReply:
+        payload = {
+            "model": request.model,
+            "prompt": prompt_token_ids(
+                policy_text=request.policy_text, content=request.content, effort=request.effort
+            ),
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "stop_token_ids": stop_token_ids(),
+            "return_token_ids": True,
+            "skip_special_tokens": False,
+        }
+        body, latency_ms = await _post_json(client, self.url, self.api_key, payload)
+        choice = _first_choice(body)
+        finish_reason = _optional_str(choice.get("finish_reason"))
+        parsed = completion_parse(_completion_token_ids(choice, finish_reason))
+        usage = _usage_counts(body)
+        return EngineReply(
+            final_text=parsed.final_text,
+            reasoning=parsed.reasoning,
+            finish_reason=finish_reason,
+            prompt_tokens=usage.prompt_tokens,
+            cached_prompt_tokens=usage.cached_prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            latency_ms=latency_ms,
+            model=_optional_str(body.get("model")) or request.model,
+            effort=request.effort,
+            length_retried=False,
+        )
+
+
+class ChatTransport:
+    """``/v1/chat/completions`` for servers that render the prompt themselves.
+
+    The policy goes in a leading ``system`` message and the content in a ``user``
+    message. Every OpenAI-compatible server accepts the ``system`` role, and for
+    gpt-oss the published chat template (used by LM Studio and llama.cpp),
+    Ollama's template and current vLLM all turn a leading system (or developer)
+    message into the harmony developer message's "# Instructions", which is
+    where the safeguard model expects its policy. The ``developer`` role is not
+    accepted everywhere, so it is not used.
+    """
+
+    def __init__(self, base_url: str, api_key: str) -> None:
+        self.url = f"{_api_root(base_url)}/v1/chat/completions"
+        self.api_key = api_key
+
+    async def complete(self, client: httpx.AsyncClient, request: EngineRequest) -> EngineReply:
+        payload = {
+            "model": request.model,
+            "messages": [
+                {"role": "system", "content": request.policy_text},
+                {"role": "user", "content": request.content},
+            ],
+            "reasoning_effort": request.effort,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+        }
+        body, latency_ms = await _post_json(client, self.url, self.api_key, payload)
+        choice = _first_choice(body)
+        message = choice.get("message")
+        if not isinstance(message, Mapping):
+            raise EngineError("engine response has no message")
+        usage = _usage_counts(body)
+        return EngineReply(
+            final_text=_optional_str(message.get("content")),
+            reasoning=_chat_reasoning(message),
+            finish_reason=_optional_str(choice.get("finish_reason")),
+            prompt_tokens=usage.prompt_tokens,
+            cached_prompt_tokens=usage.cached_prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            latency_ms=latency_ms,
+            model=_optional_str(body.get("model")) or request.model,
+            effort=request.effort,
+            length_retried=False,
+        )
+
+
+def transport_build(kind: str, base_url: str, api_key: str) -> Transport:
+    if kind == "completions":
+        return CompletionsTransport(base_url, api_key)
+    if kind == "chat":
+        return ChatTransport(base_url, api_key)
+    raise ValueError(f"unknown engine transport {kind!r}: expected 'completions' or 'chat'")
+
+
+async def engine_judge(
+    transport: Transport, client: httpx.AsyncClient, request: EngineRequest
+) -> EngineReply:
+    """One verdict request; retried once with twice the token budget if it ran out first.
+
+    The retry doubles ``max_tokens`` rather than lowering the effort: the prompt
+    stays byte-identical, so the policy's prefix cache still hits, and items
+    that needed long reasoning are not judged with less of it. If the retry
+    still has no final message, its reply is returned as it is and the verdict
+    parse gives ``undetermined``. The reply's latency covers both calls.
+    """
+    reply = await transport.complete(client, request)
+    if not _ran_out_before_final(reply):
+        return reply
+    retry_request = dataclasses.replace(request, max_tokens=request.max_tokens * 2)
+    retry_reply = await transport.complete(client, retry_request)
+    return dataclasses.replace(
+        retry_reply, latency_ms=reply.latency_ms + retry_reply.latency_ms, length_retried=True
+    )
+
+
+def _ran_out_before_final(reply: EngineReply) -> bool:
+    has_final = reply.final_text is not None and reply.final_text.strip() != ""
+    return reply.finish_reason == "length" and not has_final
+
+
+def _api_root(base_url: str) -> str:
+    # Accept both "http://host:8000" and the OpenAI-style "http://host:8000/v1".
+    root = base_url.rstrip("/")
+    return root.removesuffix("/v1")
+
+
+async def _post_json(
+    client: httpx.AsyncClient, url: str, api_key: str, payload: dict[str, Any]
+) -> tuple[Mapping[str, Any], int]:
+    """The decoded JSON object answering ``payload``, and the call's latency in ms."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    started = time.monotonic()
+    try:
+        response = await client.post(url, json=payload, headers=headers)
+    except httpx.TimeoutException as exc:
+        raise EngineUnavailable(f"engine timed out ({type(exc).__name__})") from exc
+    except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
+        raise EngineError(f"engine URL or request is invalid: {exc}") from exc
+    except httpx.TransportError as exc:
+        # Connection refused or reset, or dropped before a response was sent.
+        raise EngineUnavailable(f"engine unreachable ({type(exc).__name__}: {exc})") from exc
+    latency_ms = round((time.monotonic() - started) * 1000)
+    _raise_for_status(response)
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise EngineError("engine returned a response that is not JSON") from exc
+    if not isinstance(body, dict):
+        raise EngineError("engine returned JSON that is not an object")
+    return body, latency_ms
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    status = response.status_code
+    if status < 400:
+        return
+    detail = _error_detail(response)
+    if status in _RETRYABLE_STATUSES or status >= 500:
+        raise EngineUnavailable(
+            f"engine unavailable (HTTP {status}){detail}",
+            retry_after_seconds=_retry_after_seconds(response),
+        )
+    raise EngineError(f"engine rejected the request (HTTP {status}){detail}")
+
+
+def _error_detail(response: httpx.Response) -> str:
+    """``": <message>"`` from an OpenAI-style error body, or nothing."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    if not isinstance(body, dict):
+        return ""
+    error = body.get("error")
+    message = error.get("message") if isinstance(error, dict) else body.get("message")
+    if not isinstance(message, str) and isinstance(error, str):
+        message = error
+    if not isinstance(message, str) or not message.strip():
+        return ""
+    return f": {message.strip()[:_ERROR_DETAIL_LIMIT]}"
+
+
+def _retry_after_seconds(response: httpx.Response) -> float | None:
+    try:
+        return max(0.0, float(response.headers.get("retry-after", "")))
+    except ValueError:
+        return None
+
+
+def _first_choice(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+        raise EngineError("engine response has no choices")
+    first: Mapping[str, Any] = choices[0]
+    return first
+
+
+def _completion_token_ids(choice: Mapping[str, Any], finish_reason: str | None) -> list[int]:
+    """The completion's token ids: vLLM's ``choices[0].token_ids``, else re-encoded text.
+
+    vLLM (0.10.2 and later) answers ``return_token_ids`` with ``token_ids``, which
+    keeps the stop token. A server without it still returns ``text``; with
+    ``skip_special_tokens`` off that text keeps the harmony structure but drops
+    the stop token, which is put back so a complete final message is not
+    mistaken for a cut-off one.
+    """
+    token_ids = choice.get("token_ids")
+    if isinstance(token_ids, list) and all(_is_count(t) for t in token_ids):
+        return token_ids
+    text = choice.get("text")
+    if not isinstance(text, str):
+        raise EngineError("engine response has neither token_ids nor text")
+    reencoded: list[int] = harmony_encoding().encode(text, allowed_special="all")
+    if finish_reason == "stop":
+        stop_reason = choice.get("stop_reason")
+        reencoded.append(stop_reason if _is_count(stop_reason) else _return_token_id())
+    return reencoded
+
+
+def _return_token_id() -> int:
+    token_ids: list[int] = harmony_encoding().encode("<|return|>", allowed_special={"<|return|>"})
+    return token_ids[0]
+
+
+def _is_count(value: object) -> TypeGuard[int]:
+    """A token id or a token count: a non-negative int that is not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _chat_reasoning(message: Mapping[str, Any]) -> str:
+    for field in _CHAT_REASONING_FIELDS:
+        reasoning = message.get(field)
+        if isinstance(reasoning, str) and reasoning:
+            return reasoning
+    return ""
+
+
+class _UsageCounts(NamedTuple):
+    prompt_tokens: int | None
+    cached_prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+def _usage_counts(body: Mapping[str, Any]) -> _UsageCounts:
+    # prompt_tokens_details is absent unless vLLM runs with
+    # --enable-prompt-tokens-details, and may be null.
+    usage = body.get("usage")
+    usage = usage if isinstance(usage, Mapping) else {}
+    details = usage.get("prompt_tokens_details")
+    details = details if isinstance(details, Mapping) else {}
+    return _UsageCounts(
+        prompt_tokens=_optional_count(usage.get("prompt_tokens")),
+        cached_prompt_tokens=_optional_count(details.get("cached_tokens")),
+        completion_tokens=_optional_count(usage.get("completion_tokens")),
+    )
+
+
+def _optional_count(value: object) -> int | None:
+    return value if _is_count(value) else None
+
+
+def _optional_str(value: object) -> str | None:
+    return value if isinstance(value, str) else None

@@ -1,0 +1,561 @@
+"""Triage: claim cases, ask the engine (many requests in flight), save verdicts, route.
+
+The pump keeps up to SAFEGUARD_MAX_IN_FLIGHT engine requests open per worker process. Messages only
+wake it up: it claims the cases it was given, then keeps claiming pending cases from Postgres
+(SKIP LOCKED) while there is room, so the GPU stays full whatever size the ingested batches were.
+Database work happens in batches on the task's thread; HTTP happens on one asyncio loop per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import math
+import os
+import random
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+
+import httpx
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from inference_worker import verdicts
+from inference_worker.breaker import CircuitBreaker
+from inference_worker.engine import (
+    EngineError,
+    EngineReply,
+    EngineRequest,
+    EngineUnavailable,
+    Transport,
+    engine_judge,
+    transport_build,
+)
+from moderation.models import Case, Policy, TriageResult, Verdict
+from moderation.routing import (
+    REASON_ENGINE_UNAVAILABLE,
+    REASON_NO_ENGINE,
+    Route,
+    case_route,
+    route_not_triaged,
+    triage_needs_escalation,
+)
+from reviews import audit
+
+logger = logging.getLogger(__name__)
+
+# A pump stops claiming new work after this long, so a task never outlives its time limit.
+PUMP_SECONDS = 60.0
+# When Postgres has no pending cases, look again after this long (new messages may wait behind us).
+REFILL_IDLE_SECONDS = 0.25
+RETRY_MAX_DELAY_SECONDS = 300.0
+CIRCUIT_OPEN = "circuit open: the engine has been failing"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    transport: str
+    base_url: str
+    api_key: str
+    model: str
+    effort: str
+    escalation_model: str
+    escalation_effort: str
+    max_tokens: int
+    timeout_seconds: float
+    max_in_flight: int
+    max_attempts: int
+    retry_base_seconds: float
+
+    @classmethod
+    def from_settings(cls) -> EngineConfig:
+        return cls(
+            transport=settings.SAFEGUARD_TRANSPORT,
+            base_url=settings.SAFEGUARD_BASE_URL,
+            api_key=settings.SAFEGUARD_API_KEY,
+            model=settings.SAFEGUARD_MODEL,
+            effort=settings.SAFEGUARD_EFFORT,
+            escalation_model=settings.SAFEGUARD_ESCALATION_MODEL,
+            escalation_effort=settings.SAFEGUARD_ESCALATION_EFFORT,
+            max_tokens=settings.SAFEGUARD_MAX_TOKENS,
+            timeout_seconds=settings.SAFEGUARD_TIMEOUT_SECONDS,
+            max_in_flight=settings.SAFEGUARD_MAX_IN_FLIGHT,
+            max_attempts=settings.SAFEGUARD_MAX_ATTEMPTS,
+            retry_base_seconds=settings.SAFEGUARD_RETRY_BASE_SECONDS,
+        )
+
+    def tiers(self, *, is_appeal: bool) -> list[tuple[str, str, str]]:
+        """(tier, model, effort) in the order they are tried. Appeals start at escalation."""
+        escalation = (TriageResult.Tier.ESCALATION.value, self.escalation_model, self.escalation_effort)
+        if is_appeal:
+            return [escalation]
+        first = (TriageResult.Tier.SAFEGUARD.value, self.model, self.effort)
+        if (self.escalation_model, self.escalation_effort) == (self.model, self.effort):
+            return [first]
+        return [first, escalation]
+
+
+def engine_breaker(config: EngineConfig) -> CircuitBreaker:
+    return CircuitBreaker(
+        name=config.base_url,
+        failure_threshold=settings.SAFEGUARD_BREAKER_FAILURES,
+        cooldown_seconds=settings.SAFEGUARD_BREAKER_COOLDOWN_SECONDS,
+    )
+
+
+@dataclass(frozen=True)
+class CaseWork:
+    case_id: int
+    is_appeal: bool
+    attempts: int
+    content: str
+    policy: Policy
+    policy_text: str
+    rule_ids: list[str]
+
+
+@dataclass(frozen=True)
+class EngineCall:
+    tier: str
+    model: str
+    effort: str
+    reply: EngineReply | None
+    verdict: verdicts.Verdict | None
+    error: str = ""
+
+
+@dataclass
+class CaseOutcome:
+    work: CaseWork
+    calls: list[EngineCall] = field(default_factory=list)
+    # Set when no verdict could be had: transient (retry later) or permanent (to a human now).
+    unavailable: str = ""
+    failed: str = ""
+
+    @property
+    def verdict(self) -> verdicts.Verdict | None:
+        judged = [c.verdict for c in self.calls if c.verdict is not None]
+        return judged[-1] if judged else None
+
+
+# --- the asyncio side: one loop and one HTTP client per worker process ---------------------------
+
+
+class EngineRunner:
+    """An event loop in a daemon thread that owns the HTTP connection pool to the engine."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.pid = os.getpid()
+        self.transport: Transport = transport_build(config.transport, config.base_url, config.api_key)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="engine-runner", daemon=True)
+        self._thread.start()
+        self.client: httpx.AsyncClient = asyncio.run_coroutine_threadsafe(
+            self._client_create(), self.loop
+        ).result()
+
+    async def _client_create(self) -> httpx.AsyncClient:
+        size = self.config.max_in_flight + 8
+        return httpx.AsyncClient(
+            timeout=httpx.Timeout(self.config.timeout_seconds, connect=10.0),
+            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+        )
+
+    def submit(self, work: CaseWork) -> concurrent.futures.Future[CaseOutcome]:
+        return asyncio.run_coroutine_threadsafe(
+            case_judge(work, self.config, self.transport, self.client), self.loop
+        )
+
+
+_runner_lock = threading.Lock()
+_runner: EngineRunner | None = None
+
+
+def engine_runner(config: EngineConfig) -> EngineRunner:
+    """One runner per process; rebuilt after a fork or a settings change (tests)."""
+    global _runner
+    with _runner_lock:
+        if _runner is None or _runner.pid != os.getpid() or _runner.config != config:
+            _runner = EngineRunner(config)
+        return _runner
+
+
+async def case_judge(
+    work: CaseWork, config: EngineConfig, transport: Transport, client: httpx.AsyncClient
+) -> CaseOutcome:
+    outcome = CaseOutcome(work=work)
+    for tier, model, effort in config.tiers(is_appeal=work.is_appeal):
+        request = EngineRequest(
+            policy_text=work.policy_text,
+            content=work.content,
+            effort=effort,
+            model=model,
+            max_tokens=config.max_tokens,
+        )
+        try:
+            reply = await engine_judge(transport, client, request)
+        except EngineUnavailable as exc:
+            outcome.calls.append(EngineCall(tier, model, effort, None, None, str(exc)))
+            if outcome.verdict is None:
+                outcome.unavailable = str(exc)
+            return outcome
+        except EngineError as exc:
+            outcome.calls.append(EngineCall(tier, model, effort, None, None, str(exc)))
+            if outcome.verdict is None:
+                outcome.failed = str(exc)
+            return outcome
+        verdict = verdicts.verdict_parse(reply.final_text, policy_rule_ids=work.rule_ids)
+        outcome.calls.append(EngineCall(tier, model, effort, reply, verdict))
+        if not triage_needs_escalation(
+            work.policy, verdict=verdict.label, confidence=verdict.confidence or ""
+        ):
+            return outcome
+    return outcome
+
+
+# --- the database side -----------------------------------------------------------------------------
+
+CLAIM_SQL = """
+    UPDATE moderation_case SET state = 'triaging', triage_attempts = triage_attempts + 1, updated_at = now()
+    WHERE id IN (
+        SELECT id FROM moderation_case
+        WHERE state = 'pending_triage' AND {where}
+          AND (triage_not_before IS NULL OR triage_not_before <= now())
+        ORDER BY id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING id
+"""
+
+
+def cases_claim_for_triage(*, case_ids: list[int] | None, limit: int) -> list[CaseWork]:
+    """Move pending cases to triaging in one statement: what it returns belongs to this caller alone."""
+    if limit <= 0:
+        return []
+    params: dict[str, Any]
+    if case_ids is None:
+        sql, params = CLAIM_SQL.format(where="TRUE"), {"limit": limit}
+    else:
+        sql, params = CLAIM_SQL.format(where="id = ANY(%(ids)s)"), {"limit": limit, "ids": case_ids}
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        claimed = [row[0] for row in cursor.fetchall()]
+    if not claimed:
+        return []
+    cases = (
+        Case.objects.filter(pk__in=claimed)
+        .select_related("item", "policy_version__policy")
+        .only(
+            "id",
+            "is_appeal",
+            "triage_attempts",
+            "item__text",
+            "policy_version__text",
+            "policy_version__rule_ids",
+            "policy_version__policy",
+        )
+    )
+    return [
+        CaseWork(
+            case_id=c.pk,
+            is_appeal=c.is_appeal,
+            attempts=c.triage_attempts,
+            content=c.item.text,
+            policy=c.policy_version.policy,
+            policy_text=c.policy_version.text,
+            rule_ids=list(c.policy_version.rule_ids),
+        )
+        for c in cases
+    ]
+
+
+@dataclass(frozen=True)
+class CaseUpdate:
+    case_id: int
+    state: str
+    priority: int
+    reason: str
+    verdict: str
+    confidence: str
+    not_before: datetime | None
+
+
+UPDATE_SQL = """
+    UPDATE moderation_case AS c SET
+        state = v.state, priority = v.priority, route_reason = v.reason, verdict = v.verdict,
+        confidence = v.confidence, triage_not_before = v.not_before, updated_at = now(),
+        queued_at = CASE WHEN v.state = 'queued' THEN now() ELSE c.queued_at END
+    FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[], %s::text[], %s::timestamptz[])
+        AS v(id, state, priority, reason, verdict, confidence, not_before)
+    WHERE c.id = v.id AND c.state = %s
+    RETURNING c.id
+"""
+
+
+def _cases_update(updates: list[CaseUpdate], *, from_state: str) -> set[int]:
+    """Apply per-case updates in one statement, only to cases still in from_state (idempotence)."""
+    if not updates:
+        return set()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            UPDATE_SQL,
+            [
+                [u.case_id for u in updates],
+                [u.state for u in updates],
+                [u.priority for u in updates],
+                [u.reason for u in updates],
+                [u.verdict for u in updates],
+                [u.confidence for u in updates],
+                [u.not_before for u in updates],
+                from_state,
+            ],
+        )
+        return {row[0] for row in cursor.fetchall()}
+
+
+def _triage_result(case_id: int, call: EngineCall, engine: str) -> TriageResult:
+    reply, verdict = call.reply, call.verdict
+    return TriageResult(
+        case_id=case_id,
+        tier=call.tier,
+        engine=engine,
+        model=reply.model if reply else call.model,
+        reasoning_effort=call.effort,
+        verdict=verdict.label if verdict else Verdict.UNDETERMINED,
+        policy_category=(verdict.policy_category or "")[:200] if verdict else "",
+        rule_ids=list(verdict.rule_ids) if verdict else [],
+        hallucinated_rule_ids=list(verdict.hallucinated_rule_ids) if verdict else [],
+        confidence=(verdict.confidence or "") if verdict else "",
+        rationale=verdict.rationale if verdict else "",
+        chain_of_thought=reply.reasoning if reply else "",
+        raw_final_text=(reply.final_text or "") if reply else "",
+        parse_path=verdict.parse_path if verdict else "",
+        prompt_tokens=reply.prompt_tokens if reply else None,
+        cached_prompt_tokens=reply.cached_prompt_tokens if reply else None,
+        completion_tokens=reply.completion_tokens if reply else None,
+        latency_ms=reply.latency_ms if reply else None,
+        finish_reason=(reply.finish_reason or "") if reply else "",
+        error=call.error[:500],
+    )
+
+
+def retry_delay_seconds(attempts: int, base: float) -> float:
+    """Exponential backoff with full jitter on the upper half, capped."""
+    delay = min(RETRY_MAX_DELAY_SECONDS, base * 2 ** max(0, attempts - 1))
+    return delay / 2 + random.random() * delay / 2
+
+
+def _outcome_update(outcome: CaseOutcome, config: EngineConfig, now: datetime) -> CaseUpdate:
+    work = outcome.work
+    verdict = outcome.verdict
+    route: Route
+    if verdict is not None:
+        route = case_route(
+            work.policy,
+            case_id=work.case_id,
+            verdict=verdict.label,
+            confidence=verdict.confidence or "",
+            hallucinated_rule_ids=list(verdict.hallucinated_rule_ids),
+        )
+        return CaseUpdate(
+            work.case_id,
+            route.state,
+            route.priority,
+            route.reason,
+            verdict.label,
+            verdict.confidence or "",
+            None,
+        )
+    if outcome.unavailable and work.attempts < config.max_attempts:
+        not_before = now + timedelta(seconds=retry_delay_seconds(work.attempts, config.retry_base_seconds))
+        reason = (
+            f"engine unavailable (attempt {work.attempts} of {config.max_attempts}): {outcome.unavailable}"[
+                :200
+            ]
+        )
+        return CaseUpdate(work.case_id, Case.State.PENDING_TRIAGE, 0, reason, "", "", not_before)
+    reason = (
+        REASON_ENGINE_UNAVAILABLE if outcome.unavailable else f"not triaged: engine error: {outcome.failed}"
+    )
+    route = route_not_triaged(reason[:200])
+    return CaseUpdate(work.case_id, route.state, route.priority, route.reason, Verdict.UNDETERMINED, "", None)
+
+
+def triage_outcomes_save(outcomes: list[CaseOutcome], config: EngineConfig) -> None:
+    """Everything one batch of engine answers changes, in one transaction and a constant number of queries."""
+    from inference_worker import tasks
+
+    now = timezone.now()
+    engine = config.transport
+    updates = {o.work.case_id: _outcome_update(o, config, now) for o in outcomes}
+    with transaction.atomic():
+        TriageResult.objects.bulk_create(
+            [_triage_result(o.work.case_id, call, engine) for o in outcomes for call in o.calls]
+        )
+        applied = _cases_update(list(updates.values()), from_state=Case.State.TRIAGING)
+        audit.record_many(
+            "case.triaged",
+            actor=None,
+            objects=[
+                (
+                    Case(pk=case_id),
+                    {
+                        "state": updates[case_id].state,
+                        "verdict": updates[case_id].verdict,
+                        "confidence": updates[case_id].confidence,
+                        "reason": updates[case_id].reason,
+                        "engine_calls": len(outcome.calls),
+                    },
+                )
+                for outcome in outcomes
+                if (case_id := outcome.work.case_id) in applied
+            ],
+        )
+        retries: dict[int, list[int]] = defaultdict(list)
+        for case_id in applied:
+            not_before = updates[case_id].not_before
+            if not_before is not None:
+                retries[math.ceil((not_before - now).total_seconds())].append(case_id)
+        for countdown, case_ids in retries.items():
+            transaction.on_commit(partial(tasks.triage_enqueue, case_ids=case_ids, countdown=countdown))
+
+
+def cases_route_without_engine(*, case_ids: list[int] | None) -> int:
+    """No safeguard endpoint configured: pending cases go straight to humans, saying why."""
+    route = route_not_triaged(REASON_NO_ENGINE)
+    where = "TRUE" if case_ids is None else "id = ANY(%(ids)s)"
+    sql = f"""
+        UPDATE moderation_case SET state = %(state)s, priority = %(priority)s, route_reason = %(reason)s,
+            verdict = %(verdict)s, queued_at = now(), updated_at = now()
+        WHERE state = 'pending_triage' AND {where}
+        RETURNING id
+    """  # noqa: S608 - `where` is one of two constants
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                sql,
+                {
+                    "state": route.state,
+                    "priority": route.priority,
+                    "reason": route.reason,
+                    "verdict": Verdict.UNDETERMINED,
+                    "ids": case_ids,
+                },
+            )
+            routed = [row[0] for row in cursor.fetchall()]
+        audit.record_many(
+            "case.triaged",
+            actor=None,
+            objects=[
+                (Case(pk=pk), {"state": route.state, "reason": route.reason, "engine_calls": 0})
+                for pk in routed
+            ],
+        )
+    return len(routed)
+
+
+@dataclass
+class PumpStats:
+    claimed: int = 0
+    saved: int = 0
+    max_in_flight: int = 0
+
+
+def cases_triage(*, case_ids: list[int], config: EngineConfig | None = None) -> PumpStats:
+    """Triage the given cases, and any other pending ones while there is room (see module docstring)."""
+    config = config or EngineConfig.from_settings()
+    if not config.base_url:
+        routed = cases_route_without_engine(case_ids=case_ids)
+        return PumpStats(claimed=routed, saved=routed)
+    runner = engine_runner(config)
+    breaker = engine_breaker(config)
+    stats = PumpStats()
+    in_flight: dict[concurrent.futures.Future[CaseOutcome], CaseWork] = {}
+    deadline = time.monotonic() + PUMP_SECONDS
+    next_refill = 0.0
+    first = True
+
+    while True:
+        room = config.max_in_flight - len(in_flight)
+        now = time.monotonic()
+        if room > 0 and now < deadline and (first or now >= next_refill):
+            allowance = breaker.allowance()
+            if first:
+                # The cases this message named are settled now, breaker or not (deferred if open).
+                works = cases_claim_for_triage(case_ids=case_ids, limit=min(room, len(case_ids)))
+                first = False
+            else:
+                works = cases_claim_for_triage(case_ids=None, limit=int(min(room, allowance)))
+                if len(works) < room:
+                    next_refill = now + REFILL_IDLE_SECONDS
+            sendable = len(works) if allowance == math.inf else int(allowance)
+            if works[sendable:]:
+                triage_outcomes_save(
+                    [CaseOutcome(work=w, unavailable=CIRCUIT_OPEN) for w in works[sendable:]], config
+                )
+            for work in works[:sendable]:
+                in_flight[runner.submit(work)] = work
+            stats.claimed += len(works)
+            stats.max_in_flight = max(stats.max_in_flight, len(in_flight))
+        if not in_flight:
+            break
+        done, _ = concurrent.futures.wait(
+            in_flight, timeout=REFILL_IDLE_SECONDS, return_when="FIRST_COMPLETED"
+        )
+        if not done:
+            continue
+        outcomes = [future.result() for future in done]
+        for future in done:
+            del in_flight[future]
+        triage_outcomes_save(outcomes, config)
+        stats.saved += len(outcomes)
+        successes = sum(1 for o in outcomes if o.verdict is not None)
+        breaker.record(successes=successes, failures=sum(1 for o in outcomes if o.unavailable))
+    return stats
+
+
+def cases_triage_sweep(*, stuck_after_seconds: int | None = None) -> list[int]:
+    """Re-enqueue what a lost message or a dead worker left behind. Returns the case ids re-enqueued."""
+    from inference_worker import tasks
+
+    stuck_after = (
+        stuck_after_seconds if stuck_after_seconds is not None else settings.TRIAGE_STUCK_AFTER_SECONDS
+    )
+    cutoff = timezone.now() - timedelta(seconds=stuck_after)
+    with transaction.atomic():
+        # A worker died mid-call: the case goes back to pending (the attempt it used still counts).
+        revived = list(
+            Case.objects.filter(state=Case.State.TRIAGING, updated_at__lt=cutoff)
+            .select_for_update(skip_locked=True)
+            .values_list("pk", flat=True)
+        )
+        Case.objects.filter(pk__in=revived, state=Case.State.TRIAGING).update(
+            state=Case.State.PENDING_TRIAGE, updated_at=timezone.now()
+        )
+        # A message was lost: pending cases nobody touched for a while, and due.
+        forgotten = list(
+            Case.objects.filter(state=Case.State.PENDING_TRIAGE, updated_at__lt=cutoff)
+            .exclude(triage_not_before__gt=timezone.now())
+            .select_for_update(skip_locked=True)
+            .values_list("pk", flat=True)[:10_000]
+        )
+        Case.objects.filter(pk__in=forgotten).update(updated_at=timezone.now())
+        case_ids = sorted(set(revived) | set(forgotten))
+        if case_ids:
+            audit.record_many(
+                "case.triage_requeued",
+                actor=None,
+                objects=[(Case(pk=pk), {"worker_lost": pk in set(revived)}) for pk in case_ids],
+            )
+            for start in range(0, len(case_ids), 500):
+                transaction.on_commit(partial(tasks.triage_enqueue, case_ids=case_ids[start : start + 500]))
+    return case_ids
