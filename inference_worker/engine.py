@@ -119,12 +119,12 @@ class ChatTransport:
     """``/v1/chat/completions`` for servers that render the prompt themselves.
 
     The policy goes in a leading ``system`` message and the content in a ``user``
-    message. Every OpenAI-compatible server accepts the ``system`` role, and for
-    gpt-oss the published chat template (used by LM Studio and llama.cpp),
-    Ollama's template and current vLLM all turn a leading system (or developer)
-    message into the harmony developer message's "# Instructions", which is
-    where the safeguard model expects its policy. The ``developer`` role is not
-    accepted everywhere, so it is not used.
+    message. Every OpenAI-compatible server accepts the ``system`` role (not all
+    accept ``developer``), and the published gpt-oss chat template (LM Studio,
+    llama.cpp) and current vLLM fold a leading system message into the harmony
+    developer message's "# Instructions", which is where the safeguard model
+    expects its policy; LM Studio's guide has the policy as the system prompt.
+    Older vLLM renders it as a second system message, still before the content.
     """
 
     def __init__(self, base_url: str, api_key: str) -> None:

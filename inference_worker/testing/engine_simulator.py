@@ -13,7 +13,12 @@ little next to the client being measured.
 The verdict is a pure function of the user content: it violates when the
 content holds ``[[violates]]`` or one of ``violating_words``, citing the first
 rule id the policy defines; ``[[low]]`` / ``[[medium]]`` lower the confidence.
-``[[sim:MODE]]`` in the content picks a failure mode for that request alone.
+``[[sim:MODE]]`` in the content picks a mode (see ``MODES``) for that request
+alone, so one batch can mix them. The modes: ``ok``; ``http_500``; ``http_429``
+(with Retry-After); ``timeout`` (never answers); ``drop`` (hangs up);
+``length`` (cut off in the analysis, finish_reason "length"); ``no_final``;
+``malformed_json``; ``hallucinated_rule`` (cites ZZ99); ``empty``; ``bare``
+(final text ``1`` / ``0``); ``fenced`` (JSON in a code fence).
 
 In-process::
 
@@ -72,8 +77,13 @@ PROMPTS_KEPT = 1000
 DEFAULT_MODEL = "openai/gpt-oss-safeguard-20b"
 
 _MODE_MARKER = re.compile(r"\[\[sim:([a-z_0-9]+)\]\]")
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests"}
-_REASONS |= {500: "Internal Server Error"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+}
 _BLOCK_HASHES_KEPT = 200_000
 
 
@@ -132,7 +142,7 @@ class EngineSimulator:
         port: int = 0,
     ) -> None:
         self.latency = latency
-        self.mode = _checked_mode(mode)
+        self._mode = _checked_mode(mode)
         self.fail_first_n = 0
         self.violating_words = frozenset(word.lower() for word in violating_words)
         self.chat_reasoning_field = chat_reasoning_field
@@ -147,6 +157,14 @@ class EngineSimulator:
         self._stopping: asyncio.Event | None = None
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        self._mode = _checked_mode(mode)
 
     @property
     def base_url(self) -> str:
@@ -336,11 +354,11 @@ class EngineSimulator:
         if marker is not None and marker[1] in MODES:
             return marker[1]
         with self._failure_lock:
-            mode = self.mode
+            mode = self._mode
             if self.fail_first_n > 0:
                 self.fail_first_n -= 1
                 if self.fail_first_n == 0:
-                    self.mode = "ok"
+                    self._mode = "ok"
             return mode
 
     async def _failure_or_delay(self, mode: str) -> _HttpResponse | None:
