@@ -48,7 +48,7 @@ def django_env(*, database: str, redis_url: str, pool_max: int, **extra: str) ->
     env.update(
         DJANGO_SETTINGS_MODULE="config.settings",
         DATABASE_URL=database_url(database),
-        SECRET_KEY="bench",  # noqa: S105 - a throwaway database on loopback
+        SECRET_KEY="bench",
         REDIS_URL=redis_url,
         CELERY_BROKER_URL=redis_url,
         ALLOWED_HOSTS="127.0.0.1",
@@ -110,7 +110,9 @@ def process_running(
     """Start a process in a session of its own, wait until ready() is true, always stop the group."""
     log(f"starting {Path(args[0]).name} {' '.join(args[1:4])} ...")
     with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             deadline = time.monotonic() + timeout
             while not ready():

@@ -23,7 +23,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.stack import (  # noqa: E402 - the path above makes the project importable when run as a script
+from bench.stack import (
     BIN,
     PYTHON,
     BenchError,
@@ -51,7 +51,7 @@ total = {total}
 started = time.time()
 for start in range(0, total, 500):
     services.items_ingest(source=source, items=[
-        services.ItemIn(external_id=f"t{{n}}", text=("zorblax offer " if n % 5 == 0 else "") + f"bench item {{n}}")
+        services.ItemIn(external_id=f"t{{n}}", text=("zorblax " if n % 5 == 0 else "") + f"bench item {{n}}")
         for n in range(start, min(total, start + 500))
     ])
 print("INGESTED", started, time.time())
@@ -120,7 +120,9 @@ def phase(*, items: int, latency: float, processes: int, in_flight: int, workdir
                 raise BenchError(f"only {done} of {items} cases triaged before the deadline")
             time.sleep(0.25)
         states = dict(conn.execute("SELECT state, count(*) FROM moderation_case GROUP BY state").fetchall())
-        results = conn.execute("SELECT count(*), count(*) FILTER (WHERE error <> '') FROM moderation_triageresult").fetchone()
+        results = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE error <> '') FROM moderation_triageresult"
+        ).fetchone()
 
     elapsed = samples[-1][0]
 
@@ -144,7 +146,9 @@ def phase(*, items: int, latency: float, processes: int, in_flight: int, workdir
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--items", type=int, default=7680)
     parser.add_argument("--latency", type=float, default=2.0)
     parser.add_argument("--processes", type=int, default=2)
@@ -155,10 +159,16 @@ def main() -> int:
         workdir = Path(tmp)
         log(f"phase 1: latency {args.latency}s, {args.processes} x {args.in_flight} in flight")
         loaded = phase(
-            items=args.items, latency=args.latency, processes=args.processes, in_flight=args.in_flight, workdir=workdir
+            items=args.items,
+            latency=args.latency,
+            processes=args.processes,
+            in_flight=args.in_flight,
+            workdir=workdir,
         )
         log("phase 2: overhead ceiling, one worker process, latency 0")
-        ceiling = phase(items=args.overhead_items, latency=0.0, processes=1, in_flight=args.in_flight, workdir=workdir)
+        ceiling = phase(
+            items=args.overhead_items, latency=0.0, processes=1, in_flight=args.in_flight, workdir=workdir
+        )
     ideal = args.processes * args.in_flight / args.latency
     print(
         json.dumps(
