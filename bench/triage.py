@@ -119,7 +119,9 @@ def phase(*, items: int, latency: float, processes: int, in_flight: int, workdir
             if time.monotonic() > deadline:
                 raise BenchError(f"only {done} of {items} cases triaged before the deadline")
             time.sleep(0.25)
-        states = dict(conn.execute("SELECT state, count(*) FROM moderation_case GROUP BY state").fetchall())
+        states: dict[str, int] = dict(
+            conn.execute("SELECT state, count(*) FROM moderation_case GROUP BY state").fetchall()
+        )
         results = conn.execute(
             "SELECT count(*), count(*) FILTER (WHERE error <> '') FROM moderation_triageresult"
         ).fetchone()

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
 
 from config.env import database_from_url, env_bool, env_float, env_int, env_secret, env_str
+
+# Lets admin classes and querysets carry type parameters at run time (ModelAdmin[Source]).
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -88,7 +92,9 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/login/"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -96,6 +102,11 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "/static/"
+# Front-end libraries come from npm (package.json) and are served from node_modules: no CDN, strict CSP.
+STATICFILES_DIRS = [
+    BASE_DIR / "static",
+    ("vendor/htmx", BASE_DIR / "node_modules" / "htmx.org" / "dist"),
+]
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -145,6 +156,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "inference_worker.triage_sweep",
         "schedule": env_float("TRIAGE_SWEEP_INTERVAL_SECONDS", 30.0),
     },
+    "leases-expire": {"task": "reviews.leases_expire", "schedule": 60.0},
 }
 
 # The safeguard engine (gpt-oss-safeguard behind vLLM or any OpenAI-compatible server).

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-import httpx
+import aiohttp
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -36,6 +36,7 @@ from inference_worker.engine import (
     EngineUnavailable,
     Transport,
     engine_judge,
+    engine_session,
     transport_build,
 )
 from moderation.models import Case, Policy, TriageResult, Verdict
@@ -44,6 +45,7 @@ from moderation.routing import (
     REASON_NO_ENGINE,
     Route,
     case_route,
+    route_appeal,
     route_not_triaged,
     triage_needs_escalation,
 )
@@ -158,20 +160,19 @@ class EngineRunner:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="engine-runner", daemon=True)
         self._thread.start()
-        self.client: httpx.AsyncClient = asyncio.run_coroutine_threadsafe(
-            self._client_create(), self.loop
+        self.session: aiohttp.ClientSession = asyncio.run_coroutine_threadsafe(
+            self._session_create(), self.loop
         ).result()
 
-    async def _client_create(self) -> httpx.AsyncClient:
-        size = self.config.max_in_flight + 8
-        return httpx.AsyncClient(
-            timeout=httpx.Timeout(self.config.timeout_seconds, connect=10.0),
-            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+    async def _session_create(self) -> aiohttp.ClientSession:
+        # aiohttp binds the session to the running loop, so it is made on the runner's loop.
+        return engine_session(
+            timeout_seconds=self.config.timeout_seconds, max_connections=self.config.max_in_flight + 8
         )
 
     def submit(self, work: CaseWork) -> concurrent.futures.Future[CaseOutcome]:
         return asyncio.run_coroutine_threadsafe(
-            case_judge(work, self.config, self.transport, self.client), self.loop
+            case_judge(work, self.config, self.transport, self.session), self.loop
         )
 
 
@@ -189,7 +190,7 @@ def engine_runner(config: EngineConfig) -> EngineRunner:
 
 
 async def case_judge(
-    work: CaseWork, config: EngineConfig, transport: Transport, client: httpx.AsyncClient
+    work: CaseWork, config: EngineConfig, transport: Transport, session: aiohttp.ClientSession
 ) -> CaseOutcome:
     outcome = CaseOutcome(work=work)
     for tier, model, effort in config.tiers(is_appeal=work.is_appeal):
@@ -201,7 +202,7 @@ async def case_judge(
             max_tokens=config.max_tokens,
         )
         try:
-            reply = await engine_judge(transport, client, request)
+            reply = await engine_judge(transport, session, request)
         except EngineUnavailable as exc:
             outcome.calls.append(EngineCall(tier, model, effort, None, None, str(exc)))
             if outcome.verdict is None:
@@ -256,7 +257,7 @@ def cases_claim_for_triage(*, case_ids: list[int] | None, limit: int) -> list[Ca
         .select_related("item", "policy_version__policy")
         .only(
             "id",
-            "is_appeal",
+            "appeal_of_id",
             "triage_attempts",
             "item__text",
             "policy_version__text",
@@ -357,6 +358,12 @@ def retry_delay_seconds(attempts: int, base: float) -> float:
 def _outcome_update(outcome: CaseOutcome, config: EngineConfig, now: datetime) -> CaseUpdate:
     work = outcome.work
     verdict = outcome.verdict
+    if verdict is None and outcome.unavailable and work.attempts < config.max_attempts:
+        not_before = now + timedelta(seconds=retry_delay_seconds(work.attempts, config.retry_base_seconds))
+        reason = (
+            f"engine unavailable (attempt {work.attempts} of {config.max_attempts}): {outcome.unavailable}"
+        )
+        return CaseUpdate(work.case_id, Case.State.PENDING_TRIAGE, 0, reason[:200], "", "", not_before)
     route: Route
     if verdict is not None:
         route = case_route(
@@ -366,28 +373,18 @@ def _outcome_update(outcome: CaseOutcome, config: EngineConfig, now: datetime) -
             confidence=verdict.confidence or "",
             hallucinated_rule_ids=list(verdict.hallucinated_rule_ids),
         )
-        return CaseUpdate(
-            work.case_id,
-            route.state,
-            route.priority,
-            route.reason,
-            verdict.label,
-            verdict.confidence or "",
-            None,
+    else:
+        failure = (
+            REASON_ENGINE_UNAVAILABLE
+            if outcome.unavailable
+            else f"not triaged: engine error: {outcome.failed}"
         )
-    if outcome.unavailable and work.attempts < config.max_attempts:
-        not_before = now + timedelta(seconds=retry_delay_seconds(work.attempts, config.retry_base_seconds))
-        reason = (
-            f"engine unavailable (attempt {work.attempts} of {config.max_attempts}): {outcome.unavailable}"[
-                :200
-            ]
-        )
-        return CaseUpdate(work.case_id, Case.State.PENDING_TRIAGE, 0, reason, "", "", not_before)
-    reason = (
-        REASON_ENGINE_UNAVAILABLE if outcome.unavailable else f"not triaged: engine error: {outcome.failed}"
-    )
-    route = route_not_triaged(reason[:200])
-    return CaseUpdate(work.case_id, route.state, route.priority, route.reason, Verdict.UNDETERMINED, "", None)
+        route = route_not_triaged(failure[:200])
+    if work.is_appeal:
+        route = route_appeal(route)
+    label = verdict.label if verdict is not None else Verdict.UNDETERMINED
+    confidence = (verdict.confidence or "") if verdict is not None else ""
+    return CaseUpdate(work.case_id, route.state, route.priority, route.reason, label, confidence, None)
 
 
 def triage_outcomes_save(outcomes: list[CaseOutcome], config: EngineConfig) -> None:
@@ -432,9 +429,13 @@ def triage_outcomes_save(outcomes: list[CaseOutcome], config: EngineConfig) -> N
 def cases_route_without_engine(*, case_ids: list[int] | None) -> int:
     """No safeguard endpoint configured: pending cases go straight to humans, saying why."""
     route = route_not_triaged(REASON_NO_ENGINE)
+    appeal = route_appeal(route)
     where = "TRUE" if case_ids is None else "id = ANY(%(ids)s)"
     sql = f"""
-        UPDATE moderation_case SET state = %(state)s, priority = %(priority)s, route_reason = %(reason)s,
+        UPDATE moderation_case SET
+            state = CASE WHEN appeal_of_id IS NOT NULL THEN %(appeal_state)s ELSE %(state)s END,
+            priority = CASE WHEN appeal_of_id IS NOT NULL THEN %(appeal_priority)s ELSE %(priority)s END,
+            route_reason = CASE WHEN appeal_of_id IS NOT NULL THEN %(appeal_reason)s ELSE %(reason)s END,
             verdict = %(verdict)s, queued_at = now(), updated_at = now()
         WHERE state = 'pending_triage' AND {where}
         RETURNING id
@@ -447,6 +448,9 @@ def cases_route_without_engine(*, case_ids: list[int] | None) -> int:
                     "state": route.state,
                     "priority": route.priority,
                     "reason": route.reason,
+                    "appeal_state": appeal.state,
+                    "appeal_priority": appeal.priority,
+                    "appeal_reason": appeal.reason,
                     "verdict": Verdict.UNDETERMINED,
                     "ids": case_ids,
                 },

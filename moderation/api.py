@@ -19,7 +19,16 @@ from ninja.security import HttpBearer
 from moderation import selectors, services
 from moderation.models import Source
 from moderation.ratelimit import source_rate_limit_take
-from moderation.schemas import BatchIn, ErrorOut, IngestedItemOut, IngestOut, ItemIn, ItemStatusOut
+from moderation.schemas import (
+    AppealIn,
+    AppealOut,
+    BatchIn,
+    ErrorOut,
+    IngestedItemOut,
+    IngestOut,
+    ItemIn,
+    ItemStatusOut,
+)
 from moderation.signatures import SignatureRefused, signature_verify
 
 
@@ -213,3 +222,27 @@ def item_status(request: HttpRequest, external_id: str) -> dict[str, Any]:
     source: Source = request.auth  # type: ignore[attr-defined]
     item = get_object_or_404(selectors.items_of_source(source), external_id=external_id)
     return selectors.item_status(item)
+
+
+@api.post(
+    "/items/{external_id}/appeals",
+    auth=SourceKeyAuth(),
+    response={200: AppealOut, 201: AppealOut, **ERRORS, 404: ErrorOut, 409: ErrorOut},
+    summary="Appeal the decision on an item: re-judged at high effort and reviewed by a senior moderator",
+)
+def item_appeal(request: HttpRequest, external_id: str, body: AppealIn) -> tuple[int, dict[str, Any]]:
+    from reviews.services import AppealRefused, appeal_open
+
+    source: Source = request.auth  # type: ignore[attr-defined]
+    item = get_object_or_404(selectors.items_of_source(source), external_id=external_id)
+    case = selectors.case_appealable(item, policy_slug=body.policy)
+    try:
+        appeal, created = appeal_open(case=case, reason=body.reason, actor=source)
+    except AppealRefused as exc:
+        raise HttpError(409, str(exc)) from exc
+    return (201 if created else 200), {
+        "case_id": appeal.pk,
+        "appeal_of": case.pk,
+        "state": appeal.state,
+        "created": created,
+    }

@@ -176,7 +176,16 @@ class Case(models.Model):
     item = models.ForeignKey(ContentItem, on_delete=models.PROTECT, related_name="cases")
     policy_version = models.ForeignKey(PolicyVersion, on_delete=models.PROTECT, related_name="cases")
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING_TRIAGE)
-    is_appeal = models.BooleanField(default=False)
+    # An appeal re-judges a decided case: at escalation effort, by a senior moderator.
+    appeal_of = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="appeal"
+    )
+    # Escalated by a moderator: only senior moderators may claim it from then on.
+    needs_senior = models.BooleanField(default=False)
+    # A second, independent review of another case's decision (QA sampling).
+    qa_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="qa_reviews"
+    )
     priority = models.SmallIntegerField(default=0)
     # Latest verdict, denormalised from TriageResult so the queue can filter without a join.
     verdict = models.CharField(max_length=16, choices=Verdict.choices, blank=True)
@@ -197,18 +206,18 @@ class Case(models.Model):
         constraints: ClassVar = [
             models.UniqueConstraint(
                 fields=["item", "policy_version"],
-                condition=Q(is_appeal=False),
+                condition=Q(appeal_of__isnull=True, qa_of__isnull=True),
                 name="case_one_per_item_and_version",
             ),
         ]
         indexes: ClassVar = [
-            # The human queue: highest priority first, oldest first within a priority.
+            # The human queue, read in order: highest priority first, oldest first within a priority.
             models.Index(
-                "policy_version",
                 models.F("priority").desc(),
                 "queued_at",
+                "id",
                 name="case_queue_idx",
-                condition=Q(state="queued"),
+                condition=Q(state__in=["queued", "escalated", "appealed"]),
             ),
             # Triage claims and the stuck-case sweep.
             models.Index(
@@ -221,6 +230,10 @@ class Case(models.Model):
 
     def __str__(self) -> str:
         return f"case {self.pk} ({self.state})"
+
+    @property
+    def is_appeal(self) -> bool:
+        return self.appeal_of_id is not None
 
 
 class TriageResult(models.Model):

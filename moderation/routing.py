@@ -63,6 +63,14 @@ def case_route(
     return Route(Case.State.QUEUED, PRIORITY_UNDETERMINED, "model could not decide")
 
 
+PRIORITY_APPEAL = 90
+
+
+def route_appeal(route: Route) -> Route:
+    """Appeals always go to a senior moderator, whatever the model said, ahead of ordinary work."""
+    return Route(Case.State.APPEALED, PRIORITY_APPEAL, f"appeal; {route.reason}"[:200])
+
+
 def route_not_triaged(reason: str) -> Route:
     priority = PRIORITY_NO_ENGINE if reason == REASON_NO_ENGINE else PRIORITY_NOT_TRIAGED
     return Route(Case.State.QUEUED, priority, reason)

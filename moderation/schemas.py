@@ -110,3 +110,19 @@ class FieldError(Schema):
 class ErrorOut(Schema):
     detail: str
     errors: list[FieldError] = Field(default_factory=list)
+
+
+class AppealIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    policy: StrictStr | None = Field(
+        default=None, description="Slug of the policy whose decision is appealed; needed when several apply."
+    )
+    reason: StrictStr = Field(min_length=1, max_length=5000, description="Why the user disagrees.")
+
+
+class AppealOut(Schema):
+    case_id: int
+    appeal_of: int
+    state: str
+    created: bool

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
+import aiohttp
 import pytest
+from aiohttp import web
 
 from inference_worker.engine import (
     EngineError,
@@ -17,6 +18,7 @@ from inference_worker.engine import (
     EngineUnavailable,
     Transport,
     engine_judge,
+    engine_session,
     transport_build,
 )
 from inference_worker.policy_rules import policy_rule_ids_parse
@@ -47,9 +49,9 @@ def engine_request(content: str, **changes: Any) -> EngineRequest:
 
 def judge(kind: str, base_url: str, content: str, *, timeout: float = 5.0, **changes: Any) -> EngineReply:
     async def call() -> EngineReply:
-        async with httpx.AsyncClient(timeout=timeout) as client:
+        async with engine_session(timeout_seconds=timeout, max_connections=8) as session:
             transport = transport_build(kind, base_url, "test-key")
-            return await engine_judge(transport, client, engine_request(content, **changes))
+            return await engine_judge(transport, session, engine_request(content, **changes))
 
     return asyncio.run(call())
 
@@ -185,7 +187,7 @@ def test_it_doubles_max_tokens_for_the_length_retry() -> None:
         def __init__(self) -> None:
             self.requests: list[EngineRequest] = []
 
-        async def complete(self, client: httpx.AsyncClient, request: EngineRequest) -> EngineReply:
+        async def complete(self, session: aiohttp.ClientSession, request: EngineRequest) -> EngineReply:
             self.requests.append(request)
             finish_reason = "length" if len(self.requests) == 1 else "stop"
             final_text = None if finish_reason == "length" else "1"
@@ -205,8 +207,8 @@ def test_it_doubles_max_tokens_for_the_length_retry() -> None:
     transport = RecordingTransport()
 
     async def call() -> EngineReply:
-        async with httpx.AsyncClient() as client:
-            return await engine_judge(transport, client, engine_request("x", max_tokens=300))
+        async with engine_session(timeout_seconds=5, max_connections=1) as session:
+            return await engine_judge(transport, session, engine_request("x", max_tokens=300))
 
     reply = asyncio.run(call())
 
@@ -248,10 +250,10 @@ def test_it_mixes_failure_modes_within_one_batch(engine_simulator: EngineSimulat
     contents = ["zorblax", "hello [[sim:http_500]]", "zorblax [[sim:bare]]", "x [[sim:drop]]"]
 
     async def call() -> list[EngineReply | BaseException]:
-        async with httpx.AsyncClient(timeout=5) as client:
+        async with engine_session(timeout_seconds=5, max_connections=8) as session:
             transport = transport_build("completions", engine_simulator.base_url, "")
             return await asyncio.gather(
-                *(engine_judge(transport, client, engine_request(c)) for c in contents),
+                *(engine_judge(transport, session, engine_request(c)) for c in contents),
                 return_exceptions=True,
             )
 
@@ -319,11 +321,10 @@ def test_it_keeps_many_requests_in_flight(engine_simulator: EngineSimulator) -> 
     engine_simulator.latency = 0.2
 
     async def call() -> list[EngineReply]:
-        limits = httpx.Limits(max_connections=200)
-        async with httpx.AsyncClient(timeout=10, limits=limits) as client:
+        async with engine_session(timeout_seconds=10, max_connections=200) as session:
             transport = transport_build("completions", engine_simulator.base_url, "")
             return await asyncio.gather(
-                *(engine_judge(transport, client, engine_request(f"item {i}")) for i in range(150))
+                *(engine_judge(transport, session, engine_request(f"item {i}")) for i in range(150))
             )
 
     replies = asyncio.run(call())
@@ -339,14 +340,41 @@ def test_it_refuses_an_unknown_transport() -> None:
 
 # --- Response shapes the simulator does not produce ----------------------------------
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-def run_with_response(kind: str, respond: Callable[[httpx.Request], httpx.Response]) -> EngineReply:
+
+@asynccontextmanager
+async def canned_engine(handler: Handler) -> AsyncIterator[str]:
+    """A real loopback HTTP server answering every request with ``handler``; yields its base URL."""
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+def run_with_response(kind: str, respond: Handler, *, api_key: str = "") -> EngineReply:
     async def call() -> EngineReply:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(respond)) as client:
-            transport: Transport = transport_build(kind, "http://engine.test", "")
-            return await transport.complete(client, engine_request("zorblax"))
+        async with (
+            canned_engine(respond) as base_url,
+            engine_session(timeout_seconds=5, max_connections=1) as session,
+        ):
+            transport: Transport = transport_build(kind, base_url, api_key)
+            return await transport.complete(session, engine_request("zorblax"))
 
     return asyncio.run(call())
+
+
+def canned(make: Callable[[], web.Response]) -> Handler:
+    async def respond(request: web.Request) -> web.Response:
+        return make()
+
+    return respond
 
 
 def test_it_falls_back_to_the_completion_text_without_token_ids() -> None:
@@ -356,12 +384,11 @@ def test_it_falls_back_to_the_completion_text_without_token_ids() -> None:
         "<|channel|>analysis<|message|>Spam.<|end|>"
         '<|start|>assistant<|channel|>final<|message|>{"violation": 1}'
     )
+    choice = {"index": 0, "text": text, "finish_reason": "stop", "stop_reason": None}
 
-    def respond(request: httpx.Request) -> httpx.Response:
-        choice = {"index": 0, "text": text, "finish_reason": "stop", "stop_reason": None}
-        return httpx.Response(200, json={"model": "m", "choices": [choice]})
-
-    reply = run_with_response("completions", respond)
+    reply = run_with_response(
+        "completions", canned(lambda: web.json_response({"model": "m", "choices": [choice]}))
+    )
 
     assert reply.reasoning == "Spam."
     assert reply.final_text == '{"violation": 1}'
@@ -372,19 +399,15 @@ def test_it_falls_back_to_the_completion_text_without_token_ids() -> None:
 def test_it_sends_the_documented_completions_payload() -> None:
     seen: list[dict[str, Any]] = []
 
-    def respond(request: httpx.Request) -> httpx.Response:
-        seen.append(json.loads(request.content))
+    async def respond(request: web.Request) -> web.Response:
+        assert request.path == "/v1/completions"
         assert request.headers["authorization"] == "Bearer secret"
+        seen.append(await request.json())
         choice = {"index": 0, "text": "", "token_ids": [], "finish_reason": "length"}
         usage = {"prompt_tokens": 9, "completion_tokens": 0, "prompt_tokens_details": None}
-        return httpx.Response(200, json={"model": "m", "choices": [choice], "usage": usage})
+        return web.json_response({"model": "m", "choices": [choice], "usage": usage})
 
-    async def call() -> EngineReply:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(respond)) as client:
-            transport = transport_build("completions", "http://engine.test", "secret")
-            return await transport.complete(client, engine_request("zorblax"))
-
-    reply = asyncio.run(call())
+    reply = run_with_response("completions", respond, api_key="secret")
 
     [payload] = seen
     assert isinstance(payload["prompt"], list)
@@ -397,20 +420,22 @@ def test_it_sends_the_documented_completions_payload() -> None:
 
 @pytest.mark.parametrize("kind", TRANSPORTS)
 @pytest.mark.parametrize(
-    ("response", "message"),
+    ("make_response", "message"),
     [
-        (httpx.Response(200, text="<html>not json</html>"), "not JSON"),
-        (httpx.Response(200, json=[1, 2]), "not an object"),
-        (httpx.Response(200, json={"choices": []}), "no choices"),
-        (httpx.Response(400, json={"error": {"message": "max_tokens too large"}}), "too large"),
-        (httpx.Response(401, text="unauthorised"), "HTTP 401"),
+        (lambda: web.Response(text="<html>not json</html>"), "not JSON"),
+        (lambda: web.json_response([1, 2]), "not an object"),
+        (lambda: web.json_response({"choices": []}), "no choices"),
+        (lambda: web.json_response({"error": {"message": "max_tokens too large"}}, status=400), "too large"),
+        (lambda: web.Response(status=401, text="unauthorised"), "HTTP 401"),
+        # A redirect is not followed (the prompt is not re-sent elsewhere).
+        (lambda: web.Response(status=307, headers={"Location": "/elsewhere"}), "not JSON"),
     ],
 )
 def test_it_reports_unusable_responses_as_permanent_errors(
-    kind: str, response: httpx.Response, message: str
+    kind: str, make_response: Callable[[], web.Response], message: str
 ) -> None:
     with pytest.raises(EngineError, match=message) as raised:
-        run_with_response(kind, lambda request: response)
+        run_with_response(kind, canned(make_response))
 
     assert not isinstance(raised.value, EngineUnavailable)
 
@@ -418,4 +443,41 @@ def test_it_reports_unusable_responses_as_permanent_errors(
 @pytest.mark.parametrize("status", [408, 429, 502, 503])
 def test_it_reports_overload_statuses_as_unavailable(status: int) -> None:
     with pytest.raises(EngineUnavailable, match=f"HTTP {status}"):
-        run_with_response("chat", lambda request: httpx.Response(status))
+        run_with_response("chat", canned(lambda: web.Response(status=status)))
+
+
+def test_it_reports_a_body_cut_short_as_unavailable() -> None:
+    async def respond(request: web.Request) -> web.StreamResponse:
+        # Promise more body than is sent, then hang up.
+        response = web.StreamResponse(headers={"Content-Length": "1000", "Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b'{"choices": [')
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    with pytest.raises(EngineUnavailable, match="unreachable"):
+        run_with_response("completions", respond)
+
+
+@pytest.mark.parametrize("base_url", ["ftp://127.0.0.1:1", "http://[::1"])
+def test_it_reports_an_invalid_engine_url_as_a_permanent_error(base_url: str) -> None:
+    with pytest.raises(EngineError, match="URL is invalid") as raised:
+        judge("completions", base_url, "hello")
+
+    assert not isinstance(raised.value, EngineUnavailable)
+
+
+def test_it_reports_an_api_key_that_cannot_be_sent_as_a_permanent_error(
+    engine_simulator: EngineSimulator,
+) -> None:
+    async def call() -> EngineReply:
+        async with engine_session(timeout_seconds=5, max_connections=1) as session:
+            transport = transport_build("completions", engine_simulator.base_url, "sk-1\nX-Injected: 1")
+            return await transport.complete(session, engine_request("zorblax"))
+
+    with pytest.raises(EngineError, match="API key") as raised:
+        asyncio.run(call())
+
+    assert not isinstance(raised.value, EngineUnavailable)
+    assert "sk-1" not in str(raised.value)

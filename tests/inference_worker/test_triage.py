@@ -115,10 +115,14 @@ def test_it_escalates_a_low_confidence_verdict_to_high_effort(
 
 
 def test_it_judges_appeals_at_escalation_effort_only(quiet_policy: Policy, config: EngineConfig) -> None:
-    [case] = cases_for(quiet_policy, "appeal me")
-    Case.objects.filter(pk=case.pk).update(is_appeal=True)
-    triage([case], config)
+    [original] = cases_for(quiet_policy, "appeal me")
+    Case.objects.filter(pk=original.pk).update(state=Case.State.DECIDED)
+    case = Case.objects.create(item=original.item, policy_version=original.policy_version, appeal_of=original)
+    [case] = triage([case], config)
     assert list(TriageResult.objects.filter(case=case).values_list("tier", flat=True)) == ["escalation"]
+    # Appeals go to senior moderators even when the model is sure the content is fine.
+    assert case.state == Case.State.APPEALED
+    assert case.verdict == "safe"
 
 
 @pytest.mark.parametrize(

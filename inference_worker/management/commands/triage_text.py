@@ -4,11 +4,16 @@ import asyncio
 from argparse import ArgumentParser
 from typing import Any
 
-import httpx
 from django.core.management.base import BaseCommand, CommandError
 
 from inference_worker import verdicts
-from inference_worker.engine import EngineError, EngineRequest, engine_judge, transport_build
+from inference_worker.engine import (
+    EngineError,
+    EngineRequest,
+    engine_judge,
+    engine_session,
+    transport_build,
+)
 from inference_worker.services import EngineConfig
 from moderation.models import PolicyVersion
 
@@ -65,5 +70,5 @@ class Command(BaseCommand):
 
     async def _judge(self, config: EngineConfig, request: EngineRequest) -> Any:
         transport = transport_build(config.transport, config.base_url, config.api_key)
-        async with httpx.AsyncClient(timeout=config.timeout_seconds) as client:
-            return await engine_judge(transport, client, request)
+        async with engine_session(timeout_seconds=config.timeout_seconds, max_connections=1) as session:
+            return await engine_judge(transport, session, request)

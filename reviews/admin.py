@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from django.contrib import admin
+
+from reviews.models import CallbackDelivery, GoldenExample, QueueGrant
+
+
+@admin.register(QueueGrant)
+class QueueGrantAdmin(admin.ModelAdmin[QueueGrant]):
+    list_display = ("user", "policy", "created_at")
+    list_filter = ("policy",)
+
+
+@admin.register(GoldenExample)
+class GoldenExampleAdmin(admin.ModelAdmin[GoldenExample]):
+    list_display = ("policy", "expected_label", "origin", "status", "created_at")
+    list_filter = ("policy", "status", "origin")
+    readonly_fields = ("decision", "text_hash")
+
+
+@admin.register(CallbackDelivery)
+class CallbackDeliveryAdmin(admin.ModelAdmin[CallbackDelivery]):
+    list_display = ("decision", "attempt", "succeeded", "status_code", "error", "created_at")
+    list_filter = ("succeeded",)
+
+    def has_change_permission(self, request: object, obj: object = None) -> bool:
+        return False

@@ -1,0 +1,95 @@
+"""Decision callbacks: the platform is told the outcome, signed, and told again until it answers 2xx."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+from django.db import transaction
+
+from moderation.signatures import signature_compute
+from reviews import audit
+from reviews.models import CallbackDelivery, Decision
+
+CALLBACK_TIMEOUT_SECONDS = 10.0
+
+
+class CallbackFailed(Exception):
+    """The platform did not accept the callback; the task retries with backoff."""
+
+
+def callback_payload(decision: Decision) -> dict[str, Any]:
+    case = decision.case
+    return {
+        "event": "case.decided",
+        "decision_id": decision.pk,
+        "case_id": case.pk,
+        "item": {"id": case.item_id, "external_id": case.item.external_id},
+        "policy": case.policy_version.policy.slug,
+        "policy_version": case.policy_version.number,
+        "is_appeal": case.is_appeal,
+        "outcome": decision.final_label,
+        "rule_ids": decision.rule_ids,
+        "model_verdict": decision.model_verdict,
+        "decided_at": decision.created_at.isoformat(),
+    }
+
+
+def callback_deliver(*, decision_id: int) -> CallbackDelivery | None:
+    """One delivery attempt. Safe to run twice: a decision already delivered is not sent again."""
+    decision = (
+        Decision.objects.select_related("case__item__source", "case__policy_version__policy")
+        .filter(pk=decision_id)
+        .first()
+    )
+    if decision is None or decision.callback_deliveries.filter(succeeded=True).exists():
+        return None
+    source = decision.case.item.source
+    if not source.callback_url:
+        return None
+    body = json.dumps(callback_payload(decision), separators=(",", ":")).encode()
+    timestamp = str(int(time.time()))
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "safeguard-review-queue",
+        "X-Signature-Timestamp": timestamp,
+        "X-Signature": signature_compute(secret=source.hmac_secret, timestamp=timestamp, body=body),
+    }
+    started = time.monotonic()
+    status_code: int | None = None
+    error = ""
+    try:
+        response = httpx.post(
+            source.callback_url, content=body, headers=headers, timeout=CALLBACK_TIMEOUT_SECONDS
+        )
+        status_code = response.status_code
+        if not 200 <= status_code < 300:
+            error = f"HTTP {status_code}"
+    except httpx.HTTPError as exc:
+        error = f"{type(exc).__name__}: {exc}"[:300]
+    with transaction.atomic():
+        delivery = CallbackDelivery.objects.create(
+            decision=decision,
+            url=source.callback_url,
+            attempt=decision.callback_deliveries.count() + 1,
+            status_code=status_code,
+            succeeded=not error,
+            error=error,
+            duration_ms=round((time.monotonic() - started) * 1000),
+        )
+        audit.record(
+            "callback.delivered" if delivery.succeeded else "callback.failed",
+            actor=None,
+            obj=delivery,
+            payload={
+                "decision_id": decision.pk,
+                "attempt": delivery.attempt,
+                "status_code": status_code,
+                "error": error,
+            },
+        )
+    if error:
+        raise CallbackFailed(error)
+    return delivery

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django import forms
+
+from moderation.models import Case, Confidence, Policy, Verdict
+from reviews.models import Decision
+from reviews.selectors import QueueFilters
+
+MAX_SECONDS_SPENT = 24 * 3600
+
+
+class QueueFilterForm(forms.Form):
+    policy = forms.ModelChoiceField(
+        queryset=Policy.objects.none(), required=False, empty_label="All my queues"
+    )
+    verdict = forms.ChoiceField(choices=[("", "Any verdict"), *Verdict.choices], required=False)
+    confidence = forms.ChoiceField(choices=[("", "Any confidence"), *Confidence.choices], required=False)
+    older_than_minutes = forms.IntegerField(
+        required=False, min_value=1, max_value=60 * 24 * 365, label="Older than (min)"
+    )
+    escalated = forms.BooleanField(required=False, label="Escalated only")
+    appeals = forms.BooleanField(required=False, label="Appeals only")
+
+    def __init__(self, *args: Any, policies: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["policy"].queryset = policies  # type: ignore[attr-defined]
+
+    def filters(self) -> QueueFilters:
+        data = self.cleaned_data
+        return QueueFilters(
+            policy=data["policy"].pk if data.get("policy") else None,
+            verdict=data.get("verdict") or "",
+            confidence=data.get("confidence") or "",
+            older_than_minutes=data.get("older_than_minutes"),
+            escalated=bool(data.get("escalated")),
+            appeals=bool(data.get("appeals")),
+        )
+
+
+class DecisionForm(forms.Form):
+    action = forms.ChoiceField(choices=Decision.Action.choices)
+    final_label = forms.ChoiceField(choices=Decision.Label.choices, required=False)
+    rule_ids = forms.MultipleChoiceField(required=False, widget=forms.CheckboxSelectMultiple)
+    note = forms.CharField(required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}))
+    opened_at = forms.IntegerField(required=False, widget=forms.HiddenInput)
+
+    def __init__(self, *args: Any, case: Case, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.case = case
+        rule_ids = list(case.policy_version.rule_ids)
+        self.fields["rule_ids"].choices = [(r, r) for r in rule_ids]  # type: ignore[attr-defined]
+        if not self.is_bound:
+            self.initial.update(
+                opened_at=int(time.time()),
+                final_label=Verdict.SAFE if case.verdict == Verdict.VIOLATES else Verdict.VIOLATES,
+            )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        action = data.get("action")
+        if action == Decision.Action.CONFIRM and self.case.verdict not in (Verdict.VIOLATES, Verdict.SAFE):
+            raise forms.ValidationError(
+                "The model gave no verdict to confirm: overturn with the right label."
+            )
+        if action == Decision.Action.OVERTURN:
+            label = data.get("final_label")
+            if not label:
+                self.add_error("final_label", "Choose the correct label.")
+            elif label == self.case.verdict:
+                self.add_error("final_label", "That is the model's verdict: confirm it instead.")
+        if action == Decision.Action.ESCALATE and not (data.get("note") or "").strip():
+            self.add_error("note", "Say why you escalate, for the senior moderator.")
+        return data
+
+    def seconds_spent(self) -> int:
+        opened_at = self.cleaned_data.get("opened_at")
+        if not opened_at:
+            return 0
+        return max(0, min(MAX_SECONDS_SPENT, int(time.time()) - int(opened_at)))

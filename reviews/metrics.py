@@ -1,0 +1,152 @@
+"""Numbers for the metrics page: backlog, throughput, overturns, model-vs-human agreement, engine latency."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.db import connection
+from django.db.models import Count, Min, Q, QuerySet
+from django.db.models.functions import TruncHour
+from django.utils import timezone
+
+from moderation.models import Case, Policy, PolicyVersion
+from reviews import selectors
+from reviews.models import Decision, Role
+
+WIDE_VIEW_ROLES = {Role.ADMIN, Role.SENIOR_MODERATOR, Role.POLICY_EDITOR, Role.AUDITOR}
+CHART_HOURS = 24
+
+
+def policies_for_metrics(user: User) -> QuerySet[Policy] | None:
+    """Managers see every policy; moderators the queues granted to them; anyone else nothing (None)."""
+    roles = selectors.user_roles(user)
+    if roles & WIDE_VIEW_ROLES:
+        return Policy.objects.all()
+    if selectors.user_is_reviewer(user):
+        return selectors.policies_reviewable_by(user)
+    return None
+
+
+@dataclass(frozen=True)
+class Agreement:
+    true_positive: int
+    false_positive: int
+    false_negative: int
+    true_negative: int
+
+    @property
+    def precision(self) -> float | None:
+        flagged = self.true_positive + self.false_positive
+        return self.true_positive / flagged if flagged else None
+
+    @property
+    def recall(self) -> float | None:
+        violating = self.true_positive + self.false_negative
+        return self.true_positive / violating if violating else None
+
+    @property
+    def total(self) -> int:
+        return self.true_positive + self.false_positive + self.false_negative + self.true_negative
+
+
+def agreement_of(decisions: QuerySet[Decision]) -> Agreement:
+    """The model's verdicts judged against the moderators' final labels (only where the model decided)."""
+    counts = decisions.exclude(action=Decision.Action.ESCALATE).aggregate(
+        tp=Count("id", filter=Q(model_verdict="violates", final_label="violates")),
+        fp=Count("id", filter=Q(model_verdict="violates", final_label="safe")),
+        fn=Count("id", filter=Q(model_verdict="safe", final_label="violates")),
+        tn=Count("id", filter=Q(model_verdict="safe", final_label="safe")),
+    )
+    return Agreement(counts["tp"], counts["fp"], counts["fn"], counts["tn"])
+
+
+def latency_percentiles(policy_ids: list[int], since: Any) -> dict[str, float | None]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY r.latency_ms),
+                   percentile_cont(0.95) WITHIN GROUP (ORDER BY r.latency_ms),
+                   count(*)
+            FROM moderation_triageresult r
+            JOIN moderation_case c ON c.id = r.case_id
+            JOIN moderation_policyversion v ON v.id = c.policy_version_id
+            WHERE r.latency_ms IS NOT NULL AND r.error = '' AND r.created_at >= %s AND v.policy_id = ANY(%s)
+            """,
+            [since, policy_ids],
+        )
+        p50, p95, count = cursor.fetchone() or (None, None, 0)
+    return {"p50_ms": p50, "p95_ms": p95, "calls": count}
+
+
+def metrics_compute(policies: QuerySet[Policy]) -> dict[str, Any]:
+    now = timezone.now()
+    since = now - timedelta(hours=CHART_HOURS)
+    policy_ids = list(policies.values_list("id", flat=True))
+    backlog_rows: Any = (
+        policies.annotate(
+            waiting=Count("versions__cases", filter=Q(versions__cases__state__in=selectors.WAITING_STATES)),
+            oldest=Min(
+                "versions__cases__queued_at", filter=Q(versions__cases__state__in=selectors.WAITING_STATES)
+            ),
+        )
+        .order_by("name")
+        .values("name", "waiting", "oldest")
+    )
+    backlog: list[dict[str, Any]] = list(backlog_rows)
+    for row in backlog:
+        row["oldest_age_minutes"] = (
+            round((now - row["oldest"]).total_seconds() / 60) if row["oldest"] else None
+        )
+
+    decisions = Decision.objects.filter(case__policy_version__policy_id__in=policy_ids)
+    per_hour = dict(
+        decisions.filter(created_at__gte=since)
+        .annotate(hour=TruncHour("created_at"))
+        .values_list("hour")
+        .annotate(n=Count("id"))
+        .values_list("hour", "n")
+    )
+    first_hour = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=CHART_HOURS - 1)
+    hours = [first_hour + timedelta(hours=h) for h in range(CHART_HOURS)]
+    hourly: list[dict[str, Any]] = [{"hour": hour, "count": per_hour.get(hour, 0)} for hour in hours]
+    peak = max((h["count"] for h in hourly), default=0) or 1
+    for index, h in enumerate(hourly):
+        h["bar_height"] = round(60 * h["count"] / peak)
+        h["bar_y"] = 60 - h["bar_height"]
+        h["bar_x"] = index * 14
+
+    overturns = list(
+        PolicyVersion.objects.filter(policy_id__in=policy_ids)
+        .annotate(
+            decided=Count("cases__decisions", filter=~Q(cases__decisions__action="escalate")),
+            overturned=Count("cases__decisions", filter=Q(cases__decisions__action="overturn")),
+        )
+        .filter(decided__gt=0)
+        .select_related("policy")
+        .order_by("policy__name", "-number")
+    )
+    for version in overturns:
+        version.overturn_rate = version.overturned / version.decided  # type: ignore[attr-defined]
+
+    agreement = agreement_of(decisions)
+    qa = decisions.filter(agrees_with_reviewed__isnull=False).aggregate(
+        reviews=Count("id"), agreed=Count("id", filter=Q(agrees_with_reviewed=True))
+    )
+    return {
+        "backlog": backlog,
+        "hourly": hourly,
+        "decisions_24h": sum(h["count"] for h in hourly),
+        "overturns": overturns,
+        "agreement": agreement,
+        "qa": qa,
+        "latency": latency_percentiles(policy_ids, since),
+        "auto": Case.objects.filter(
+            policy_version__policy_id__in=policy_ids, updated_at__gte=since
+        ).aggregate(
+            auto_cleared=Count("id", filter=Q(state=Case.State.AUTO_CLEARED)),
+            auto_actioned=Count("id", filter=Q(state=Case.State.AUTO_ACTIONED)),
+        ),
+    }

@@ -1,0 +1,213 @@
+"""Reads for the review screens, always scoped to what the user may see."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.contrib.auth.models import AnonymousUser, User
+from django.db.models import Count, Q, QuerySet
+from django.utils import timezone
+
+from moderation.models import Case, Policy, TriageResult
+from reviews.models import CallbackDelivery, Decision, Role
+
+REVIEWER_ROLES = {Role.MODERATOR, Role.SENIOR_MODERATOR, Role.ADMIN}
+SENIOR_ROLES = {Role.SENIOR_MODERATOR, Role.ADMIN}
+WAITING_STATES = (Case.State.QUEUED, Case.State.ESCALATED, Case.State.APPEALED)
+QUEUE_PAGE_SIZE = 50
+
+
+def user_roles(user: User | AnonymousUser) -> set[str]:
+    if not user.is_authenticated:
+        return set()
+    cached: set[str] | None = getattr(user, "_roles", None)
+    if cached is None:
+        cached = set(user.groups.values_list("name", flat=True))
+        if user.is_superuser:
+            cached.add(Role.ADMIN)
+        user._roles = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def user_is_reviewer(user: User | AnonymousUser) -> bool:
+    return bool(user_roles(user) & REVIEWER_ROLES)
+
+
+def user_is_senior(user: User | AnonymousUser) -> bool:
+    return bool(user_roles(user) & SENIOR_ROLES)
+
+
+def user_is_admin(user: User | AnonymousUser) -> bool:
+    return Role.ADMIN in user_roles(user)
+
+
+def policies_reviewable_by(user: User) -> QuerySet[Policy]:
+    """Admins review every queue; moderators the policies granted to them; everyone else none."""
+    if user_is_admin(user):
+        return Policy.objects.all()
+    if not user_is_reviewer(user):
+        return Policy.objects.none()
+    return Policy.objects.filter(queue_grants__user=user)
+
+
+def cases_reviewable_by(user: User) -> QuerySet[Case]:
+    return Case.objects.filter(policy_version__policy__in=policies_reviewable_by(user))
+
+
+def case_states_claimable_by(user: User) -> list[str]:
+    """Escalations and appeals wait for senior moderators."""
+    if user_is_senior(user):
+        return list(WAITING_STATES)
+    return [Case.State.QUEUED]
+
+
+def cases_claimed_by(user: User) -> QuerySet[Case]:
+    return cases_reviewable_by(user).filter(
+        state=Case.State.CLAIMED, lease_owner=user, lease_expires_at__gt=timezone.now()
+    )
+
+
+@dataclass(frozen=True)
+class QueueFilters:
+    policy: int | None = None
+    verdict: str = ""
+    confidence: str = ""
+    older_than_minutes: int | None = None
+    escalated: bool = False
+    appeals: bool = False
+
+
+@dataclass(frozen=True)
+class QueuePage:
+    cases: list[Case]
+    next_cursor: str
+
+
+def queue_page(
+    user: User, filters: QueueFilters, *, cursor: str = "", size: int = QUEUE_PAGE_SIZE
+) -> QueuePage:
+    """Waiting cases in claim order (priority, then oldest), keyset-paginated by (priority, queued_at, id)."""
+    cases = cases_reviewable_by(user).filter(state__in=WAITING_STATES)
+    if filters.policy:
+        cases = cases.filter(policy_version__policy_id=filters.policy)
+    if filters.verdict:
+        cases = cases.filter(verdict=filters.verdict)
+    if filters.confidence:
+        cases = cases.filter(confidence=filters.confidence)
+    if filters.older_than_minutes:
+        cases = cases.filter(queued_at__lt=timezone.now() - timedelta(minutes=filters.older_than_minutes))
+    if filters.escalated:
+        cases = cases.filter(state=Case.State.ESCALATED)
+    if filters.appeals:
+        cases = cases.filter(appeal_of__isnull=False)
+    position = cursor_decode(cursor)
+    if position is not None:
+        priority, queued_at, pk = position
+        cases = cases.filter(
+            Q(priority__lt=priority)
+            | Q(priority=priority, queued_at__gt=queued_at)
+            | Q(priority=priority, queued_at=queued_at, pk__gt=pk)
+        )
+    rows = list(
+        cases.select_related("item", "policy_version__policy").order_by("-priority", "queued_at", "id")[
+            : size + 1
+        ]
+    )
+    next_cursor = cursor_encode(rows[size - 1]) if len(rows) > size else ""
+    return QueuePage(cases=rows[:size], next_cursor=next_cursor)
+
+
+def cursor_encode(case: Case) -> str:
+    assert case.queued_at is not None
+    return f"{case.priority}_{case.queued_at.timestamp():.6f}_{case.pk}"
+
+
+CURSOR_PATTERN = re.compile(r"^(-?\d+)_(\d+\.\d+)_(\d+)$")
+
+
+def cursor_decode(cursor: str) -> tuple[int, datetime, int] | None:
+    match = CURSOR_PATTERN.match(cursor)
+    if match is None:
+        return None
+    priority, stamp, pk = match.groups()
+    return int(priority), datetime.fromtimestamp(float(stamp), tz=UTC), int(pk)
+
+
+def queue_counts(user: User) -> list[dict[str, Any]]:
+    """Per reviewable policy: waiting, escalated, appealed and claimed counts."""
+    rows: Any = (
+        policies_reviewable_by(user)
+        .annotate(
+            queued=Count("versions__cases", filter=Q(versions__cases__state=Case.State.QUEUED)),
+            escalated=Count("versions__cases", filter=Q(versions__cases__state=Case.State.ESCALATED)),
+            appealed=Count("versions__cases", filter=Q(versions__cases__state=Case.State.APPEALED)),
+            claimed=Count("versions__cases", filter=Q(versions__cases__state=Case.State.CLAIMED)),
+        )
+        .order_by("name")
+        .values("id", "name", "slug", "queued", "escalated", "appealed", "claimed")
+    )
+    return list(rows)
+
+
+@dataclass(frozen=True)
+class PolicyLine:
+    text: str
+    rule_id: str
+    cited: bool
+    hallucinated: bool = False
+
+
+def policy_lines(text: str, rule_ids: list[str], cited: list[str]) -> list[PolicyLine]:
+    """The policy split in lines, each rule definition marked, and the cited ones highlighted."""
+    from inference_worker.policy_rules import policy_rule_ids_parse
+
+    cited_set = {c.upper() for c in cited}
+    lines = []
+    for line in text.splitlines():
+        defined = policy_rule_ids_parse(line)
+        rule_id = defined[0] if defined and defined[0] in rule_ids else ""
+        lines.append(
+            PolicyLine(text=line, rule_id=rule_id, cited=bool(rule_id) and rule_id.upper() in cited_set)
+        )
+    return lines
+
+
+def case_detail(case: Case) -> dict[str, Any]:
+    """Everything the case view shows: the verdict and its reasoning, the policy, the item's history."""
+    # A QA review shows the engine results of the case it double-checks.
+    results = list(TriageResult.objects.filter(case_id=case.qa_of_id or case.pk).order_by("created_at", "id"))
+    judged = [r for r in results if not r.error]
+    latest = judged[-1] if judged else (results[-1] if results else None)
+    version = case.policy_version
+    history = (
+        Case.objects.filter(item_id=case.item_id)
+        .exclude(pk=case.pk)
+        .select_related("policy_version__policy")
+        .prefetch_related("decisions__moderator")
+        .order_by("created_at")
+    )
+    return {
+        "case": case,
+        "item": case.item,
+        "source": case.item.source,
+        "latest": latest,
+        "results": results,
+        "policy_lines": policy_lines(
+            version.text, list(version.rule_ids), list(latest.rule_ids) if latest else []
+        ),
+        "hallucinated": list(latest.hallucinated_rule_ids) if latest else [],
+        "history": list(history),
+        "decisions": list(case.decisions.select_related("moderator").order_by("created_at")),
+        "reviewed_decision": Decision.objects.filter(case_id=case.qa_of_id).exclude(action="escalate").first()
+        if case.qa_of_id
+        else None,
+    }
+
+
+def callback_deliveries_recent(*, limit: int = 200) -> QuerySet[CallbackDelivery]:
+    return CallbackDelivery.objects.select_related("decision__case__item__source").order_by("-created_at")[
+        :limit
+    ]

@@ -1,0 +1,287 @@
+"""Writes of the review workflow: claims and leases, decisions, escalations, appeals, QA, callbacks."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+
+from django.contrib.auth.models import User
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from moderation.models import Case, Verdict
+from moderation.routing import qa_sampled
+from reviews import audit, selectors
+from reviews.models import Decision, GoldenExample
+
+LEASE_MINUTES = 10
+PRIORITY_QA_REVIEW = 20
+
+
+class DecisionRefused(Exception):
+    """The case is not this moderator's to decide (lease lost, already decided, wrong role)."""
+
+
+def _waiting_state(case: Case) -> Case.State:
+    if case.appeal_of_id is not None:
+        return Case.State.APPEALED
+    if case.needs_senior:
+        return Case.State.ESCALATED
+    return Case.State.QUEUED
+
+
+def case_claim_next(
+    *, moderator: User, policy_id: int | None = None, skip_ids: Sequence[int] = ()
+) -> Case | None:
+    """Lease the next case this moderator may review: one statement decides who owns it (SKIP LOCKED).
+
+    A case the moderator still holds comes first, so a reload never hands out a second one.
+    """
+    held = selectors.cases_claimed_by(moderator).order_by("lease_expires_at").first()
+    if held is not None:
+        return held
+    candidates = selectors.cases_reviewable_by(moderator).filter(
+        state__in=selectors.case_states_claimable_by(moderator)
+    )
+    if policy_id is not None:
+        candidates = candidates.filter(policy_version__policy_id=policy_id)
+    if skip_ids:
+        candidates = candidates.exclude(pk__in=skip_ids)
+    # Nobody double-checks their own decision.
+    candidates = candidates.exclude(qa_of__decisions__moderator=moderator)
+    with transaction.atomic():
+        case = (
+            candidates.order_by("-priority", "queued_at", "id")
+            .select_for_update(skip_locked=True, of=("self",))
+            .first()
+        )
+        if case is None:
+            return None
+        now = timezone.now()
+        case.state = Case.State.CLAIMED
+        case.lease_owner = moderator
+        case.lease_expires_at = now + timedelta(minutes=LEASE_MINUTES)
+        case.save(update_fields=["state", "lease_owner", "lease_expires_at", "updated_at"])
+        audit.record(
+            "case.claimed",
+            actor=moderator,
+            obj=case,
+            payload={"lease_expires_at": str(case.lease_expires_at)},
+        )
+    return case
+
+
+def case_lease_renew(*, case: Case, moderator: User) -> bool:
+    expires = timezone.now() + timedelta(minutes=LEASE_MINUTES)
+    renewed = Case.objects.filter(pk=case.pk, state=Case.State.CLAIMED, lease_owner=moderator).update(
+        lease_expires_at=expires, updated_at=timezone.now()
+    )
+    return renewed == 1
+
+
+@transaction.atomic
+def case_release(*, case: Case, moderator: User, reason: str = "skip") -> bool:
+    """Give a claimed case back to the queue it came from."""
+    released = Case.objects.filter(pk=case.pk, state=Case.State.CLAIMED, lease_owner=moderator).update(
+        state=_waiting_state(case), lease_owner=None, lease_expires_at=None, updated_at=timezone.now()
+    )
+    if released:
+        audit.record("case.released", actor=moderator, obj=case, payload={"reason": reason})
+    return released == 1
+
+
+def leases_expire() -> int:
+    """Free every case whose lease ran out (a closed tab, a lost connection): back to its queue."""
+    now = timezone.now()
+    freed = 0
+    with transaction.atomic():
+        expired = list(
+            Case.objects.filter(state=Case.State.CLAIMED, lease_expires_at__lt=now).select_for_update(
+                skip_locked=True
+            )
+        )
+        for state in (Case.State.QUEUED, Case.State.ESCALATED, Case.State.APPEALED):
+            ids = [c.pk for c in expired if _waiting_state(c) == state]
+            freed += Case.objects.filter(
+                pk__in=ids, state=Case.State.CLAIMED, lease_expires_at__lt=now
+            ).update(state=state, lease_owner=None, lease_expires_at=None, updated_at=now)
+        audit.record_many(
+            "case.lease_expired",
+            actor=None,
+            objects=[(c, {"lease_owner": c.lease_owner_id}) for c in expired],
+        )
+    return freed
+
+
+@dataclass(frozen=True)
+class DecisionIn:
+    action: Decision.Action
+    final_label: str = ""
+    rule_ids: Sequence[str] = ()
+    note: str = ""
+    seconds_spent: int = 0
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(" ".join(text.split()).casefold().encode()).hexdigest()
+
+
+def case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> Decision:
+    """Record a moderator's call; the case is settled, escalated or double-checked, never twice decided."""
+    from reviews import tasks
+
+    with transaction.atomic():
+        locked = (
+            Case.objects.select_for_update()
+            .select_related("item__source", "policy_version__policy")
+            .filter(pk=case.pk, state=Case.State.CLAIMED, lease_owner=moderator)
+            .first()
+        )
+        if locked is None:
+            raise DecisionRefused("this case is no longer yours to decide (lease expired or already decided)")
+        if (
+            decision.action == Decision.Action.ESCALATE
+            and locked.needs_senior
+            and not selectors.user_is_senior(moderator)
+        ):
+            raise DecisionRefused("this case is already escalated")
+        final_label = decision.final_label
+        if decision.action == Decision.Action.CONFIRM:
+            if locked.verdict not in (Verdict.VIOLATES, Verdict.SAFE):
+                raise DecisionRefused("there is no model verdict to confirm; overturn with the right label")
+            final_label = locked.verdict
+        reviewed = (
+            Decision.objects.filter(case_id=locked.qa_of_id).exclude(action=Decision.Action.ESCALATE).first()
+            if locked.qa_of_id
+            else None
+        )
+        try:
+            with transaction.atomic():
+                made = Decision.objects.create(
+                    case=locked,
+                    moderator=moderator,
+                    action=decision.action,
+                    final_label=final_label if decision.action != Decision.Action.ESCALATE else "",
+                    rule_ids=list(decision.rule_ids),
+                    note=decision.note,
+                    seconds_spent=decision.seconds_spent,
+                    model_verdict=locked.verdict,
+                    agrees_with_reviewed=(reviewed.final_label == final_label) if reviewed else None,
+                )
+        except IntegrityError as exc:
+            raise DecisionRefused("this case already has a decision") from exc
+
+        if decision.action == Decision.Action.ESCALATE:
+            Case.objects.filter(pk=locked.pk).update(
+                state=Case.State.ESCALATED,
+                needs_senior=True,
+                priority=F("priority") + 5,
+                lease_owner=None,
+                lease_expires_at=None,
+                updated_at=timezone.now(),
+            )
+            audit.record(
+                "case.escalated",
+                actor=moderator,
+                obj=locked,
+                payload={"decision_id": made.pk, "note": decision.note},
+            )
+            return made
+
+        Case.objects.filter(pk=locked.pk).update(
+            state=Case.State.DECIDED, lease_owner=None, lease_expires_at=None, updated_at=timezone.now()
+        )
+        audit.record(
+            "case.decided",
+            actor=moderator,
+            obj=locked,
+            payload={
+                "decision_id": made.pk,
+                "action": made.action,
+                "final_label": made.final_label,
+                "rule_ids": made.rule_ids,
+                "model_verdict": made.model_verdict,
+                "agrees_with_reviewed": made.agrees_with_reviewed,
+            },
+        )
+        if reviewed is None:
+            _golden_candidate_from_decision(locked, made)
+            _qa_review_maybe_open(locked, made)
+            if locked.item.source.callback_url:
+                transaction.on_commit(partial(tasks.callback_enqueue, decision_id=made.pk))
+    return made
+
+
+def _golden_candidate_from_decision(case: Case, decision: Decision) -> GoldenExample:
+    text = case.item.text
+    return GoldenExample.objects.create(
+        policy=case.policy_version.policy,
+        text=text,
+        text_hash=text_hash(text),
+        expected_label=decision.final_label,
+        rule_ids=list(decision.rule_ids),
+        origin=GoldenExample.Origin.DECISION,
+        decision=decision,
+    )
+
+
+def _qa_review_maybe_open(case: Case, decision: Decision) -> Case | None:
+    """A sampled share of decisions is reviewed again by someone else; agreement is recorded then."""
+    policy = case.policy_version.policy
+    is_auto_clear_sample = case.route_reason.startswith("QA sample")
+    # A different hash seed from the auto-clear sample, so the two samples are independent.
+    if is_auto_clear_sample or not qa_sampled(case.pk * 31 + 7, policy.qa_sample_rate):
+        return None
+    qa_case = Case.objects.create(
+        item_id=case.item_id,
+        policy_version_id=case.policy_version_id,
+        qa_of=case,
+        state=Case.State.QUEUED,
+        priority=PRIORITY_QA_REVIEW,
+        verdict=case.verdict,
+        confidence=case.confidence,
+        route_reason="QA: second review of a decision",
+        queued_at=timezone.now(),
+    )
+    audit.record(
+        "case.qa_opened",
+        actor=None,
+        obj=qa_case,
+        payload={"reviews_case": case.pk, "decision_id": decision.pk},
+    )
+    return qa_case
+
+
+class AppealRefused(Exception):
+    pass
+
+
+def appeal_open(*, case: Case, reason: str, actor: object) -> tuple[Case, bool]:
+    """Open (once) an appeal of a settled case: re-triaged at escalation effort, for senior moderators.
+
+    Returns the appeal case and whether this call created it.
+    """
+    from inference_worker import tasks as inference_tasks
+    from moderation.models import Source
+
+    if case.state not in (Case.State.DECIDED, Case.State.AUTO_ACTIONED, Case.State.AUTO_CLEARED):
+        raise AppealRefused("only a decided case can be appealed; this one is still under review")
+    with transaction.atomic():
+        existing = Case.objects.filter(appeal_of=case).first()
+        if existing is not None:
+            return existing, False
+        appeal = Case.objects.create(
+            item_id=case.item_id, policy_version_id=case.policy_version_id, appeal_of=case
+        )
+        audit.record(
+            "case.appealed",
+            actor=actor if isinstance(actor, Source | User) else None,
+            obj=appeal,
+            payload={"appeal_of": case.pk, "reason": reason},
+        )
+        transaction.on_commit(partial(inference_tasks.triage_enqueue, case_ids=[appeal.pk]))
+    return appeal, True

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.db import InterfaceError, OperationalError
+from kombu.exceptions import OperationalError as BrokerError
+
+from reviews import callbacks, services
+
+logger = logging.getLogger(__name__)
+
+# About 4.5 hours of retries (1, 2, 4 ... capped at 30 minutes between tries), then it is left failed
+# and visible on the callbacks page.
+CALLBACK_MAX_RETRIES = 15
+
+
+@shared_task(
+    name="reviews.callback_deliver",
+    acks_late=True,
+    autoretry_for=(callbacks.CallbackFailed, OperationalError, InterfaceError),
+    retry_backoff=True,
+    retry_backoff_max=1800,
+    retry_jitter=True,
+    max_retries=CALLBACK_MAX_RETRIES,
+    soft_time_limit=60,
+    time_limit=90,
+)
+def callback_deliver(*, decision_id: int, **_: object) -> None:
+    callbacks.callback_deliver(decision_id=decision_id)
+
+
+@shared_task(name="reviews.leases_expire", acks_late=True, soft_time_limit=60, time_limit=90)
+def leases_expire(**_: object) -> None:
+    services.leases_expire()
+
+
+def callback_enqueue(*, decision_id: int) -> None:
+    try:
+        callback_deliver.delay(decision_id=decision_id)
+    except BrokerError:
+        logger.warning("broker unavailable; callback for decision %s not enqueued", decision_id)
