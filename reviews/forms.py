@@ -42,7 +42,7 @@ class QueueFilterForm(forms.Form):
 
 class DecisionForm(forms.Form):
     action = forms.ChoiceField(choices=Decision.Action.choices)
-    final_label = forms.ChoiceField(choices=Decision.Label.choices, required=False)
+    final_label = forms.ChoiceField(choices=Decision.Label.choices, required=False, widget=forms.RadioSelect)
     rule_ids = forms.MultipleChoiceField(required=False, widget=forms.CheckboxSelectMultiple)
     note = forms.CharField(required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}))
     opened_at = forms.IntegerField(required=False, widget=forms.HiddenInput)
