@@ -157,6 +157,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env_float("TRIAGE_SWEEP_INTERVAL_SECONDS", 30.0),
     },
     "leases-expire": {"task": "reviews.leases_expire", "schedule": 60.0},
+    "callbacks-sweep": {"task": "reviews.callbacks_sweep", "schedule": 300.0},
 }
 
 # The safeguard engine (gpt-oss-safeguard behind vLLM or any OpenAI-compatible server).

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import timedelta
 from typing import Any
 
 import httpx
 from django.db import transaction
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
 
+from moderation.redis import redis_client
 from moderation.signatures import signature_compute
 from reviews import audit
 from reviews.models import CallbackDelivery, Decision
 
 CALLBACK_TIMEOUT_SECONDS = 10.0
+# The sweep re-sends a decision never attempted this long after it was made, within the horizon.
+CALLBACK_RESEND_AFTER = timedelta(minutes=5)
+CALLBACK_RESEND_HORIZON = timedelta(days=7)
+CALLBACK_RESEND_EVERY_SECONDS = 3600
 
 
 class CallbackFailed(Exception):
@@ -37,6 +45,34 @@ def callback_payload(decision: Decision) -> dict[str, Any]:
     }
 
 
+def callbacks_lost(*, limit: int = 500) -> list[int]:
+    """Decisions the platform should have heard about, with no delivery attempt at all after a while.
+
+    The enqueue after commit never raises (a broker outage must not fail a moderator's decision), so a
+    message can be lost; Postgres remembers, and this sweep sends those again. A decision is re-sent at
+    most once per CALLBACK_RESEND_EVERY_SECONDS, so a backlog in the broker is not multiplied.
+    """
+    now = timezone.now()
+    candidates = list(
+        Decision.objects.filter(
+            created_at__lt=now - CALLBACK_RESEND_AFTER,
+            created_at__gte=now - CALLBACK_RESEND_HORIZON,
+            case__qa_of__isnull=True,
+        )
+        .exclude(action=Decision.Action.ESCALATE)
+        .exclude(case__item__source__callback_url="")
+        .exclude(Exists(CallbackDelivery.objects.filter(decision=OuterRef("pk"))))
+        .order_by("created_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    client = redis_client()
+    return [
+        pk
+        for pk in candidates
+        if client.set(f"callback:resent:{pk}", 1, nx=True, ex=CALLBACK_RESEND_EVERY_SECONDS)
+    ]
+
+
 def callback_deliver(*, decision_id: int) -> CallbackDelivery | None:
     """One delivery attempt. Safe to run twice: a decision already delivered is not sent again."""
     decision = (
@@ -45,6 +81,9 @@ def callback_deliver(*, decision_id: int) -> CallbackDelivery | None:
         .first()
     )
     if decision is None or decision.callback_deliveries.filter(succeeded=True).exists():
+        return None
+    # Only a settled outcome is news to the platform: not an escalation, not a QA second review.
+    if decision.action == Decision.Action.ESCALATE or decision.case.qa_of_id is not None:
         return None
     source = decision.case.item.source
     if not source.callback_url:

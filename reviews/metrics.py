@@ -53,12 +53,20 @@ class Agreement:
 
 
 def agreement_of(decisions: QuerySet[Decision]) -> Agreement:
-    """The model's verdicts judged against the moderators' final labels (only where the model decided)."""
-    counts = decisions.exclude(action=Decision.Action.ESCALATE).aggregate(
-        tp=Count("id", filter=Q(model_verdict="violates", final_label="violates")),
-        fp=Count("id", filter=Q(model_verdict="violates", final_label="safe")),
-        fn=Count("id", filter=Q(model_verdict="safe", final_label="violates")),
-        tn=Count("id", filter=Q(model_verdict="safe", final_label="safe")),
+    """The model's verdicts judged against the moderators' final labels (only where the model decided).
+
+    A QA second review repeats the model verdict of the case it checks: it is counted in the QA agreement,
+    not here a second time.
+    """
+    counts = (
+        decisions.exclude(action=Decision.Action.ESCALATE)
+        .filter(case__qa_of__isnull=True)
+        .aggregate(
+            tp=Count("id", filter=Q(model_verdict="violates", final_label="violates")),
+            fp=Count("id", filter=Q(model_verdict="violates", final_label="safe")),
+            fn=Count("id", filter=Q(model_verdict="safe", final_label="violates")),
+            tn=Count("id", filter=Q(model_verdict="safe", final_label="safe")),
+        )
     )
     return Agreement(counts["tp"], counts["fp"], counts["fn"], counts["tn"])
 

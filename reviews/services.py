@@ -9,7 +9,7 @@ from datetime import timedelta
 from functools import partial
 
 from django.contrib.auth.models import User
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -20,6 +20,8 @@ from reviews.models import Decision, GoldenExample
 
 LEASE_MINUTES = 10
 PRIORITY_QA_REVIEW = 20
+# pg_advisory_xact_lock(class, user id): one claim at a time per moderator.
+CLAIM_LOCK_CLASS = 0x5245  # "RE"
 
 
 class DecisionRefused(Exception):
@@ -39,11 +41,9 @@ def case_claim_next(
 ) -> Case | None:
     """Lease the next case this moderator may review: one statement decides who owns it (SKIP LOCKED).
 
-    A case the moderator still holds comes first, so a reload never hands out a second one.
+    A case the moderator still holds comes first, so a reload never hands out a second one; a moderator's
+    own claims are serialised, so neither does a double click.
     """
-    held = selectors.cases_claimed_by(moderator).order_by("lease_expires_at").first()
-    if held is not None:
-        return held
     candidates = selectors.cases_reviewable_by(moderator).filter(
         state__in=selectors.case_states_claimable_by(moderator)
     )
@@ -54,6 +54,11 @@ def case_claim_next(
     # Nobody double-checks their own decision.
     candidates = candidates.exclude(qa_of__decisions__moderator=moderator)
     with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [CLAIM_LOCK_CLASS, moderator.pk])
+        held = selectors.cases_claimed_by(moderator).order_by("lease_expires_at").first()
+        if held is not None:
+            return held
         case = (
             candidates.order_by("-priority", "queued_at", "id")
             .select_for_update(skip_locked=True, of=("self",))
@@ -149,14 +154,12 @@ def case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> Decisio
             and not selectors.user_is_senior(moderator)
         ):
             raise DecisionRefused("this case is already escalated")
-        final_label = decision.final_label
-        if decision.action == Decision.Action.CONFIRM:
-            if locked.verdict not in (Verdict.VIOLATES, Verdict.SAFE):
-                raise DecisionRefused("there is no model verdict to confirm; overturn with the right label")
-            final_label = locked.verdict
+        final_label = _final_label(locked, decision)
+        reviewed_case_id = locked.qa_of_id
+        is_qa = reviewed_case_id is not None
         reviewed = (
-            Decision.objects.filter(case_id=locked.qa_of_id).exclude(action=Decision.Action.ESCALATE).first()
-            if locked.qa_of_id
+            Decision.objects.filter(case_id=reviewed_case_id).exclude(action=Decision.Action.ESCALATE).first()
+            if reviewed_case_id is not None
             else None
         )
         try:
@@ -165,19 +168,21 @@ def case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> Decisio
                     case=locked,
                     moderator=moderator,
                     action=decision.action,
-                    final_label=final_label if decision.action != Decision.Action.ESCALATE else "",
+                    final_label=final_label,
                     rule_ids=list(decision.rule_ids),
                     note=decision.note,
                     seconds_spent=decision.seconds_spent,
                     model_verdict=locked.verdict,
-                    agrees_with_reviewed=(reviewed.final_label == final_label) if reviewed else None,
+                    agrees_with_reviewed=_agreement(locked, reviewed, final_label),
                 )
         except IntegrityError as exc:
             raise DecisionRefused("this case already has a decision") from exc
 
         if decision.action == Decision.Action.ESCALATE:
+            locked.needs_senior = True
             Case.objects.filter(pk=locked.pk).update(
-                state=Case.State.ESCALATED,
+                # An appeal handed on stays an appeal (and where the lease sweep would put it back).
+                state=_waiting_state(locked),
                 needs_senior=True,
                 priority=F("priority") + 5,
                 lease_owner=None,
@@ -208,12 +213,35 @@ def case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> Decisio
                 "agrees_with_reviewed": made.agrees_with_reviewed,
             },
         )
-        if reviewed is None:
+        # A QA review only measures agreement: the platform and the golden set already have the outcome.
+        if not is_qa:
             _golden_candidate_from_decision(locked, made)
             _qa_review_maybe_open(locked, made)
             if locked.item.source.callback_url:
                 transaction.on_commit(partial(tasks.callback_enqueue, decision_id=made.pk))
     return made
+
+
+def _final_label(case: Case, decision: DecisionIn) -> str:
+    """The label a decision settles on ("" for an escalation), or DecisionRefused if it is not one.
+
+    The form says the same to the moderator; this holds for every other caller.
+    """
+    if decision.action == Decision.Action.CONFIRM:
+        if case.verdict not in (Verdict.VIOLATES, Verdict.SAFE):
+            raise DecisionRefused("there is no model verdict to confirm; overturn with the right label")
+        return case.verdict
+    if decision.action == Decision.Action.OVERTURN:
+        if decision.final_label not in Decision.Label.values:
+            raise DecisionRefused("an overturn needs the correct label: violates or safe")
+        if decision.final_label == case.verdict:
+            raise DecisionRefused("that is the model's verdict: confirm it instead")
+        return decision.final_label
+    if decision.action == Decision.Action.ESCALATE:
+        if not decision.note.strip():
+            raise DecisionRefused("say why you escalate, for the senior moderator")
+        return ""
+    raise DecisionRefused(f"unknown action {decision.action!r}")
 
 
 def _golden_candidate_from_decision(case: Case, decision: Decision) -> GoldenExample:
@@ -229,12 +257,31 @@ def _golden_candidate_from_decision(case: Case, decision: Decision) -> GoldenExa
     )
 
 
+def _is_auto_clear_sample(case: Case) -> bool:
+    """A case the model would have auto-cleared, sent to a human instead as a QA sample (see routing)."""
+    return case.qa_of_id is None and case.appeal_of_id is None and case.route_reason.startswith("QA sample")
+
+
+def _agreement(case: Case, reviewed: Decision | None, final_label: str) -> bool | None:
+    """For a QA review: does it agree with what it double-checks (a moderator's decision, or the model's
+    auto-clear)? None for any other decision, and for an escalation: whoever settles it records it."""
+    if not final_label:
+        return None
+    if reviewed is not None:
+        return reviewed.final_label == final_label
+    if _is_auto_clear_sample(case):
+        return case.verdict == final_label
+    return None
+
+
 def _qa_review_maybe_open(case: Case, decision: Decision) -> Case | None:
     """A sampled share of decisions is reviewed again by someone else; agreement is recorded then."""
     policy = case.policy_version.policy
-    is_auto_clear_sample = case.route_reason.startswith("QA sample")
+    # Appeals were already judged twice (model at high effort, a senior moderator): no QA on top.
+    if case.appeal_of_id is not None or _is_auto_clear_sample(case):
+        return None
     # A different hash seed from the auto-clear sample, so the two samples are independent.
-    if is_auto_clear_sample or not qa_sampled(case.pk * 31 + 7, policy.qa_sample_rate):
+    if not qa_sampled(case.pk * 31 + 7, policy.qa_sample_rate):
         return None
     qa_case = Case.objects.create(
         item_id=case.item_id,
@@ -268,14 +315,24 @@ def appeal_open(*, case: Case, reason: str, actor: object) -> tuple[Case, bool]:
     from inference_worker import tasks as inference_tasks
     from moderation.models import Source
 
-    if case.state not in (Case.State.DECIDED, Case.State.AUTO_ACTIONED, Case.State.AUTO_CLEARED):
-        raise AppealRefused("only a decided case can be appealed; this one is still under review")
     with transaction.atomic():
+        # Locking the appealed case serialises two requests for the same appeal: the second finds the first's.
+        locked = Case.objects.select_for_update().filter(pk=case.pk).only("state").first()
+        if locked is None or locked.state not in (
+            Case.State.DECIDED,
+            Case.State.AUTO_ACTIONED,
+            Case.State.AUTO_CLEARED,
+        ):
+            raise AppealRefused("only a decided case can be appealed; this one is still under review")
         existing = Case.objects.filter(appeal_of=case).first()
         if existing is not None:
             return existing, False
+        # Waiting since the platform asked: triage keeps queued_at for cases it routes to APPEALED.
         appeal = Case.objects.create(
-            item_id=case.item_id, policy_version_id=case.policy_version_id, appeal_of=case
+            item_id=case.item_id,
+            policy_version_id=case.policy_version_id,
+            appeal_of=case,
+            queued_at=timezone.now(),
         )
         audit.record(
             "case.appealed",
