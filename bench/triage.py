@@ -107,8 +107,12 @@ def phase(*, items: int, latency: float, processes: int, in_flight: int, workdir
         psycopg.connect(database_url(DATABASE), autocommit=True) as conn,
     ):
         started = time.monotonic()
-        manage(["shell", "-c", SETUP_AND_INGEST.format(total=items)], env, timeout=600)
+        started_wall = time.time()
+        output = manage(["shell", "-c", SETUP_AND_INGEST.format(total=items)], env, timeout=600)
         ingest_seconds = time.monotonic() - started
+        # The shell boots Django and creates the policy before the first item exists: no triage is
+        # possible before then, so the rate from the first ingest is reported next to the headline one.
+        startup_seconds = float(output.split("INGESTED", 1)[1].split()[0]) - started_wall
         deadline = started + items / max(1.0, processes * in_flight / max(latency, 0.01)) * 3 + 120
         samples: list[tuple[float, int]] = []
         while True:
@@ -137,9 +141,11 @@ def phase(*, items: int, latency: float, processes: int, in_flight: int, workdir
         "latency_s": latency,
         "worker_processes": processes,
         "in_flight_per_process": in_flight,
+        "startup_s": round(startup_seconds, 2),
         "ingest_s": round(ingest_seconds, 2),
         "elapsed_s": round(elapsed, 2),
         "items_per_s": round(items / elapsed, 1),
+        "items_per_s_from_first_ingest": round(items / (elapsed - startup_seconds), 1),
         "steady_items_per_s": round(steady, 1),
         "case_states": states,
         "engine_calls": results[0] if results else 0,
@@ -180,6 +186,7 @@ def main() -> int:
                 "items_per_s": loaded["items_per_s"],
                 "ratio_to_ideal": round(loaded["items_per_s"] / ideal, 3),
                 "steady_ratio_to_ideal": round(loaded["steady_items_per_s"] / ideal, 3),
+                "ratio_from_first_ingest": round(loaded["items_per_s_from_first_ingest"] / ideal, 3),
                 "overhead_ceiling_items_per_s_per_process": ceiling["items_per_s"],
                 "loaded": loaded,
                 "ceiling": ceiling,

@@ -9,7 +9,9 @@ Database work happens in batches on the task's thread; HTTP happens on one async
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
+import contextlib
 import logging
 import math
 import os
@@ -163,6 +165,8 @@ class EngineRunner:
         self.session: aiohttp.ClientSession = asyncio.run_coroutine_threadsafe(
             self._session_create(), self.loop
         ).result()
+        # aiohttp complains about a session still open when the interpreter exits.
+        atexit.register(self.close)
 
     async def _session_create(self) -> aiohttp.ClientSession:
         # aiohttp binds the session to the running loop, so it is made on the runner's loop.
@@ -175,6 +179,15 @@ class EngineRunner:
             case_judge(work, self.config, self.transport, self.session), self.loop
         )
 
+    def close(self) -> None:
+        """Close the connections and stop the loop; a forked child just drops its parent's runner."""
+        if self.pid != os.getpid() or not self.loop.is_running():
+            return
+        with contextlib.suppress(TimeoutError):
+            asyncio.run_coroutine_threadsafe(self.session.close(), self.loop).result(timeout=5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+
 
 _runner_lock = threading.Lock()
 _runner: EngineRunner | None = None
@@ -185,6 +198,8 @@ def engine_runner(config: EngineConfig) -> EngineRunner:
     global _runner
     with _runner_lock:
         if _runner is None or _runner.pid != os.getpid() or _runner.config != config:
+            if _runner is not None:
+                _runner.close()  # else its thread and connections outlive it
             _runner = EngineRunner(config)
         return _runner
 
@@ -487,6 +502,7 @@ def cases_triage(*, case_ids: list[int], config: EngineConfig | None = None) -> 
     deadline = time.monotonic() + PUMP_SECONDS
     next_refill = 0.0
     first = True
+    unsaved: list[CaseOutcome] = []
 
     while True:
         room = config.max_in_flight - len(in_flight)
@@ -510,6 +526,12 @@ def cases_triage(*, case_ids: list[int], config: EngineConfig | None = None) -> 
                 in_flight[runner.submit(work)] = work
             stats.claimed += len(works)
             stats.max_in_flight = max(stats.max_in_flight, len(in_flight))
+        if unsaved:
+            # Saved after the refill above, not before: the engine is already working on the
+            # replacements while Postgres writes these (the save is most of the pump's time).
+            triage_outcomes_save(unsaved, config)
+            stats.saved += len(unsaved)
+            unsaved = []
         if not in_flight:
             break
         done, _ = concurrent.futures.wait(
@@ -517,13 +539,12 @@ def cases_triage(*, case_ids: list[int], config: EngineConfig | None = None) -> 
         )
         if not done:
             continue
-        outcomes = [future.result() for future in done]
+        unsaved = [future.result() for future in done]
         for future in done:
             del in_flight[future]
-        triage_outcomes_save(outcomes, config)
-        stats.saved += len(outcomes)
-        successes = sum(1 for o in outcomes if o.verdict is not None)
-        breaker.record(successes=successes, failures=sum(1 for o in outcomes if o.unavailable))
+        # Recorded before the refill, so an engine that just failed gets no new requests.
+        successes = sum(1 for o in unsaved if o.verdict is not None)
+        breaker.record(successes=successes, failures=sum(1 for o in unsaved if o.unavailable))
     return stats
 
 

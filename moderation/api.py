@@ -11,7 +11,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
-from ninja import NinjaAPI
+from ninja import NinjaAPI, Status
 from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.security import HttpBearer
@@ -230,7 +230,7 @@ def item_status(request: HttpRequest, external_id: str) -> dict[str, Any]:
     response={200: AppealOut, 201: AppealOut, **ERRORS, 404: ErrorOut, 409: ErrorOut},
     summary="Appeal the decision on an item: re-judged at high effort and reviewed by a senior moderator",
 )
-def item_appeal(request: HttpRequest, external_id: str, body: AppealIn) -> tuple[int, dict[str, Any]]:
+def item_appeal(request: HttpRequest, external_id: str, body: AppealIn) -> Status[dict[str, Any]]:
     from reviews.services import AppealRefused, appeal_open
 
     source: Source = request.auth  # type: ignore[attr-defined]
@@ -240,9 +240,7 @@ def item_appeal(request: HttpRequest, external_id: str, body: AppealIn) -> tuple
         appeal, created = appeal_open(case=case, reason=body.reason, actor=source)
     except AppealRefused as exc:
         raise HttpError(409, str(exc)) from exc
-    return (201 if created else 200), {
-        "case_id": appeal.pk,
-        "appeal_of": case.pk,
-        "state": appeal.state,
-        "created": created,
-    }
+    return Status(
+        201 if created else 200,
+        {"case_id": appeal.pk, "appeal_of": case.pk, "state": appeal.state, "created": created},
+    )

@@ -157,7 +157,6 @@ class PolicyLine:
     text: str
     rule_id: str
     cited: bool
-    hallucinated: bool = False
 
 
 def policy_lines(text: str, rule_ids: list[str], cited: list[str]) -> list[PolicyLine]:

@@ -1,18 +1,21 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_POST
-from django.contrib.auth.models import User
-from django_htmx.middleware import HtmxDetails
 from django_htmx.http import HttpResponseClientRedirect
+from django_htmx.middleware import HtmxDetails
 
+from moderation.models import Case
 from reviews import metrics, selectors, services
 from reviews.forms import DecisionForm, QueueFilterForm
 from reviews.services import DecisionIn, DecisionRefused
@@ -32,6 +35,26 @@ SKIPPED_KEPT = 200
 def _reviewer_required(request: AuthedRequest) -> None:
     if not selectors.user_is_reviewer(request.user):
         raise PermissionDenied("Only moderators review cases.")
+
+
+def _partial_wanted(request: AuthedRequest) -> bool:
+    """An htmx swap gets the fragment; a reload, a plain form post or a history restore the whole page."""
+    return bool(request.htmx) and not request.htmx.history_restore_request
+
+
+def _page(
+    request: AuthedRequest, template: str, context: dict[str, Any], *, status: int = 200
+) -> HttpResponse:
+    """A full page: the navigation shows only what this user may open."""
+    user = request.user
+    nav = {
+        "queue": selectors.user_is_reviewer(user),
+        "metrics": metrics.policies_for_metrics(user) is not None,
+        "callbacks": selectors.user_is_admin(user),
+    }
+    response = render(request, template, {**context, "nav": nav}, status=status)
+    patch_vary_headers(response, ("HX-Request",))
+    return response
 
 
 def _redirect(request: AuthedRequest, url: str) -> HttpResponse:
@@ -62,13 +85,14 @@ def queue(request: AuthedRequest) -> HttpResponse:
         "counts": selectors.queue_counts(user),
         "query": _query_without_cursor(request),
     }
-    if request.htmx:
+    if _partial_wanted(request):
         # The table, and the counters out of band so they agree with it.
         table = render(request, "reviews/queue.html#queue-table", context)
         counts = render(request, "reviews/queue.html#queue-counts", {**context, "oob": True})
         table.content += counts.content
+        patch_vary_headers(table, ("HX-Request",))
         return table
-    return render(request, "reviews/queue.html", context)
+    return _page(request, "reviews/queue.html", context)
 
 
 def _query_without_cursor(request: AuthedRequest) -> str:
@@ -116,28 +140,95 @@ def case_detail(request: AuthedRequest, case_id: int) -> HttpResponse:
         pk=case_id,
     )
     mine = selectors.cases_claimed_by(request.user).filter(pk=case.pk).exists()
-    context: dict[str, Any] = {**selectors.case_detail(case), "mine": mine}
-    if mine:
-        context["form"] = DecisionForm(case=case)
-    return render(request, "reviews/case_detail.html", context)
+    return _case_page(request, case, DecisionForm(case=case) if mine else None)
+
+
+def _case_page(
+    request: AuthedRequest,
+    case: Case,
+    form: DecisionForm | None,
+    *,
+    status: int = 200,
+    notice: str = "",
+) -> HttpResponse:
+    context: dict[str, Any] = {
+        **selectors.case_detail(case),
+        "mine": form is not None,
+        "form": form,
+        "notice": notice,
+        "metadata": metadata_rows(case.item.metadata),
+    }
+    return _page(request, "reviews/case_detail.html", context, status=status)
+
+
+def metadata_rows(metadata: object) -> list[tuple[str, str]]:
+    """The source's metadata as (key, text) rows: strings as they are, anything else as JSON.
+
+    Done here, not with ``metadata.items`` in the template: a key named "items" (or "keys", ...) would
+    win the template's lookup and break the page.
+    """
+    if not isinstance(metadata, dict):
+        return [("", _as_text(metadata))] if metadata else []
+    return [(str(key), _as_text(value)) for key, value in metadata.items()]
+
+
+def _as_text(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+
+
+LEASE_LOST = "Not recorded: this case is no longer yours (your hold on it expired). Take the next case."
+
+
+def _decision_form_invalid(
+    request: AuthedRequest, case: Case, form: DecisionForm, *, status: int
+) -> HttpResponse:
+    """htmx swaps the form in place; without htmx the whole page comes back with the errors.
+
+    A moderator who lost the case is offered the next one instead of a form they can no longer use.
+    """
+    lost = not selectors.cases_claimed_by(request.user).filter(pk=case.pk).exists()
+    if _partial_wanted(request):
+        return render(
+            request,
+            "reviews/case_detail.html#decision-form",
+            {"case": case, "form": form, "mine": True, "lost": lost},
+            status=status,
+        )
+    full = get_object_or_404(
+        selectors.cases_reviewable_by(request.user).select_related(
+            "item__source", "policy_version__policy", "lease_owner"
+        ),
+        pk=case.pk,
+    )
+    if lost:
+        return _case_page(
+            request, full, None, status=status, notice=" ".join(str(e) for e in form.non_field_errors())
+        )
+    return _case_page(request, full, form, status=status)
+
+
+def _decision_refused(request: AuthedRequest, case: Case, form: DecisionForm, message: str) -> HttpResponse:
+    form.is_valid()  # add_error needs a cleaned form
+    form.add_error(None, message)
+    return _decision_form_invalid(request, case, form, status=409)
 
 
 @require_POST
 @login_required
 def case_decide(request: AuthedRequest, case_id: int) -> HttpResponse:
     _reviewer_required(request)
+    # Any case the moderator may see: one whose hold they lost gets a 409 that says so, not a 404.
     case = get_object_or_404(
-        selectors.cases_claimed_by(request.user).select_related("policy_version"),
+        selectors.cases_reviewable_by(request.user).select_related("policy_version"),
         pk=case_id,
     )
     form = DecisionForm(request.POST, case=case)
+    if not selectors.cases_claimed_by(request.user).filter(pk=case.pk).exists():
+        return _decision_refused(request, case, form, LEASE_LOST)
     if not form.is_valid():
-        return render(
-            request,
-            "reviews/case_detail.html#decision-form",
-            {"case": case, "form": form, "mine": True},
-            status=400,
-        )
+        return _decision_form_invalid(request, case, form, status=400)
     try:
         services.case_decide(
             case=case,
@@ -151,13 +242,7 @@ def case_decide(request: AuthedRequest, case_id: int) -> HttpResponse:
             ),
         )
     except DecisionRefused as exc:
-        form.add_error(None, str(exc))
-        return render(
-            request,
-            "reviews/case_detail.html#decision-form",
-            {"case": case, "form": form, "mine": True},
-            status=409,
-        )
+        return _decision_refused(request, case, form, f"Not recorded: {exc}.")
     return _claim_next_and_go(request)
 
 
@@ -188,7 +273,7 @@ def metrics_page(request: AuthedRequest) -> HttpResponse:
     policies = metrics.policies_for_metrics(request.user)
     if policies is None:
         raise PermissionDenied("Your role has no access to metrics.")
-    return render(request, "reviews/metrics.html", {"metrics": metrics.metrics_compute(policies)})
+    return _page(request, "reviews/metrics.html", {"metrics": metrics.metrics_compute(policies)})
 
 
 @require_GET
@@ -196,4 +281,4 @@ def metrics_page(request: AuthedRequest) -> HttpResponse:
 def callbacks_page(request: AuthedRequest) -> HttpResponse:
     if not selectors.user_is_admin(request.user):
         raise PermissionDenied("Only admins see callback deliveries.")
-    return render(request, "reviews/callbacks.html", {"deliveries": selectors.callback_deliveries_recent()})
+    return _page(request, "reviews/callbacks.html", {"deliveries": selectors.callback_deliveries_recent()})

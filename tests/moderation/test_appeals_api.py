@@ -22,7 +22,7 @@ from reviews import callbacks, services
 from reviews.models import AuditEvent, CallbackDelivery, Decision, Role
 from reviews.services import DecisionIn
 from tests.conftest import POLICY_TEXT, ApiClient, source_api_client
-from tests.reviews.helpers import CallbackReceiver, case_ids_in, static_storage_plain, user_create
+from tests.reviews.helpers import CallbackReceiver, case_ids_in, user_create
 
 NO_ENGINE = EngineConfig(
     transport="completions",
@@ -38,11 +38,6 @@ NO_ENGINE = EngineConfig(
     max_attempts=3,
     retry_base_seconds=1.0,
 )
-
-
-@pytest.fixture(autouse=True)
-def plain_static_storage(settings: Any) -> None:
-    static_storage_plain(settings)
 
 
 @pytest.fixture(autouse=True)

@@ -11,12 +11,7 @@ from django.contrib.auth.models import User
 from moderation.models import Case, Policy
 from reviews.models import Role
 from tests.conftest import ApiClient
-from tests.reviews.helpers import CallbackReceiver, cases_create, static_storage_plain, user_create
-
-
-@pytest.fixture(autouse=True)
-def plain_static_storage(settings: Any) -> None:
-    static_storage_plain(settings)
+from tests.reviews.helpers import CallbackReceiver, cases_create, user_create
 
 
 @pytest.fixture

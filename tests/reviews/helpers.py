@@ -25,14 +25,6 @@ from reviews.models import QueueGrant
 _serial = itertools.count(1)
 
 
-def static_storage_plain(settings: Any) -> None:
-    """Pages render without a collectstatic manifest (production uses the hashed, compressed one)."""
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }
-
-
 def user_create(username: str, *roles: str, grants: Sequence[Policy] = ()) -> User:
     """A user in the given role groups, granted the given queues."""
     user = User.objects.create_user(username=username, password="not-used-in-tests")

@@ -209,10 +209,6 @@ def test_the_service_refuses_a_decision_after_the_lease_was_taken_over(
     assert case.state == Case.State.CLAIMED and case.lease_owner == other_moderator
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reviews/views.py case_decide looks the case up in cases_claimed_by(user): 404, not 409",
-)
 def test_the_view_answers_409_to_a_decision_after_the_lease_was_taken_over(
     moderator: User, other_moderator: User, queued_cases: CasesFactory
 ) -> None:
