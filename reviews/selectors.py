@@ -188,6 +188,18 @@ def case_detail(case: Case) -> dict[str, Any]:
         .prefetch_related("decisions__moderator")
         .order_by("created_at")
     )
+    # A QA second review is blind: the decision it checks stays hidden until this one is made.
+    blind = case.qa_of_id is not None and case.state != Case.State.DECIDED
+    if blind:
+        history = history.exclude(pk=case.qa_of_id)
+    reviewed = (
+        Decision.objects.filter(case_id=case.qa_of_id)
+        .exclude(action="escalate")
+        .select_related("moderator")
+        .first()
+        if case.qa_of_id and not blind
+        else None
+    )
     return {
         "case": case,
         "item": case.item,
@@ -200,9 +212,8 @@ def case_detail(case: Case) -> dict[str, Any]:
         "hallucinated": list(latest.hallucinated_rule_ids) if latest else [],
         "history": list(history),
         "decisions": list(case.decisions.select_related("moderator").order_by("created_at")),
-        "reviewed_decision": Decision.objects.filter(case_id=case.qa_of_id).exclude(action="escalate").first()
-        if case.qa_of_id
-        else None,
+        "qa_blind": blind,
+        "reviewed_decision": reviewed,
     }
 
 

@@ -174,3 +174,26 @@ def test_it_samples_about_the_configured_share_of_decisions(
         decide(moderator, DecisionIn(action=Decision.Action.CONFIRM))
     opened = Case.objects.filter(qa_of__isnull=False).count()
     assert 10 <= opened <= 30  # 20 expected
+
+
+def test_it_hides_the_first_decision_from_the_second_reviewer_until_they_decide(
+    sampled_policy: Policy, moderator: User, other_moderator: User, queued_cases: CasesFactory
+) -> None:
+    [case] = queued_cases(verdict="violates")
+    decide(
+        moderator,
+        DecisionIn(action=Decision.Action.OVERTURN, final_label="safe", note="satire, not a threat"),
+    )
+    qa_case = services.case_claim_next(moderator=other_moderator)
+    assert qa_case is not None and qa_case.qa_of_id == case.pk
+
+    page = logged_in(other_moderator).get(f"/cases/{qa_case.pk}/").content.decode()
+    assert "decide on your own" in page
+    assert "satire, not a threat" not in page
+    assert moderator.get_username() not in page
+
+    services.case_decide(
+        case=qa_case, moderator=other_moderator, decision=DecisionIn(action=Decision.Action.CONFIRM)
+    )
+    page = logged_in(other_moderator).get(f"/cases/{qa_case.pk}/").content.decode()
+    assert f"safe by {moderator.get_username()}" in page
