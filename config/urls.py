@@ -9,6 +9,7 @@ from moderation.api import api
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
+    path("api/v1/docs", views.api_docs, name="api_docs"),
     path("api/v1/", api.urls),
     path("admin/", admin.site.urls),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import connection
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from config.celery import app as celery_app
@@ -28,3 +29,9 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse(
         {"status": "ok" if healthy else "unavailable", **checks}, status=200 if healthy else 503
     )
+
+
+@require_GET
+def api_docs(request: HttpRequest) -> HttpResponse:
+    """Swagger UI for the ingestion API, served from our own static files."""
+    return render(request, "api_docs.html")

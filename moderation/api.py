@@ -54,6 +54,9 @@ api = IngestionAPI(
         "a signature is accepted once, within 5 minutes of its timestamp."
     ),
     urls_namespace="api",
+    # ninja's docs page loads Swagger UI from a CDN with an inline script; config/views.api_docs serves
+    # the same UI from npm under the strict CSP.
+    docs_url=None,
 )
 
 ERRORS: dict[int, type[ErrorOut]] = {
