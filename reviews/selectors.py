@@ -191,7 +191,7 @@ def case_detail(case: Case) -> dict[str, Any]:
     # A QA second review is blind: the decision it checks stays hidden until this one is made.
     blind = case.qa_of_id is not None and case.state != Case.State.DECIDED
     if blind:
-        history = history.exclude(pk=case.qa_of_id)
+        history = history.exclude(qa_reviews=case)
     reviewed = (
         Decision.objects.filter(case_id=case.qa_of_id)
         .exclude(action="escalate")
