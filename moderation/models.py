@@ -219,7 +219,9 @@ class Case(models.Model):
                 name="case_queue_idx",
                 condition=Q(state__in=["queued", "escalated", "appealed"]),
             ),
-            # Triage claims and the stuck-case sweep.
+            # Triage claims walk pending cases in id order; without this they would scan every settled case.
+            models.Index(fields=["id"], name="case_pending_idx", condition=Q(state="pending_triage")),
+            # The stuck-case sweep.
             models.Index(
                 fields=["state", "updated_at"],
                 name="case_triage_idx",
