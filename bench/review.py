@@ -843,7 +843,8 @@ def measure(
 
 def on_signal(signum: int, frame: FrameType | None) -> None:
     # Unwinds through process_running, so gunicorn is stopped.
-    raise BenchError(f"stopped by signal {signum} (SIGALRM: the --deadline passed)")
+    name = signal.Signals(signum).name
+    raise BenchError(f"stopped by {name}" + (": the --deadline passed" if signum == signal.SIGALRM else ""))
 
 
 def main() -> int:
@@ -867,7 +868,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=4, help="threads per worker (gthread only)")
     parser.add_argument(
-        "--app", default="config.wsgi:application", help="WSGI app for gunicorn (a patched variant, say)"
+        "--app",
+        default="config.wsgi:application",
+        help="WSGI app gunicorn serves (a patched variant on PYTHONPATH, to measure a change)",
     )
     parser.add_argument("--deadline", type=int, default=1800, help="seconds the whole run may take")
     args = parser.parse_args()
@@ -880,7 +883,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-review-") as tmp:
         try:
             result = run(args, Path(tmp))
-        except (BenchError, psycopg.Error, OSError) as exc:
+        except (BenchError, psycopg.Error, OSError, subprocess.TimeoutExpired) as exc:
             log(f"failed: {type(exc).__name__}: {exc}")
             server_log = Path(tmp) / "gunicorn.log"
             if server_log.exists():

@@ -141,7 +141,7 @@ def case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> Decisio
 
     with transaction.atomic():
         locked = (
-            Case.objects.select_for_update()
+            Case.objects.select_for_update(of=("self",))
             .select_related("item__source", "policy_version__policy")
             .filter(pk=case.pk, state=Case.State.CLAIMED, lease_owner=moderator)
             .first()
