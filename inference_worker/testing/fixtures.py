@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from inference_worker.services import EngineConfig
 from inference_worker.testing.engine_simulator import EngineSimulator
 
 
@@ -17,3 +18,22 @@ def engine_simulator() -> Iterator[EngineSimulator]:
     """A started loopback engine simulator: zero latency, mode ``ok``."""
     with EngineSimulator(latency=0.0, mode="ok") as simulator:
         yield simulator
+
+
+@pytest.fixture
+def engine_config(engine_simulator: EngineSimulator) -> EngineConfig:
+    """Triage settings pointing at the simulator: quick timeouts and retries, 128 in flight."""
+    return EngineConfig(
+        transport="completions",
+        base_url=engine_simulator.base_url,
+        api_key="",
+        model="openai/gpt-oss-safeguard-20b",
+        effort="low",
+        escalation_model="openai/gpt-oss-safeguard-20b",
+        escalation_effort="high",
+        max_tokens=512,
+        timeout_seconds=2.0,
+        max_in_flight=128,
+        max_attempts=3,
+        retry_base_seconds=1.0,
+    )

@@ -37,8 +37,6 @@ from playwright.sync_api import (
 )
 from pytest_django.live_server_helper import LiveServer
 
-from inference_worker.services import EngineConfig
-from inference_worker.testing.engine_simulator import EngineSimulator
 from moderation.models import Policy
 from reviews.models import QueueGrant, Role
 
@@ -229,21 +227,3 @@ def user_with_role(username: str, role: Role, *, grants: list[Policy]) -> User:
 @pytest.fixture
 def moderator(policy: Policy) -> User:
     return user_with_role("mona", Role.MODERATOR, grants=[policy])
-
-
-@pytest.fixture
-def engine_config(engine_simulator: EngineSimulator) -> EngineConfig:
-    return EngineConfig(
-        transport="completions",
-        base_url=engine_simulator.base_url,
-        api_key="",
-        model="openai/gpt-oss-safeguard-20b",
-        effort="low",
-        escalation_model="openai/gpt-oss-safeguard-20b",
-        escalation_effort="high",
-        max_tokens=512,
-        timeout_seconds=5.0,
-        max_in_flight=8,
-        max_attempts=2,
-        retry_base_seconds=0.1,
-    )

@@ -21,21 +21,8 @@ from reviews.models import AuditEvent
 
 
 @pytest.fixture
-def config(engine_simulator: EngineSimulator) -> EngineConfig:
-    return EngineConfig(
-        transport="completions",
-        base_url=engine_simulator.base_url,
-        api_key="",
-        model="openai/gpt-oss-safeguard-20b",
-        effort="low",
-        escalation_model="openai/gpt-oss-safeguard-20b",
-        escalation_effort="high",
-        max_tokens=512,
-        timeout_seconds=2.0,
-        max_in_flight=128,
-        max_attempts=3,
-        retry_base_seconds=1.0,
-    )
+def config(engine_config: EngineConfig) -> EngineConfig:
+    return engine_config
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 from collections.abc import Iterator
@@ -15,7 +14,6 @@ from django.db import connection
 from django.test import Client
 
 from inference_worker.services import EngineConfig, cases_triage
-from inference_worker.testing.engine_simulator import EngineSimulator
 from moderation import services as moderation_services
 from moderation.models import Case, Policy, TriageResult
 from reviews import callbacks, services
@@ -193,11 +191,6 @@ def test_it_needs_the_policy_when_an_item_was_judged_under_several(
     response = appeal(source, "post-1", {"reason": "wrong", "policy": "harassment"})
     assert response.status_code == 201
     assert Case.objects.get(pk=response.json()["case_id"]).appeal_of_id == harassment_case.pk
-
-
-@pytest.fixture
-def engine_config(engine_simulator: EngineSimulator) -> EngineConfig:
-    return dataclasses.replace(NO_ENGINE, base_url=engine_simulator.base_url)
 
 
 def test_an_appeal_is_rejudged_at_high_effort_and_settled_by_a_senior_moderator(

@@ -10,7 +10,6 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from inference_worker.services import EngineConfig, cases_triage
-from inference_worker.testing.engine_simulator import EngineSimulator
 from moderation.models import Case, Policy
 from reviews import services, tasks
 from reviews.models import AuditEvent, Decision, GoldenExample
@@ -109,24 +108,6 @@ def test_an_escalated_second_review_records_agreement_once_settled(
     assert settled.case_id == handed_on.case_id
     assert settled.agrees_with_reviewed is True
     assert Decision.objects.filter(agrees_with_reviewed__isnull=False).count() == 1
-
-
-@pytest.fixture
-def engine_config(engine_simulator: EngineSimulator) -> EngineConfig:
-    return EngineConfig(
-        transport="completions",
-        base_url=engine_simulator.base_url,
-        api_key="",
-        model="openai/gpt-oss-safeguard-20b",
-        effort="low",
-        escalation_model="openai/gpt-oss-safeguard-20b",
-        escalation_effort="high",
-        max_tokens=512,
-        timeout_seconds=2.0,
-        max_in_flight=16,
-        max_attempts=3,
-        retry_base_seconds=1.0,
-    )
 
 
 def test_a_sampled_auto_clear_reaches_a_human_who_checks_the_model(
