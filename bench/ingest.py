@@ -84,29 +84,15 @@ CELERY_QUEUE = "celery"  # triage_cases has no route of its own: the default que
 TARGET_ITEMS_PER_S = 7050  # 1.5 x 4,700
 API_MAX_BATCH = 500
 
-POLICY_TEXT = """# Spam policy (bench)
-
-## Instructions
-Decide whether the content is spam. Answer with the JSON verdict described below.
-
-## Rules
-- SP1: Unsolicited commercial promotion repeated across conversations.
-- SP2: Links that disguise their destination.
-
-## Output
-{"violation": 0|1, "policy_category": str|null, "rule_ids": [str], "confidence": "low"|"medium"|"high",
- "rationale": str}
-"""
-
 # Runs inside `manage.py shell -c`: everything through the project's own services.
-SETUP_CODE = f"""
+SETUP_CODE = """
 import json
 from moderation import services
 from moderation.models import Policy
 policy = Policy.objects.create(slug="bench-spam", name="Bench spam")
-services.policy_version_create(policy=policy, text={POLICY_TEXT!r}, activate=True)
+services.policy_version_create(policy=policy, text=open("moderation/demo/spam.md").read(), activate=True)
 created = services.source_create(name="Bench", slug="bench", policies=[policy], rate_limit_per_minute=0)
-print("BENCH-SETUP " + json.dumps({{"api_key": created.api_key, "source_id": created.source.pk}}))
+print("BENCH-SETUP " + json.dumps({"api_key": created.api_key, "source_id": created.source.pk}))
 """
 
 VOCABULARY = """

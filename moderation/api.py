@@ -238,7 +238,10 @@ def item_appeal(request: HttpRequest, external_id: str, body: AppealIn) -> Statu
 
     source: Source = request.auth  # type: ignore[attr-defined]
     item = get_object_or_404(selectors.items_of_source(source), external_id=external_id)
-    case = selectors.case_appealable(item, policy_slug=body.policy)
+    try:
+        case = selectors.case_appealable(item, policy_slug=body.policy)
+    except selectors.NotAppealable as exc:
+        raise HttpError(400 if exc.ambiguous else 404, str(exc)) from exc
     try:
         appeal, created = appeal_open(case=case, reason=body.reason, actor=source)
     except AppealRefused as exc:

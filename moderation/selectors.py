@@ -3,7 +3,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
-from ninja.errors import HttpError
 
 from moderation.models import Case, ContentItem, Source
 
@@ -59,8 +58,16 @@ def item_status(item: ContentItem) -> dict[str, Any]:
     }
 
 
+class NotAppealable(Exception):
+    """No single case to appeal; `ambiguous` when the item was judged under several policies."""
+
+    def __init__(self, message: str, *, ambiguous: bool = False) -> None:
+        super().__init__(message)
+        self.ambiguous = ambiguous
+
+
 def case_appealable(item: ContentItem, *, policy_slug: str | None) -> Case:
-    """The original (not appeal, not QA) case of the item under the named policy, or a 4xx reason."""
+    """The original (not appeal, not QA) case of the item under the named policy, or NotAppealable."""
     cases = list(
         Case.objects.filter(item=item, appeal_of__isnull=True, qa_of__isnull=True).select_related(
             "policy_version__policy"
@@ -69,12 +76,12 @@ def case_appealable(item: ContentItem, *, policy_slug: str | None) -> Case:
     if policy_slug is not None:
         cases = [c for c in cases if c.policy_version.policy.slug == policy_slug]
         if not cases:
-            raise HttpError(404, f"no case of this item under policy {policy_slug!r}")
+            raise NotAppealable(f"no case of this item under policy {policy_slug!r}")
     if len(cases) > 1:
         policies = ", ".join(sorted(c.policy_version.policy.slug for c in cases))
-        raise HttpError(
-            400, f"this item was judged under several policies ({policies}); name one in 'policy'"
+        raise NotAppealable(
+            f"this item was judged under several policies ({policies}); name one in 'policy'", ambiguous=True
         )
     if not cases:
-        raise HttpError(404, "this item has no case to appeal")
+        raise NotAppealable("this item has no case to appeal")
     return cases[0]

@@ -20,12 +20,11 @@ def engine_simulator() -> Iterator[EngineSimulator]:
         yield simulator
 
 
-@pytest.fixture
-def engine_config(engine_simulator: EngineSimulator) -> EngineConfig:
-    """Triage settings pointing at the simulator: quick timeouts and retries, 128 in flight."""
+def engine_config_for(base_url: str) -> EngineConfig:
+    """Triage settings for tests: quick timeouts and retries, 128 in flight; "" means no engine."""
     return EngineConfig(
         transport="completions",
-        base_url=engine_simulator.base_url,
+        base_url=base_url,
         api_key="",
         model="openai/gpt-oss-safeguard-20b",
         effort="low",
@@ -37,3 +36,8 @@ def engine_config(engine_simulator: EngineSimulator) -> EngineConfig:
         max_attempts=3,
         retry_base_seconds=1.0,
     )
+
+
+@pytest.fixture
+def engine_config(engine_simulator: EngineSimulator) -> EngineConfig:
+    return engine_config_for(engine_simulator.base_url)

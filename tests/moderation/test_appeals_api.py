@@ -14,6 +14,7 @@ from django.db import connection
 from django.test import Client
 
 from inference_worker.services import EngineConfig, cases_triage
+from inference_worker.testing.fixtures import engine_config_for
 from moderation import services as moderation_services
 from moderation.models import Case, Policy, TriageResult
 from reviews import callbacks, services
@@ -22,20 +23,7 @@ from reviews.services import DecisionIn
 from tests.conftest import POLICY_TEXT, ApiClient, source_api_client
 from tests.reviews.helpers import CallbackReceiver, case_ids_in, user_create
 
-NO_ENGINE = EngineConfig(
-    transport="completions",
-    base_url="",
-    api_key="",
-    model="openai/gpt-oss-safeguard-20b",
-    effort="low",
-    escalation_model="openai/gpt-oss-safeguard-20b",
-    escalation_effort="high",
-    max_tokens=512,
-    timeout_seconds=2.0,
-    max_in_flight=16,
-    max_attempts=3,
-    retry_base_seconds=1.0,
-)
+NO_ENGINE = engine_config_for("")
 
 
 @pytest.fixture(autouse=True)
