@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ from moderation.redis import redis_client
 
 pytest_plugins = ["inference_worker.testing.fixtures"]
 
-TEST_REDIS_DB = 15
+TEST_REDIS_DB = int(os.environ["TEST_REDIS_DB"])  # set by pytest-env (pyproject.toml)
 
 POLICY_TEXT = """# Spam policy (test)
 
@@ -33,7 +34,7 @@ Decide whether the content is spam. Answer with the JSON verdict described below
 
 @pytest.fixture(autouse=True)
 def redis_test_db() -> redis.Redis:
-    """pyproject.toml points REDIS_URL and the broker at database 15; it is emptied before each test."""
+    """pyproject.toml points REDIS_URL and the broker at TEST_REDIS_DB; it is emptied before each test."""
     client = redis_client()
     assert client.connection_pool.connection_kwargs["db"] == TEST_REDIS_DB, (
         "tests never touch other Redis dbs"
