@@ -30,3 +30,8 @@ def policy_rule_ids_parse(policy_text: str) -> list[str]:
     """Rule ids defined by ``policy_text``, in order of definition, without repeats."""
     found = (match["rule_id"] for match in _RULE_DEFINITION.finditer(policy_text))
     return list(dict.fromkeys(found))
+
+
+def policy_rule_definitions(policy_text: str) -> list[str]:
+    """Every rule id definition in ``policy_text``, repeats included (to find duplicates)."""
+    return [match["rule_id"] for match in _RULE_DEFINITION.finditer(policy_text)]

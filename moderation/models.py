@@ -49,6 +49,11 @@ class Policy(models.Model):
     qa_sample_rate = models.FloatField(
         default=0.05, help_text="Share of auto-cleared items that still go to a human for QA."
     )
+    activation_tolerance = models.FloatField(
+        default=0.02,
+        help_text="How far F1 or accuracy on the golden set may drop below the active version's "
+        "before activating a new version needs an override.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -103,11 +108,20 @@ class Source(models.Model):
 class PolicyVersion(models.Model):
     class Status(models.TextChoices):
         DRAFT = "draft"
+        PUBLISHED = "published"
         ACTIVE = "active"
         RETIRED = "retired"
 
-    # The text is what the model was asked; once saved it never changes (cases point here forever).
-    IMMUTABLE_FIELDS: ClassVar[tuple[str, ...]] = ("policy_id", "number", "text", "content_hash")
+    # A draft's text may change; once published it never does (cases and evaluation runs point here
+    # forever). PostgreSQL refuses the change too (migration 0004).
+    IMMUTABLE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "policy_id",
+        "number",
+        "text",
+        "content_hash",
+        "rule_ids",
+        "token_count",
+    )
 
     policy = models.ForeignKey(Policy, on_delete=models.PROTECT, related_name="versions")
     number = models.PositiveIntegerField()
@@ -115,11 +129,13 @@ class PolicyVersion(models.Model):
     rule_ids = ArrayField(models.CharField(max_length=32), default=list, blank=True)
     token_count = models.PositiveIntegerField(default=0)
     content_hash = models.CharField(max_length=64)
-    status = models.CharField(max_length=8, choices=Status.choices, default=Status.DRAFT)
+    status = models.CharField(max_length=9, choices=Status.choices, default=Status.DRAFT)
     author = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    published_at = models.DateTimeField(null=True, blank=True)
     activated_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -135,10 +151,18 @@ class PolicyVersion(models.Model):
 
     def save(self, *args: object, **kwargs: object) -> None:
         if self.pk is not None:
-            stored = PolicyVersion.objects.filter(pk=self.pk).values(*self.IMMUTABLE_FIELDS).first()
-            if stored and any(stored[f] != getattr(self, f) for f in self.IMMUTABLE_FIELDS):
-                raise ValidationError("A policy version's text is immutable; create a new version.")
+            stored = PolicyVersion.objects.filter(pk=self.pk).values("status", *self.IMMUTABLE_FIELDS).first()
+            frozen = stored is not None and stored["status"] != self.Status.DRAFT
+            if frozen and (
+                self.status == self.Status.DRAFT
+                or any(stored[f] != getattr(self, f) for f in self.IMMUTABLE_FIELDS)
+            ):
+                raise ValidationError("A published policy version is immutable; create a new draft instead.")
         super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def is_draft(self) -> bool:
+        return self.status == self.Status.DRAFT
 
 
 class ContentItem(models.Model):

@@ -6,7 +6,7 @@ from celery import shared_task
 from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerError
 
-from reviews import callbacks, services
+from reviews import callbacks, evaluations, services
 
 logger = logging.getLogger(__name__)
 
@@ -47,3 +47,24 @@ def callback_enqueue(*, decision_id: int) -> None:
         callback_deliver.delay(decision_id=decision_id)
     except BrokerError:
         logger.warning("broker unavailable; callback for decision %s waits for the sweep", decision_id)
+
+
+@shared_task(
+    name="reviews.evaluation_run",
+    acks_late=True,
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=True,
+    max_retries=8,
+    soft_time_limit=6 * 3600,
+    time_limit=6 * 3600 + 60,
+)
+def evaluation_run(*, run_id: int, **_: object) -> None:
+    evaluations.evaluation_run_execute(run_id=run_id)
+
+
+def evaluation_run_enqueue(*, run_id: int) -> None:
+    """Publish the run. If the broker is away the run stays queued; starting it again re-publishes it."""
+    try:
+        evaluation_run.delay(run_id=run_id)
+    except BrokerError:
+        logger.warning("broker unavailable; evaluation run %s stays queued", run_id)

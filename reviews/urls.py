@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from reviews import views
+from reviews import views, views_policies
 
 app_name = "reviews"
 
@@ -17,4 +17,41 @@ urlpatterns = [
     path("cases/<int:case_id>/renew", views.case_renew, name="case_renew"),
     path("metrics/", views.metrics_page, name="metrics"),
     path("callbacks/", views.callbacks_page, name="callbacks"),
+    path("policies/", views_policies.policies_list, name="policies"),
+    path("policies/<slug:slug>/", views_policies.policy_detail, name="policy_detail"),
+    path("policies/<slug:slug>/drafts", views_policies.policy_draft_new, name="policy_draft_new"),
+    path("policies/<slug:slug>/diff", views_policies.policy_diff, name="policy_diff"),
+    path("policies/<slug:slug>/v<int:number>/", views_policies.policy_version, name="policy_version"),
+    path(
+        "policies/<slug:slug>/v<int:number>/lint", views_policies.policy_draft_lint, name="policy_draft_lint"
+    ),
+    path(
+        "policies/<slug:slug>/v<int:number>/publish",
+        views_policies.policy_version_publish,
+        name="policy_version_publish",
+    ),
+    path(
+        "policies/<slug:slug>/v<int:number>/activate",
+        views_policies.policy_version_activate,
+        name="policy_version_activate",
+    ),
+    path("policies/<slug:slug>/golden/", views_policies.golden_list, name="golden_list"),
+    path("policies/<slug:slug>/golden/import", views_policies.golden_import, name="golden_import"),
+    path(
+        "policies/<slug:slug>/golden/import/confirm",
+        views_policies.golden_import_confirm,
+        name="golden_import_confirm",
+    ),
+    path("policies/<slug:slug>/golden/<int:example_id>/", views_policies.golden_edit, name="golden_edit"),
+    path(
+        "policies/<slug:slug>/golden/<int:example_id>/<str:action>",
+        views_policies.golden_curate,
+        name="golden_curate",
+    ),
+    path("policies/<slug:slug>/runs", views_policies.evaluation_run_new, name="evaluation_run_new"),
+    path("runs/compare", views_policies.evaluation_runs_compare, name="evaluation_runs_compare"),
+    path("runs/<int:run_id>/", views_policies.evaluation_run, name="evaluation_run"),
+    path(
+        "runs/<int:run_id>/progress", views_policies.evaluation_run_progress, name="evaluation_run_progress"
+    ),
 ]

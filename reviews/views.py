@@ -16,7 +16,7 @@ from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
 
 from moderation.models import Case
-from reviews import metrics, selectors, services
+from reviews import metrics, policy_selectors, selectors, services
 from reviews.forms import DecisionForm, QueueFilterForm
 from reviews.services import DecisionIn, DecisionRefused
 
@@ -51,6 +51,7 @@ def _page(
         "queue": selectors.user_is_reviewer(user),
         "metrics": metrics.policies_for_metrics(user) is not None,
         "callbacks": selectors.user_is_admin(user),
+        "policies": policy_selectors.user_is_policy_editor(user),
     }
     response = render(request, template, {**context, "nav": nav}, status=status)
     patch_vary_headers(response, ("HX-Request",))
@@ -68,6 +69,8 @@ def _redirect(request: AuthedRequest, url: str) -> HttpResponse:
 def home(request: AuthedRequest) -> HttpResponse:
     if selectors.user_is_reviewer(request.user):
         return redirect("reviews:queue")
+    if policy_selectors.user_is_policy_editor(request.user):
+        return redirect("reviews:policies")
     return redirect("reviews:metrics")
 
 

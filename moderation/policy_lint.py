@@ -1,0 +1,76 @@
+"""Hints for a policy draft, from the recommended structure of a gpt-oss-safeguard policy.
+
+The recommended structure: Instructions, Definitions, Criteria, Examples, Output (asking for the verdict
+JSON), with rule ids defined one per line, and 400-600 tokens as the sweet spot (shorter policies leave the
+model guessing, much longer ones dilute the criteria and cost prefill on every item).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+from inference_worker.policy_rules import policy_rule_definitions, policy_rule_ids_parse
+from inference_worker.prompts import token_count
+
+SECTIONS = ("Instructions", "Definitions", "Criteria", "Examples", "Output")
+SWEET_SPOT = (400, 600)
+TOO_LONG_TOKENS = 1500
+_HEADING = re.compile(r"^#{1,6}[ \t]+(?P<title>.+?)[ \t]*#*[ \t]*$", re.MULTILINE)
+_BULLET = re.compile(r"^[ \t]*[-*][ \t]+\S", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class PolicyLint:
+    token_count: int
+    rule_ids: list[str]
+    hints: list[str]
+    sections: list[str]
+
+    @property
+    def in_sweet_spot(self) -> bool:
+        return SWEET_SPOT[0] <= self.token_count <= SWEET_SPOT[1]
+
+
+def _section_bodies(text: str) -> dict[str, str]:
+    """Heading title (case-folded first word) -> the text up to the next heading."""
+    bodies: dict[str, str] = {}
+    matches = list(_HEADING.finditer(text))
+    for n, match in enumerate(matches):
+        end = matches[n + 1].start() if n + 1 < len(matches) else len(text)
+        words = match["title"].split()
+        key = words[0].strip(":").casefold() if words else ""
+        bodies.setdefault(key, text[match.end() : end])
+    return bodies
+
+
+def policy_lint(text: str) -> PolicyLint:
+    tokens = token_count(text)
+    rule_ids = policy_rule_ids_parse(text)
+    bodies = _section_bodies(text)
+    hints = []
+    present = [s for s in SECTIONS if s.casefold() in bodies]
+    missing = [s for s in SECTIONS if s.casefold() not in bodies]
+    if missing:
+        hints.append(f"Missing sections: {', '.join(missing)} (use markdown headings, e.g. '## Criteria').")
+    if not rule_ids:
+        hints.append("No rule ids defined: define each rule on its own line, e.g. '- SP1: ...'.")
+    duplicates = [r for r, n in Counter(policy_rule_definitions(text)).items() if n > 1]
+    if duplicates:
+        hints.append(f"Rule ids defined more than once: {', '.join(duplicates)}.")
+    output = bodies.get("output", "")
+    if "output" in bodies and not ('"violation"' in output and "rule_ids" in output):
+        hints.append(
+            'The Output section should ask for the verdict JSON: {"violation": 0|1, "policy_category": ..., '
+            '"rule_ids": [...], "confidence": "low"|"medium"|"high", "rationale": ...}.'
+        )
+    if "examples" in bodies and not _BULLET.search(bodies["examples"]):
+        hints.append('The Examples section has no examples: one per bullet, e.g. - "text" -> violation, SP1.')
+    if tokens < SWEET_SPOT[0]:
+        hints.append(f"{tokens} tokens: shorter than the {SWEET_SPOT[0]}-{SWEET_SPOT[1]} sweet spot.")
+    elif tokens > TOO_LONG_TOKENS:
+        hints.append(f"{tokens} tokens: much longer than the {SWEET_SPOT[0]}-{SWEET_SPOT[1]} sweet spot.")
+    elif tokens > SWEET_SPOT[1]:
+        hints.append(f"{tokens} tokens: longer than the {SWEET_SPOT[0]}-{SWEET_SPOT[1]} sweet spot.")
+    return PolicyLint(token_count=tokens, rule_ids=rule_ids, hints=hints, sections=present)

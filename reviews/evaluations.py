@@ -1,0 +1,549 @@
+"""Evaluation runs: a policy version judged by the engine over a frozen snapshot of labelled examples.
+
+A run copies its examples (text, expected label, rule ids) into result rows when it is made, so later
+curation never changes it. It runs in Celery (``reviews.evaluation_run``): up to SAFEGUARD_MAX_IN_FLIGHT
+requests in flight on an asyncio loop in a helper thread, results saved in batches on the task's thread
+(the only one that touches the database). A re-delivered task resumes: only pending rows are judged.
+The activation gate (``activation_gate``) reads finished runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.db.models import Count, Q, QuerySet
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from inference_worker import verdicts
+from inference_worker.engine import (
+    EngineError,
+    EngineRequest,
+    EngineUnavailable,
+    Transport,
+    engine_judge,
+    engine_session,
+    transport_build,
+)
+from inference_worker.policy_rules import policy_rule_ids_parse
+from inference_worker.services import EngineConfig
+from moderation.models import Policy, PolicyVersion
+from reviews import audit, evaluation_metrics
+from reviews.models import EvaluationResult, EvaluationRun, GoldenExample
+from reviews.services import text_hash
+
+NO_ENGINE = "no reasoning engine configured: set SAFEGUARD_BASE_URL (see README)"
+RETRY_MAX_DELAY_SECONDS = 30.0
+SAVE_BATCH = 200
+# A running run whose worker has not saved anything for this long is taken over by a re-delivered task.
+STALE_AFTER_SECONDS = 600
+EFFORTS = ("low", "medium", "high")
+
+
+class EvaluationRefused(Exception):
+    """The run cannot be made (no engine, nothing to judge)."""
+
+
+@dataclass(frozen=True)
+class ExampleIn:
+    text: str
+    expected_label: str
+    rule_ids: Sequence[str] = ()
+    category: str = ""
+    example_id: int | None = None
+
+
+# --- the golden set as it is now -------------------------------------------------------------------
+
+
+def golden_set_accepted(policy: Policy) -> QuerySet[GoldenExample]:
+    return GoldenExample.objects.filter(policy=policy, status=GoldenExample.Status.ACCEPTED).order_by("id")
+
+
+def golden_set_hash(examples: Sequence[ExampleIn]) -> str:
+    """Identifies a set of examples: a run made on it measured exactly these ids, texts and labels."""
+    canonical = sorted(
+        (e.example_id or 0, text_hash(e.text), e.expected_label, sorted(e.rule_ids)) for e in examples
+    )
+    return hashlib.sha256(json.dumps(canonical).encode()).hexdigest()
+
+
+def golden_set_snapshot(policy: Policy) -> list[ExampleIn]:
+    return [
+        ExampleIn(
+            text=e.text,
+            expected_label=e.expected_label,
+            rule_ids=list(e.rule_ids),
+            category=e.category,
+            example_id=e.pk,
+        )
+        for e in golden_set_accepted(policy)
+    ]
+
+
+def golden_set_hash_now(policy: Policy) -> str:
+    return golden_set_hash(golden_set_snapshot(policy))
+
+
+# --- making a run ----------------------------------------------------------------------------------
+
+
+def evaluation_run_create(
+    *,
+    version: PolicyVersion,
+    actor: User | None,
+    config: EngineConfig | None = None,
+    examples: Sequence[ExampleIn] | None = None,
+    dataset_label: str = "",
+    model: str = "",
+    effort: str = "",
+    enqueue: bool = True,
+) -> EvaluationRun:
+    """A queued run of ``version`` over the policy's accepted golden set (or ``examples``, e.g. a file).
+
+    With ``enqueue`` the Celery task is published after commit; the command line runs it in-process.
+    """
+    from reviews import tasks
+
+    config = config or EngineConfig.from_settings()
+    if not config.base_url:
+        raise EvaluationRefused(NO_ENGINE)
+    if effort and effort not in EFFORTS:
+        raise EvaluationRefused(f"unknown reasoning effort {effort!r}")
+    policy = version.policy
+    from_golden_set = examples is None
+    snapshot = golden_set_snapshot(policy) if examples is None else list(examples)
+    if not snapshot:
+        raise EvaluationRefused(
+            "the golden set has no accepted examples yet" if from_golden_set else "no examples to judge"
+        )
+    with transaction.atomic():
+        run = EvaluationRun.objects.create(
+            policy=policy,
+            policy_version=version,
+            dataset=EvaluationRun.Dataset.GOLDEN if from_golden_set else EvaluationRun.Dataset.FILE,
+            dataset_label=dataset_label or ("golden set" if from_golden_set else "file"),
+            golden_set_hash=golden_set_hash(snapshot) if from_golden_set else "",
+            policy_text=version.text,
+            policy_text_hash=version.content_hash,
+            transport=config.transport,
+            model=model or config.model,
+            effort=effort or config.effort,
+            total=len(snapshot),
+            created_by=actor if actor is not None and actor.pk else None,
+        )
+        EvaluationResult.objects.bulk_create(
+            [
+                EvaluationResult(
+                    run=run,
+                    position=n,
+                    example_id=e.example_id,
+                    text=e.text,
+                    text_hash=text_hash(e.text),
+                    expected_label=e.expected_label,
+                    expected_rule_ids=list(e.rule_ids),
+                    category=e.category,
+                )
+                for n, e in enumerate(snapshot)
+            ],
+            batch_size=1000,
+        )
+        audit.record(
+            "evaluation.started",
+            actor=actor,
+            obj=run,
+            payload={
+                "policy": policy.slug,
+                "version": version.number,
+                "dataset": run.dataset_label,
+                "examples": run.total,
+                "model": run.model,
+                "effort": run.effort,
+                "transport": run.transport,
+            },
+        )
+        if enqueue:
+            transaction.on_commit(partial(tasks.evaluation_run_enqueue, run_id=run.pk))
+    return run
+
+
+# --- running it ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    result_id: int
+    attempts: int
+    verdict: verdicts.Verdict | None = None
+    reasoning: str = ""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_ms: int | None = None
+    error: str = ""
+
+
+async def _item_judge(
+    transport: Transport,
+    session: Any,
+    limit: asyncio.Semaphore,
+    config: EngineConfig,
+    result_id: int,
+    request: EngineRequest,
+    rule_ids: Sequence[str],
+) -> ItemOutcome:
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            async with limit:
+                reply = await engine_judge(transport, session, request)
+        except EngineUnavailable as exc:
+            if attempts >= config.max_attempts:
+                return ItemOutcome(result_id, attempts, error=str(exc))
+            delay = exc.retry_after_seconds or config.retry_base_seconds * 2 ** (attempts - 1)
+            await asyncio.sleep(min(delay, RETRY_MAX_DELAY_SECONDS))
+            continue
+        except EngineError as exc:
+            return ItemOutcome(result_id, attempts, error=str(exc))
+        return ItemOutcome(
+            result_id,
+            attempts,
+            verdict=verdicts.verdict_parse(reply.final_text, policy_rule_ids=rule_ids),
+            reasoning=reply.reasoning,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            latency_ms=reply.latency_ms,
+        )
+
+
+def _outcomes_stream(
+    requests: list[tuple[int, EngineRequest]], config: EngineConfig, rule_ids: Sequence[str]
+) -> Iterator[list[ItemOutcome]]:
+    """Judge everything on an asyncio loop in a helper thread; yield outcomes in batches as they land."""
+    landed: queue.Queue[ItemOutcome | BaseException | None] = queue.Queue()
+
+    async def judge_all() -> None:
+        transport = transport_build(config.transport, config.base_url, config.api_key)
+        limit = asyncio.Semaphore(config.max_in_flight)
+
+        async def one(result_id: int, request: EngineRequest) -> None:
+            landed.put(await _item_judge(transport, session, limit, config, result_id, request, rule_ids))
+
+        async with engine_session(
+            timeout_seconds=config.timeout_seconds, max_connections=config.max_in_flight + 8
+        ) as session:
+            await asyncio.gather(*(one(result_id, request) for result_id, request in requests))
+
+    def run_loop() -> None:
+        try:
+            asyncio.run(judge_all())
+        except BaseException as exc:  # handed to the saving thread, which raises it
+            landed.put(exc)
+        finally:
+            landed.put(None)
+
+    thread = threading.Thread(target=run_loop, name="evaluation-run", daemon=True)
+    thread.start()
+    finished = False
+    while not finished:
+        batch: list[ItemOutcome] = []
+        item = landed.get()
+        while True:
+            if item is None:
+                finished = True
+                break
+            if isinstance(item, BaseException):
+                thread.join()
+                raise item
+            batch.append(item)
+            if len(batch) >= SAVE_BATCH:
+                break
+            try:
+                item = landed.get_nowait()
+            except queue.Empty:
+                break
+        if batch:
+            yield batch
+    thread.join()
+
+
+def _run_claim(run_id: int) -> bool:
+    """Queued, or running with a silent worker (a re-delivered task): this caller runs it now."""
+    now = timezone.now()
+    claimed = (
+        EvaluationRun.objects.filter(pk=run_id)
+        .filter(
+            Q(status=EvaluationRun.Status.QUEUED)
+            | Q(
+                status=EvaluationRun.Status.RUNNING,
+                heartbeat_at__lt=now - timedelta(seconds=STALE_AFTER_SECONDS),
+            )
+        )
+        .update(status=EvaluationRun.Status.RUNNING, started_at=Coalesce("started_at", now), heartbeat_at=now)
+    )
+    return claimed == 1
+
+
+def _outcomes_save(run: EvaluationRun, outcomes: list[ItemOutcome]) -> None:
+    rows = {r.pk: r for r in EvaluationResult.objects.filter(pk__in=[o.result_id for o in outcomes])}
+    for outcome in outcomes:
+        row = rows[outcome.result_id]
+        row.attempts = outcome.attempts
+        if outcome.verdict is None:
+            row.status = EvaluationResult.Status.FAILED
+            row.verdict = evaluation_metrics.UNDETERMINED
+            row.error = outcome.error[:500]
+            continue
+        v = outcome.verdict
+        row.status = EvaluationResult.Status.DONE
+        row.verdict = v.label
+        row.rule_ids = list(v.rule_ids)
+        row.hallucinated_rule_ids = list(v.hallucinated_rule_ids)
+        row.policy_category = (v.policy_category or "")[:200]
+        row.confidence = v.confidence or ""
+        row.rationale = v.rationale
+        row.chain_of_thought = outcome.reasoning
+        row.prompt_tokens = outcome.prompt_tokens
+        row.completion_tokens = outcome.completion_tokens
+        row.latency_ms = outcome.latency_ms
+        row.error = ""
+    with transaction.atomic():
+        EvaluationResult.objects.bulk_update(
+            rows.values(),
+            [
+                "status",
+                "attempts",
+                "verdict",
+                "rule_ids",
+                "hallucinated_rule_ids",
+                "policy_category",
+                "confidence",
+                "rationale",
+                "chain_of_thought",
+                "prompt_tokens",
+                "completion_tokens",
+                "latency_ms",
+                "error",
+            ],
+        )
+        _run_counters_update(run)
+
+
+def _run_counters_update(run: EvaluationRun) -> None:
+    counts = run.results.aggregate(
+        done=Count("id", filter=Q(status=EvaluationResult.Status.DONE)),
+        failed=Count("id", filter=Q(status=EvaluationResult.Status.FAILED)),
+    )
+    EvaluationRun.objects.filter(pk=run.pk).update(
+        done=counts["done"], failed=counts["failed"], heartbeat_at=timezone.now()
+    )
+
+
+def evaluation_run_execute(*, run_id: int, config: EngineConfig | None = None) -> EvaluationRun | None:
+    """Judge the run's pending items and finish it; None when another worker has it or it is done."""
+    if not _run_claim(run_id):
+        return None
+    run = EvaluationRun.objects.select_related("policy", "policy_version").get(pk=run_id)
+    config = config or EngineConfig.from_settings()
+    if not config.base_url:
+        return _run_end(run, status=EvaluationRun.Status.FAILED, error=NO_ENGINE)
+    config = dataclasses.replace(config, transport=run.transport)
+    rule_ids = policy_rule_ids_parse(run.policy_text)
+    pending = run.results.filter(status=EvaluationResult.Status.PENDING).order_by("position")
+    requests = [
+        (
+            row.pk,
+            EngineRequest(
+                policy_text=run.policy_text,
+                content=row.text,
+                effort=run.effort,
+                model=run.model,
+                max_tokens=config.max_tokens,
+            ),
+        )
+        for row in pending.only("id", "text")
+    ]
+    if requests:
+        for batch in _outcomes_stream(requests, config, rule_ids):
+            _outcomes_save(run, batch)
+    return _run_end(run, status=EvaluationRun.Status.FINISHED)
+
+
+def _run_end(run: EvaluationRun, *, status: str, error: str = "") -> EvaluationRun:
+    with transaction.atomic():
+        _run_counters_update(run)
+        run.refresh_from_db()
+        run.metrics = run_metrics(run) if status == EvaluationRun.Status.FINISHED else {}
+        run.status = status
+        run.error = error
+        run.finished_at = timezone.now()
+        run.save(update_fields=["metrics", "status", "error", "finished_at"])
+        audit.record(
+            "evaluation.finished",
+            actor=None,
+            obj=run,
+            payload={
+                "status": status,
+                "error": error,
+                "done": run.done,
+                "failed": run.failed,
+                **{k: run.metrics.get(k) for k in ("accuracy", "precision", "recall", "f1", "kappa")},
+            },
+        )
+    return run
+
+
+def item_results_of(run: EvaluationRun) -> list[evaluation_metrics.ItemResult]:
+    return [
+        evaluation_metrics.ItemResult(
+            expected=r.expected_label,
+            verdict=r.verdict,
+            expected_rule_ids=list(r.expected_rule_ids),
+            rule_ids=list(r.rule_ids),
+            hallucinated_rule_ids=list(r.hallucinated_rule_ids),
+            category=r.category,
+            prompt_tokens=r.prompt_tokens,
+            completion_tokens=r.completion_tokens,
+            latency_ms=r.latency_ms,
+        )
+        for r in run.results.exclude(status=EvaluationResult.Status.PENDING).order_by("position")
+    ]
+
+
+def run_metrics(run: EvaluationRun) -> dict[str, Any]:
+    return evaluation_metrics.evaluation_metrics(
+        item_results_of(run), policy_rule_ids=policy_rule_ids_parse(run.policy_text)
+    )
+
+
+# --- comparing two runs ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FlippedItem:
+    text: str
+    expected_label: str
+    before: EvaluationResult
+    after: EvaluationResult
+
+
+@dataclass(frozen=True)
+class RunComparison:
+    before: EvaluationRun
+    after: EvaluationRun
+    deltas: list[evaluation_metrics.MetricDelta]
+    flipped: list[FlippedItem]
+    matched: int
+
+
+def runs_compare(before: EvaluationRun, after: EvaluationRun) -> RunComparison:
+    """Metric deltas, and the items (matched by golden example, else by text) whose verdict changed."""
+
+    def key(r: EvaluationResult) -> tuple[str, str]:
+        return ("example", str(r.example_id)) if r.example_id else ("text", r.text_hash)
+
+    earlier = {key(r): r for r in before.results.order_by("position")}
+    flipped = []
+    matched = 0
+    for row in after.results.order_by("position"):
+        other = earlier.get(key(row))
+        if other is None:
+            continue
+        matched += 1
+        if (other.verdict or "") != (row.verdict or ""):
+            flipped.append(FlippedItem(row.text, row.expected_label, other, row))
+    return RunComparison(
+        before=before,
+        after=after,
+        deltas=evaluation_metrics.metric_deltas(before.metrics, after.metrics),
+        flipped=flipped,
+        matched=matched,
+    )
+
+
+# --- the activation gate ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActivationGate:
+    passed: bool
+    reasons: list[str]
+    run: EvaluationRun | None
+    baseline: EvaluationRun | None
+
+
+def _latest_finished_run(version: PolicyVersion, golden_hash: str) -> EvaluationRun | None:
+    return (
+        EvaluationRun.objects.filter(
+            policy_version=version,
+            dataset=EvaluationRun.Dataset.GOLDEN,
+            golden_set_hash=golden_hash,
+            policy_text_hash=version.content_hash,
+            status=EvaluationRun.Status.FINISHED,
+        )
+        .order_by("-finished_at", "-pk")
+        .first()
+    )
+
+
+GATED_METRICS = ("f1", "accuracy")
+
+
+def activation_gate(version: PolicyVersion) -> ActivationGate:
+    """May ``version`` become active without an override?
+
+    It needs a finished run on the golden set as it is now (same accepted examples) that does not fall
+    more than the policy's tolerance below the active version's run on that same set, in F1 or accuracy.
+    With no active version yet (the first one), the finished run alone is enough.
+    """
+    policy = version.policy
+    snapshot = golden_set_snapshot(policy)
+    if not snapshot:
+        return ActivationGate(
+            False, ["The golden set has no accepted examples: nothing to measure."], None, None
+        )
+    golden_hash = golden_set_hash(snapshot)
+    run = _latest_finished_run(version, golden_hash)
+    if run is None:
+        return ActivationGate(
+            False,
+            [f"v{version.number} has no finished evaluation run on the current golden set."],
+            None,
+            None,
+        )
+    active = policy.versions.filter(status=PolicyVersion.Status.ACTIVE).exclude(pk=version.pk).first()
+    if active is None:
+        return ActivationGate(True, [], run, None)
+    baseline = _latest_finished_run(active, golden_hash)
+    if baseline is None:
+        return ActivationGate(
+            False,
+            [f"The active version v{active.number} has no finished run on the current golden set."],
+            run,
+            None,
+        )
+    tolerance = policy.activation_tolerance
+    reasons = []
+    for name in GATED_METRICS:
+        new, old = run.metrics.get(name), baseline.metrics.get(name)
+        if old is not None and (new is None or new < old - tolerance - 1e-9):
+            reasons.append(
+                f"{name} {_fmt(new)} is below the active version's {_fmt(old)} by more than {tolerance:.3f}."
+            )
+    return ActivationGate(not reasons, reasons, run, baseline)
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"

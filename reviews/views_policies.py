@@ -1,0 +1,456 @@
+"""The policy team's screens: policies and versions, the draft editor, diffs, the golden set, evaluation runs,
+comparisons and gated activation. Policy editors and admins only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from moderation import services as moderation
+from moderation.models import Policy, PolicyVersion
+from moderation.policy_lint import SWEET_SPOT, policy_lint
+from reviews import evaluations, golden, policy_selectors
+from reviews.forms_policies import (
+    ActivateForm,
+    CompareForm,
+    DraftForm,
+    GoldenEditForm,
+    GoldenFilterForm,
+    GoldenImportConfirmForm,
+    GoldenImportForm,
+    RunForm,
+)
+from reviews.models import EvaluationRun, GoldenExample
+from reviews.views import AuthedRequest, _page, _partial_wanted, _redirect
+
+IMPORT_SESSION_KEY = "golden_import_{policy_id}"
+HTMX_STOP_POLLING = 286
+
+
+def _policy_editor_required(request: AuthedRequest) -> None:
+    if not policy_selectors.user_is_policy_editor(request.user):
+        raise PermissionDenied("Only policy editors manage policies.")
+
+
+def _policy(request: AuthedRequest, slug: str) -> Policy:
+    _policy_editor_required(request)
+    return get_object_or_404(policy_selectors.policies_editable_by(request.user), slug=slug)
+
+
+def _version(policy: Policy, number: int) -> PolicyVersion:
+    return get_object_or_404(policy.versions.select_related("policy", "author"), number=number)
+
+
+# --- policies and versions -------------------------------------------------------------------------
+
+
+@require_GET
+@login_required
+def policies_list(request: AuthedRequest) -> HttpResponse:
+    _policy_editor_required(request)
+    policies = (
+        policy_selectors.policies_editable_by(request.user).order_by("name").prefetch_related("versions")
+    )
+    rows = [
+        {
+            "policy": p,
+            "active": next((v for v in p.versions.all() if v.status == PolicyVersion.Status.ACTIVE), None),
+            "drafts": sum(1 for v in p.versions.all() if v.is_draft),
+            "versions": len(p.versions.all()),
+        }
+        for p in policies
+    ]
+    return _page(request, "reviews/policies/list.html", {"rows": rows})
+
+
+@require_GET
+@login_required
+def policy_detail(request: AuthedRequest, slug: str) -> HttpResponse:
+    policy = _policy(request, slug)
+    context = {
+        **policy_selectors.policy_overview(policy),
+        "run_form": RunForm(policy=policy),
+        "activate_form": ActivateForm(),
+        "compare_form": CompareForm(),
+    }
+    return _page(request, "reviews/policies/detail.html", context)
+
+
+@require_POST
+@login_required
+def policy_draft_new(request: AuthedRequest, slug: str) -> HttpResponse:
+    policy = _policy(request, slug)
+    base = request.POST.get("from", "")
+    text = _version(policy, int(base)).text if base.isdigit() else None
+    draft = moderation.policy_draft_create(policy=policy, author=request.user, text=text)
+    messages.success(request, f"Draft v{draft.number} created.")
+    return _redirect(request, reverse("reviews:policy_version", args=[policy.slug, draft.number]))
+
+
+def _version_context(version: PolicyVersion, form: DraftForm | None, text: str) -> dict[str, Any]:
+    return {
+        "policy": version.policy,
+        "version": version,
+        "form": form,
+        "lint": policy_lint(text),
+        "sweet_spot": SWEET_SPOT,
+        "runs": version.evaluation_runs.order_by("-created_at")[:20],
+        "others": version.policy.versions.exclude(pk=version.pk).order_by("-number"),
+    }
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def policy_version(request: AuthedRequest, slug: str, number: int) -> HttpResponse:
+    """A draft opens in the editor (POST saves it); a published version is shown read-only."""
+    policy = _policy(request, slug)
+    version = _version(policy, number)
+    if request.method == "GET":
+        form = DraftForm(initial={"text": version.text}) if version.is_draft else None
+        return _page(request, "reviews/policies/version.html", _version_context(version, form, version.text))
+    form = DraftForm(request.POST)
+    if not version.is_draft:
+        raise PermissionDenied("A published version is immutable: start a new draft.")
+    if form.is_valid():
+        try:
+            version = moderation.policy_draft_update(
+                version=version, text=form.cleaned_data["text"], author=request.user
+            )
+        except moderation.PolicyVersionRefused as exc:
+            form.add_error("text", str(exc))
+        else:
+            messages.success(request, f"Draft v{version.number} saved.")
+            return _redirect(request, reverse("reviews:policy_version", args=[policy.slug, version.number]))
+    text = request.POST.get("text", "")
+    return _page(request, "reviews/policies/version.html", _version_context(version, form, text), status=400)
+
+
+@require_POST
+@login_required
+def policy_draft_lint(request: AuthedRequest, slug: str, number: int) -> HttpResponse:
+    """The editor's live side panel: token count, rule ids and hints for the text as typed (not saved)."""
+    policy = _policy(request, slug)
+    version = _version(policy, number)
+    form = DraftForm(request.POST)
+    text = form.cleaned_data["text"] if form.is_valid() else request.POST.get("text", "")[:200_000]
+    return render(
+        request,
+        "reviews/policies/version.html#draft-lint",
+        {"version": version, "lint": policy_lint(text), "sweet_spot": SWEET_SPOT, "form_errors": form.errors},
+        status=200 if form.is_valid() else 400,
+    )
+
+
+@require_POST
+@login_required
+def policy_version_publish(request: AuthedRequest, slug: str, number: int) -> HttpResponse:
+    policy = _policy(request, slug)
+    version = _version(policy, number)
+    try:
+        moderation.policy_version_publish(version=version, author=request.user)
+    except moderation.PolicyVersionRefused as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"v{version.number} published: its text is now frozen.")
+    return _redirect(request, reverse("reviews:policy_detail", args=[policy.slug]))
+
+
+@require_POST
+@login_required
+def policy_version_activate(request: AuthedRequest, slug: str, number: int) -> HttpResponse:
+    policy = _policy(request, slug)
+    version = _version(policy, number)
+    form = ActivateForm(request.POST)
+    if not form.is_valid():
+        return _activation_refused(request, policy, "; ".join(str(e) for e in form.errors.values()))
+    try:
+        activation = moderation.policy_version_activate(
+            version=version, actor=request.user, override_reason=form.cleaned_data["override_reason"]
+        )
+    except moderation.PolicyVersionRefused as exc:
+        return _activation_refused(request, policy, str(exc))
+    note = " (gate overridden)" if activation.overridden else ""
+    messages.success(request, f"v{version.number} is now active for new cases{note}.")
+    return _redirect(request, reverse("reviews:policy_detail", args=[policy.slug]))
+
+
+def _activation_refused(request: AuthedRequest, policy: Policy, message: str) -> HttpResponse:
+    context = {
+        **policy_selectors.policy_overview(policy),
+        "run_form": RunForm(policy=policy),
+        "activate_form": ActivateForm(request.POST),
+        "compare_form": CompareForm(),
+        "activation_error": f"Not activated: {message}",
+    }
+    return _page(request, "reviews/policies/detail.html", context, status=409)
+
+
+@require_GET
+@login_required
+def policy_diff(request: AuthedRequest, slug: str) -> HttpResponse:
+    policy = _policy(request, slug)
+    a, b = request.GET.get("a", ""), request.GET.get("b", "")
+    if not (a.isdigit() and b.isdigit()):
+        return _page(
+            request,
+            "reviews/policies/diff.html",
+            {
+                "policy": policy,
+                "error": "Choose two versions.",
+                "versions": policy.versions.order_by("-number"),
+            },
+            status=400,
+        )
+    left, right = _version(policy, int(a)), _version(policy, int(b))
+    context = {
+        "policy": policy,
+        "left": left,
+        "right": right,
+        "rows": policy_selectors.version_diff(left, right),
+        "versions": policy.versions.order_by("-number"),
+    }
+    return _page(request, "reviews/policies/diff.html", context)
+
+
+# --- the golden set --------------------------------------------------------------------------------
+
+
+@require_GET
+@login_required
+def golden_list(request: AuthedRequest, slug: str) -> HttpResponse:
+    policy = _policy(request, slug)
+    form = GoldenFilterForm(request.GET or None)
+    page = golden.golden_page(policy, form.filters(), request.GET.get("page", 1))
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {
+        "policy": policy,
+        "form": form,
+        "page": page,
+        "query": query.urlencode(),
+        "counts": golden.golden_counts(policy),
+        "rule_ids": golden.policy_rule_ids(policy),
+    }
+    if _partial_wanted(request):
+        return render(request, "reviews/policies/golden.html#golden-table", context)
+    return _page(request, "reviews/policies/golden.html", context)
+
+
+def _example(policy: Policy, example_id: int) -> GoldenExample:
+    return get_object_or_404(
+        GoldenExample.objects.select_related("policy", "decision__moderator", "decision__case"),
+        policy=policy,
+        pk=example_id,
+    )
+
+
+@require_POST
+@login_required
+def golden_curate(request: AuthedRequest, slug: str, example_id: int, action: str) -> HttpResponse:
+    policy = _policy(request, slug)
+    example = _example(policy, example_id)
+    try:
+        if action == "accept":
+            example = golden.golden_example_accept(example=example, actor=request.user)
+        elif action == "reject":
+            example = golden.golden_example_reject(example=example, actor=request.user)
+        else:
+            raise Http404("unknown curation step")
+    except golden.GoldenRefused as exc:
+        if _partial_wanted(request):
+            return render(
+                request,
+                "reviews/policies/golden.html#golden-row",
+                {"policy": policy, "example": example, "row_error": str(exc)},
+                status=409,
+            )
+        messages.error(request, f"Example #{example.pk}: {exc}")
+        return _redirect(request, reverse("reviews:golden_list", args=[policy.slug]))
+    if _partial_wanted(request):
+        return render(
+            request, "reviews/policies/golden.html#golden-row", {"policy": policy, "example": example}
+        )
+    messages.success(request, f"Example #{example.pk} {example.status}.")
+    return _redirect(request, reverse("reviews:golden_list", args=[policy.slug]))
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def golden_edit(request: AuthedRequest, slug: str, example_id: int) -> HttpResponse:
+    policy = _policy(request, slug)
+    example = _example(policy, example_id)
+    if request.method == "GET":
+        form = GoldenEditForm(
+            initial={
+                "text": example.text,
+                "expected_label": example.expected_label,
+                "rule_ids": ", ".join(example.rule_ids),
+                "category": example.category,
+            }
+        )
+        status = 200
+    else:
+        form = GoldenEditForm(request.POST)
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                golden.golden_example_edit(
+                    example=example,
+                    actor=request.user,
+                    text=data["text"],
+                    expected_label=data["expected_label"],
+                    rule_ids=[r for r in data["rule_ids"].replace(";", ",").split(",") if r.strip()],
+                    category=data["category"],
+                )
+            except golden.GoldenRefused as exc:
+                form.add_error(None, str(exc))
+            else:
+                messages.success(request, f"Example #{example.pk} saved.")
+                return _redirect(request, reverse("reviews:golden_list", args=[policy.slug]))
+        status = 400
+    context = {"policy": policy, "example": example, "form": form, "rule_ids": golden.policy_rule_ids(policy)}
+    return _page(request, "reviews/policies/golden_edit.html", context, status=status)
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def golden_import(request: AuthedRequest, slug: str) -> HttpResponse:
+    """Upload -> preview with per-row errors; the valid rows wait in the session for the confirmation."""
+    policy = _policy(request, slug)
+    key = IMPORT_SESSION_KEY.format(policy_id=policy.pk)
+    if request.method == "GET":
+        return _page(
+            request, "reviews/policies/golden_import.html", {"policy": policy, "form": GoldenImportForm()}
+        )
+    form = GoldenImportForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return _page(
+            request, "reviews/policies/golden_import.html", {"policy": policy, "form": form}, status=400
+        )
+    upload = form.cleaned_data["file"]
+    data = upload.read(_import_max_bytes() + 1)
+    preview = golden.golden_import_preview(policy=policy, name=upload.name or "", data=data)
+    if preview.error:
+        form.add_error("file", preview.error)
+        return _page(
+            request, "reviews/policies/golden_import.html", {"policy": policy, "form": form}, status=400
+        )
+    request.session[key] = {"file": upload.name, "rows": [r.as_dict() for r in preview.valid]}
+    context = {
+        "policy": policy,
+        "form": GoldenImportForm(),
+        "preview": preview,
+        "file_name": upload.name,
+        "confirm_form": GoldenImportConfirmForm(),
+    }
+    return _page(request, "reviews/policies/golden_import.html", context)
+
+
+def _import_max_bytes() -> int:
+    from django.conf import settings
+
+    return int(settings.GOLDEN_IMPORT_MAX_BYTES)
+
+
+@require_POST
+@login_required
+def golden_import_confirm(request: AuthedRequest, slug: str) -> HttpResponse:
+    policy = _policy(request, slug)
+    pending = request.session.get(IMPORT_SESSION_KEY.format(policy_id=policy.pk))
+    form = GoldenImportConfirmForm(request.POST)
+    if not pending or not form.is_valid():
+        messages.error(request, "Nothing to import: upload the file again.")
+        return _redirect(request, reverse("reviews:golden_import", args=[policy.slug]))
+    rows = [golden.ImportRow(**row) for row in pending["rows"]]
+    created = golden.golden_import(
+        policy=policy,
+        actor=request.user,
+        rows=rows,
+        status=form.cleaned_data["status"],
+        file_name=pending["file"],
+    )
+    del request.session[IMPORT_SESSION_KEY.format(policy_id=policy.pk)]
+    messages.success(request, f"Imported {len(created)} examples as {form.cleaned_data['status']}.")
+    return _redirect(request, reverse("reviews:golden_list", args=[policy.slug]))
+
+
+# --- evaluation runs -------------------------------------------------------------------------------
+
+
+@require_POST
+@login_required
+def evaluation_run_new(request: AuthedRequest, slug: str) -> HttpResponse:
+    policy = _policy(request, slug)
+    form = RunForm(request.POST, policy=policy)
+    if not form.is_valid():
+        messages.error(request, "Not started: " + "; ".join(str(e) for e in form.errors.values()))
+        return _redirect(request, reverse("reviews:policy_detail", args=[policy.slug]))
+    try:
+        run = evaluations.evaluation_run_create(
+            version=form.cleaned_data["version"],
+            actor=request.user,
+            model=form.cleaned_data["model"].strip(),
+            effort=form.cleaned_data["effort"],
+        )
+    except evaluations.EvaluationRefused as exc:
+        messages.error(request, f"Not started: {exc}.")
+        return _redirect(request, reverse("reviews:policy_detail", args=[policy.slug]))
+    return _redirect(request, reverse("reviews:evaluation_run", args=[run.pk]))
+
+
+def _run(request: AuthedRequest, run_id: int) -> EvaluationRun:
+    _policy_editor_required(request)
+    return get_object_or_404(policy_selectors.evaluation_runs_visible_to(request.user), pk=run_id)
+
+
+def _run_context(run: EvaluationRun) -> dict[str, Any]:
+    return {
+        "run": run,
+        "policy": run.policy,
+        "results": policy_selectors.run_results(run) if run.is_finished else [],
+        "text_changed": run.policy_text_hash != run.policy_version.content_hash,
+    }
+
+
+@require_GET
+@login_required
+def evaluation_run(request: AuthedRequest, run_id: int) -> HttpResponse:
+    run = _run(request, run_id)
+    return _page(request, "reviews/policies/run.html", _run_context(run))
+
+
+@require_GET
+@login_required
+def evaluation_run_progress(request: AuthedRequest, run_id: int) -> HttpResponse:
+    """Polled while the run goes; answers 286 (htmx: stop polling) with the results once it is over."""
+    run = _run(request, run_id)
+    status = HTMX_STOP_POLLING if run.is_finished else 200
+    return render(request, "reviews/policies/run.html#run-body", _run_context(run), status=status)
+
+
+@require_GET
+@login_required
+def evaluation_runs_compare(request: AuthedRequest) -> HttpResponse:
+    _policy_editor_required(request)
+    form = CompareForm(request.GET)
+    if not form.is_valid():
+        raise Http404("choose two runs")
+    runs = policy_selectors.evaluation_runs_visible_to(request.user)
+    before = get_object_or_404(runs, pk=form.cleaned_data["a"])
+    after = get_object_or_404(runs, pk=form.cleaned_data["b"])
+    if before.policy_id != after.policy_id:
+        return _page(
+            request,
+            "reviews/policies/compare.html",
+            {"error": "These runs are of different policies.", "policy": after.policy},
+            status=400,
+        )
+    comparison = evaluations.runs_compare(before, after)
+    return _page(request, "reviews/policies/compare.html", {"comparison": comparison, "policy": after.policy})
