@@ -55,9 +55,12 @@ def test_it_refuses_to_change_a_published_version_in_the_database(active_version
         "UPDATE moderation_policyversion SET status = 'draft' WHERE id = %s",
         "DELETE FROM moderation_policyversion WHERE id = %s",
     ):
-        with pytest.raises(DatabaseError, match="immutable"), transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute(sql, [active_version.pk])
+        with (
+            pytest.raises(DatabaseError, match="immutable"),
+            transaction.atomic(),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute(sql, [active_version.pk])
     assert PolicyVersion.objects.get(pk=active_version.pk).text == POLICY_TEXT
 
 
@@ -102,7 +105,7 @@ def test_the_gate_blocks_a_regression_beyond_the_tolerance(
     candidate = _published(policy, editor)
     finished_run(active_version, f1=0.90, accuracy=0.90)
     finished_run(candidate, f1=0.85, accuracy=0.91)  # F1 drops 0.05 > tolerance 0.02
-    with pytest.raises(services.PolicyVersionRefused, match="f1 0.850 is below"):
+    with pytest.raises(services.PolicyVersionRefused, match=r"f1 0\.850 is below"):
         services.policy_version_activate(version=candidate, actor=editor)
     candidate.refresh_from_db()
     assert candidate.status == PolicyVersion.Status.PUBLISHED

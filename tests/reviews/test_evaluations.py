@@ -1,4 +1,4 @@
-"""Evaluation runs through the engine simulator: snapshot, concurrency, retries, resume, comparison, command."""
+"""Evaluation runs on the engine simulator: snapshot, concurrency, retries, resume, comparison."""
 
 from __future__ import annotations
 

@@ -1,0 +1,211 @@
+"""The policy team's pages: who may open them, the draft editor and its checks, diffs, runs, activation."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from inference_worker.services import EngineConfig
+from moderation import services as moderation
+from moderation.models import Policy, PolicyVersion
+from reviews import evaluations
+from reviews.models import EvaluationRun
+from tests.conftest import POLICY_TEXT
+from tests.reviews.evaluation_helpers import finished_run, golden_accepted, golden_set_small
+
+PAGES = [
+    ("get", "/policies/"),
+    ("get", "/policies/spam/"),
+    ("get", "/policies/spam/v1/"),
+    ("post", "/policies/spam/v1/lint"),
+    ("post", "/policies/spam/drafts"),
+    ("get", "/policies/spam/diff?a=1&b=1"),
+    ("get", "/policies/spam/golden/"),
+    ("get", "/policies/spam/golden/import"),
+    ("post", "/policies/spam/runs"),
+    ("post", "/policies/spam/v1/activate"),
+    ("get", "/runs/compare?a=1&b=1"),
+]
+
+
+@pytest.mark.parametrize(("method", "url"), PAGES)
+@pytest.mark.parametrize("persona", ["moderator", "auditor", "senior_moderator"])
+def test_it_refuses_moderators_and_auditors(
+    client: Client, request: pytest.FixtureRequest, persona: str, method: str, url: str, policy: Policy
+) -> None:
+    client.force_login(request.getfixturevalue(persona))
+    assert getattr(client, method)(url).status_code == 403
+
+
+@pytest.mark.parametrize(("method", "url"), PAGES)
+def test_it_sends_anonymous_visitors_to_log_in(client: Client, method: str, url: str, policy: Policy) -> None:
+    response = getattr(client, method)(url)
+    assert response.status_code == 302 and response["Location"].startswith("/login/")
+
+
+@pytest.mark.parametrize("persona", ["policy_editor", "admin"])
+def test_policy_editors_and_admins_see_the_pages_and_the_nav_link(
+    client: Client, request: pytest.FixtureRequest, persona: str, policy: Policy
+) -> None:
+    client.force_login(request.getfixturevalue(persona))
+    page = client.get("/policies/")
+    assert page.status_code == 200 and 'href="/policies/spam/"' in page.content.decode()
+    assert '<a href="/policies/">Policies</a>' in page.content.decode()
+    assert client.get("/policies/spam/").status_code == 200
+
+
+def test_a_policy_editor_lands_on_the_policies(client: Client, policy_editor: User) -> None:
+    client.force_login(policy_editor)
+    assert client.get("/")["Location"] == "/policies/"
+
+
+@pytest.fixture
+def editor_client(client: Client, policy_editor: User) -> Client:
+    client.force_login(policy_editor)
+    return client
+
+
+def test_the_draft_editor_checks_the_text_as_typed_without_saving_it(
+    editor_client: Client, policy: Policy, policy_editor: User
+) -> None:
+    draft = moderation.policy_draft_create(policy=policy, author=policy_editor)
+    page = editor_client.get(f"/policies/spam/v{draft.number}/").content.decode()
+    assert 'hx-post="/policies/spam/v2/lint"' in page and 'hx-trigger="input changed delay:400ms"' in page
+    typed = POLICY_TEXT + "\n- SP9: <b>new</b> rule\n- SP1: twice\n"
+    response = editor_client.post(
+        f"/policies/spam/v{draft.number}/lint", {"text": typed}, headers={"HX-Request": "true"}
+    )
+    panel = response.content.decode()
+    assert response.status_code == 200 and panel.lstrip().startswith('<aside id="draft-lint"')
+    assert "<code>SP1</code> <code>SP2</code> <code>SP9</code>" in panel
+    assert "Rule ids defined more than once: SP1." in panel
+    assert "sweet spot 400\N{EN DASH}600" in panel and "tokens (o200k)" in panel
+    draft.refresh_from_db()
+    assert draft.text == POLICY_TEXT
+
+
+def test_saving_a_draft_and_publishing_freezes_it(
+    editor_client: Client, policy: Policy, policy_editor: User
+) -> None:
+    draft = moderation.policy_draft_create(policy=policy, author=policy_editor)
+    new_text = POLICY_TEXT + "\n- SP3: Fake giveaways.\n"
+    assert editor_client.post("/policies/spam/v2/", {"text": new_text}).status_code == 302
+    draft.refresh_from_db()
+    assert draft.text == new_text and draft.rule_ids == ["SP1", "SP2", "SP3"]
+    assert editor_client.post("/policies/spam/v2/", {"text": ""}).status_code == 400
+    editor_client.post("/policies/spam/v2/publish")
+    draft.refresh_from_db()
+    assert draft.status == PolicyVersion.Status.PUBLISHED
+    assert editor_client.post("/policies/spam/v2/", {"text": "changed"}).status_code == 403
+    page = editor_client.get("/policies/spam/v2/").content.decode()
+    assert "this text never changes" in page and "<textarea" not in page
+
+
+def test_the_diff_shows_both_versions_side_by_side_escaped(
+    editor_client: Client, policy: Policy, policy_editor: User
+) -> None:
+    moderation.policy_draft_create(
+        policy=policy,
+        author=policy_editor,
+        text=POLICY_TEXT.replace("SP2: Links", "SP2: <script>alert(1)</script>"),
+    )
+    page = editor_client.get("/policies/spam/diff?a=1&b=2").content.decode()
+    assert "<script>alert" not in page
+    assert '<tr class="diff-replace">' in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert '<td class="diff-left">- SP2: Links that disguise their destination.</td>' in page
+    assert editor_client.get("/policies/spam/diff?a=1").status_code == 400
+
+
+def test_starting_a_run_from_the_policy_page_queues_it(
+    editor_client: Client, policy: Policy, engine_simulator: object, settings: object
+) -> None:
+    settings.SAFEGUARD_BASE_URL = engine_simulator.base_url  # type: ignore[attr-defined]
+    golden_set_small(policy)
+    response = editor_client.post(
+        "/policies/spam/runs", {"version": policy.versions.get().pk, "effort": "high"}
+    )
+    run = EvaluationRun.objects.get()
+    assert response["Location"] == f"/runs/{run.pk}/"
+    assert (run.status, run.effort, run.total) == ("queued", "high", 4)
+
+
+def test_starting_a_run_without_an_engine_says_so(
+    editor_client: Client, policy: Policy, settings: object
+) -> None:
+    settings.SAFEGUARD_BASE_URL = ""  # type: ignore[attr-defined]
+    golden_set_small(policy)
+    response = editor_client.post("/policies/spam/runs", {"version": policy.versions.get().pk}, follow=True)
+    assert "no reasoning engine configured" in response.content.decode()
+    assert not EvaluationRun.objects.exists()
+
+
+def test_the_progress_partial_polls_until_the_run_ends_then_answers_286_with_the_results(
+    editor_client: Client, policy: Policy, active_version: PolicyVersion, engine_config: EngineConfig
+) -> None:
+    golden_set_small(policy)
+    golden_accepted(policy, "<img src=x onerror=alert(1)> zorblax", "violates")
+    run = evaluations.evaluation_run_create(
+        version=active_version, actor=None, config=engine_config, enqueue=False
+    )
+    polling = editor_client.get(f"/runs/{run.pk}/progress", headers={"HX-Request": "true"})
+    assert polling.status_code == 200 and 'hx-trigger="every 1s"' in polling.content.decode()
+    assert '<progress id="run-progress" max="5" value="0">' in polling.content.decode()
+    evaluations.evaluation_run_execute(run_id=run.pk, config=engine_config)
+    done = editor_client.get(f"/runs/{run.pk}/progress", headers={"HX-Request": "true"})
+    body = done.content.decode()
+    assert done.status_code == 286
+    assert 'value="5"' in body and "hx-trigger" not in body
+    assert "Confusion matrix" in body and "<details>" in body
+    assert "<img src=x" not in body and "&lt;img src=x onerror=alert(1)&gt;" in body
+
+
+def test_the_comparison_page_shows_deltas_and_flipped_items(
+    editor_client: Client,
+    policy: Policy,
+    active_version: PolicyVersion,
+    engine_config: EngineConfig,
+    engine_simulator: object,
+) -> None:
+    golden_set_small(policy)
+    golden_accepted(policy, "a glorpnik for sale", "violates")
+    engine_simulator.violating_words = frozenset({"zorblax"})  # type: ignore[attr-defined]
+    runs = []
+    for words in ({"zorblax"}, {"zorblax", "glorpnik"}):
+        engine_simulator.violating_words = frozenset(words)  # type: ignore[attr-defined]
+        run = evaluations.evaluation_run_create(
+            version=active_version, actor=None, config=engine_config, enqueue=False
+        )
+        evaluations.evaluation_run_execute(run_id=run.pk, config=engine_config)
+        runs.append(run)
+    page = editor_client.get(f"/runs/compare?a={runs[0].pk}&b={runs[1].pk}").content.decode()
+    assert '<tr class="delta-better"><th>recall</th>' in page
+    assert "a glorpnik for sale" in page and "1 changed verdict" in page
+
+
+def test_activation_through_the_page_is_blocked_then_overridden_with_a_reason(
+    editor_client: Client, policy: Policy, policy_editor: User, active_version: PolicyVersion
+) -> None:
+    golden_set_small(policy)
+    draft = moderation.policy_draft_create(policy=policy, author=policy_editor)
+    moderation.policy_version_publish(version=draft, author=policy_editor)
+    blocked = editor_client.post("/policies/spam/v2/activate", {"override_reason": ""})
+    assert blocked.status_code == 409
+    assert "no finished evaluation run on the current golden set" in blocked.content.decode()
+    response = editor_client.post("/policies/spam/v2/activate", {"override_reason": "urgent legal change"})
+    assert response.status_code == 302
+    assert policy.versions.get(status=PolicyVersion.Status.ACTIVE).number == 2
+
+
+def test_the_policy_page_offers_activation_when_the_gate_is_open(
+    editor_client: Client, policy: Policy, policy_editor: User, active_version: PolicyVersion
+) -> None:
+    golden_set_small(policy)
+    draft = moderation.policy_draft_create(policy=policy, author=policy_editor)
+    moderation.policy_version_publish(version=draft, author=policy_editor)
+    baseline = finished_run(active_version, f1=0.8, accuracy=0.8)
+    candidate = finished_run(draft, f1=0.9, accuracy=0.9)
+    page = editor_client.get("/policies/spam/").content.decode()
+    assert "Gate open" in page and "Activate v2" in page
+    assert f"/runs/compare?a={baseline.pk}&amp;b={candidate.pk}" in page
