@@ -296,6 +296,17 @@ def _run_claim(run_id: int) -> bool:
     return claimed == 1
 
 
+def evaluation_runs_stuck() -> list[int]:
+    """Runs a lost broker message or a dead worker left behind: queued, or running without a heartbeat."""
+    cutoff = timezone.now() - timedelta(seconds=STALE_AFTER_SECONDS)
+    return list(
+        EvaluationRun.objects.filter(
+            Q(status=EvaluationRun.Status.QUEUED, created_at__lt=cutoff)
+            | Q(status=EvaluationRun.Status.RUNNING, heartbeat_at__lt=cutoff)
+        ).values_list("pk", flat=True)
+    )
+
+
 def _outcomes_save(run: EvaluationRun, outcomes: list[ItemOutcome]) -> None:
     rows = {r.pk: r for r in EvaluationResult.objects.filter(pk__in=[o.result_id for o in outcomes])}
     for outcome in outcomes:

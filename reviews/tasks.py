@@ -62,8 +62,14 @@ def evaluation_run(*, run_id: int, **_: object) -> None:
     evaluations.evaluation_run_execute(run_id=run_id)
 
 
+@shared_task(name="reviews.evaluation_runs_sweep", acks_late=True, soft_time_limit=60, time_limit=90)
+def evaluation_runs_sweep(**_: object) -> None:
+    for run_id in evaluations.evaluation_runs_stuck():
+        evaluation_run_enqueue(run_id=run_id)
+
+
 def evaluation_run_enqueue(*, run_id: int) -> None:
-    """Publish the run. If the broker is away the run stays queued; starting it again re-publishes it."""
+    """Publish the run. Never raises: if the broker is away, reviews.evaluation_runs_sweep sends it later."""
     try:
         evaluation_run.delay(run_id=run_id)
     except BrokerError:

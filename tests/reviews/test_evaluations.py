@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from datetime import timedelta
 from io import StringIO
 from pathlib import Path
 
@@ -21,10 +22,8 @@ from reviews.models import AuditEvent, EvaluationResult, EvaluationRun
 from tests.reviews.evaluation_helpers import golden_accepted, golden_set_small
 
 
-def run_now(version: PolicyVersion, config: EngineConfig, **kwargs: object) -> EvaluationRun:
-    run = evaluations.evaluation_run_create(
-        version=version, actor=None, config=config, enqueue=False, **kwargs
-    )  # type: ignore[arg-type]
+def run_now(version: PolicyVersion, config: EngineConfig) -> EvaluationRun:
+    run = evaluations.evaluation_run_create(version=version, actor=None, config=config, enqueue=False)
     evaluations.evaluation_run_execute(run_id=run.pk, config=config)
     run.refresh_from_db()
     return run
@@ -126,7 +125,7 @@ def test_a_redelivered_task_resumes_only_the_pending_items_and_a_finished_run_is
         row.save()
     EvaluationRun.objects.filter(pk=run.pk).update(
         status=EvaluationRun.Status.RUNNING,
-        heartbeat_at=timezone.now() - timezone.timedelta(seconds=evaluations.STALE_AFTER_SECONDS + 5),
+        heartbeat_at=timezone.now() - timedelta(seconds=evaluations.STALE_AFTER_SECONDS + 5),
     )
     evaluations.evaluation_run_execute(run_id=run.pk, config=engine_config)
     run.refresh_from_db()
@@ -260,3 +259,20 @@ def test_the_command_reads_the_xstest_schema(tmp_path: Path) -> None:
     )
     (example,) = Command()._examples(path, None)
     assert (example.expected_label, example.category) == ("safe", "homonyms")
+
+
+def test_the_sweep_finds_runs_left_queued_or_abandoned_by_a_dead_worker(
+    policy: Policy, active_version: PolicyVersion, engine_config: EngineConfig
+) -> None:
+    golden_set_small(policy)
+    _fresh, lost, abandoned, alive = (
+        evaluations.evaluation_run_create(
+            version=active_version, actor=None, config=engine_config, enqueue=False
+        )
+        for _ in range(4)
+    )
+    long_ago = timezone.now() - timedelta(seconds=evaluations.STALE_AFTER_SECONDS + 5)
+    EvaluationRun.objects.filter(pk=lost.pk).update(created_at=long_ago)
+    EvaluationRun.objects.filter(pk=abandoned.pk).update(status="running", heartbeat_at=long_ago)
+    EvaluationRun.objects.filter(pk=alive.pk).update(status="running", heartbeat_at=timezone.now())
+    assert sorted(evaluations.evaluation_runs_stuck()) == sorted([lost.pk, abandoned.pk])
