@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from io import StringIO
+
 import pytest
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
@@ -9,7 +11,7 @@ from django.db import connection, transaction
 from django.db.utils import DatabaseError
 
 from moderation import services
-from moderation.models import Case, Policy, PolicyVersion
+from moderation.models import Case, Policy, PolicyVersion, Source
 from moderation.policy_lint import policy_lint
 from reviews.models import AuditEvent, Role
 from tests.conftest import POLICY_TEXT, ApiClient
@@ -193,9 +195,23 @@ def test_the_lint_lists_rule_ids_missing_sections_duplicates_and_length() -> Non
 
 
 def test_the_demo_policies_follow_the_recommended_structure() -> None:
-    from moderation.management.commands.seed_demo import DEMO_DIR, DEMO_POLICIES
+    from moderation.management.commands.seed_demo import DEMO_DIR, DEMO_POLICIES, EXAMPLE_POLICIES
 
-    for _, _, filename in DEMO_POLICIES:
+    for _, _, filename in DEMO_POLICIES + EXAMPLE_POLICIES:
         lint = policy_lint((DEMO_DIR / filename).read_text())
-        assert [h for h in lint.hints if "sweet spot" not in h] == [], filename
-        assert lint.rule_ids, filename
+        assert lint.hints == [], filename
+        assert lint.in_sweet_spot and len(lint.rule_ids) == 4, filename
+
+
+def test_seed_demo_loads_the_example_policies_as_active_versions(db: None) -> None:
+    from django.core.management import call_command
+
+    call_command("seed_demo", "--admin-password", "a long demo password", stdout=StringIO())
+    active = dict(
+        PolicyVersion.objects.filter(status=PolicyVersion.Status.ACTIVE).values_list("policy__slug", "number")
+    )
+    assert active == {"spam": 1, "harassment": 1, "personal-information": 1, "impersonation": 1}
+    assert sorted(Source.objects.get(slug="demo-forum").policies.values_list("slug", flat=True)) == [
+        "harassment",
+        "spam",
+    ]

@@ -18,6 +18,12 @@ DEMO_POLICIES = [
     ("spam", "Spam and scams", "spam.md"),
     ("harassment", "Harassment and threats", "harassment.md"),
 ]
+# More example policies for the policy team to start from; not attached to the demo source, so the demo
+# content is not judged (and queued) once per policy.
+EXAMPLE_POLICIES = [
+    ("personal-information", "Personal information and doxxing", "personal-information.md"),
+    ("impersonation", "Impersonation", "impersonation.md"),
+]
 DEMO_SOURCE = "demo-forum"
 
 
@@ -33,6 +39,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         policies = [self._policy(slug, name, filename) for slug, name, filename in DEMO_POLICIES]
+        for slug, name, filename in EXAMPLE_POLICIES:
+            self._policy(slug, name, filename)
         source = Source.objects.filter(slug=DEMO_SOURCE).first()
         if source is None:
             created = services.source_create(name="Demo forum", slug=DEMO_SOURCE, policies=policies)
