@@ -15,7 +15,13 @@ class QueueGrantAdmin(admin.ModelAdmin[QueueGrant]):
 class GoldenExampleAdmin(admin.ModelAdmin[GoldenExample]):
     list_display = ("policy", "expected_label", "origin", "status", "created_at")
     list_filter = ("policy", "status", "origin")
-    readonly_fields = ("decision", "text_hash")
+
+    # Curation happens on the policy team's pages, which check duplicates and audit every step.
+    def has_add_permission(self, request: object) -> bool:
+        return False
+
+    def has_change_permission(self, request: object, obj: object = None) -> bool:
+        return False
 
 
 @admin.register(CallbackDelivery)

@@ -72,12 +72,19 @@ def golden_set_accepted(policy: Policy) -> QuerySet[GoldenExample]:
     return GoldenExample.objects.filter(policy=policy, status=GoldenExample.Status.ACCEPTED).order_by("id")
 
 
+def _rows_hash(rows: Sequence[tuple[int, str, str, Sequence[str]]]) -> str:
+    canonical = sorted((pk, digest, label, sorted(rule_ids)) for pk, digest, label, rule_ids in rows)
+    return hashlib.sha256(json.dumps(canonical).encode()).hexdigest()
+
+
 def golden_set_hash(examples: Sequence[ExampleIn]) -> str:
     """Identifies a set of examples: a run made on it measured exactly these ids, texts and labels."""
-    canonical = sorted(
-        (e.example_id or 0, text_hash(e.text), e.expected_label, sorted(e.rule_ids)) for e in examples
+    return _rows_hash(
+        [(e.example_id or 0, text_hash(e.text), e.expected_label, e.rule_ids) for e in examples]
     )
-    return hashlib.sha256(json.dumps(canonical).encode()).hexdigest()
+
+
+EMPTY_GOLDEN_SET_HASH = _rows_hash([])
 
 
 def golden_set_snapshot(policy: Policy) -> list[ExampleIn]:
@@ -94,7 +101,10 @@ def golden_set_snapshot(policy: Policy) -> list[ExampleIn]:
 
 
 def golden_set_hash_now(policy: Policy) -> str:
-    return golden_set_hash(golden_set_snapshot(policy))
+    """The same as golden_set_hash of the snapshot, from the stored text hashes (without loading texts)."""
+    return _rows_hash(
+        list(golden_set_accepted(policy).values_list("pk", "text_hash", "expected_label", "rule_ids"))
+    )
 
 
 # --- making a run ----------------------------------------------------------------------------------
@@ -512,7 +522,7 @@ def _latest_finished_run(version: PolicyVersion, golden_hash: str) -> Evaluation
 GATED_METRICS = ("f1", "accuracy")
 
 
-def activation_gate(version: PolicyVersion) -> ActivationGate:
+def activation_gate(version: PolicyVersion, *, golden_hash: str | None = None) -> ActivationGate:
     """May ``version`` become active without an override?
 
     It needs a finished run on the golden set as it is now (same accepted examples) that does not fall
@@ -520,12 +530,11 @@ def activation_gate(version: PolicyVersion) -> ActivationGate:
     With no active version yet (the first one), the finished run alone is enough.
     """
     policy = version.policy
-    snapshot = golden_set_snapshot(policy)
-    if not snapshot:
+    golden_hash = golden_hash if golden_hash is not None else golden_set_hash_now(policy)
+    if golden_hash == EMPTY_GOLDEN_SET_HASH:
         return ActivationGate(
             False, ["The golden set has no accepted examples: nothing to measure."], None, None
         )
-    golden_hash = golden_set_hash(snapshot)
     run = _latest_finished_run(version, golden_hash)
     if run is None:
         return ActivationGate(

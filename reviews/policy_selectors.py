@@ -39,7 +39,7 @@ def policy_overview(policy: Policy) -> dict[str, Any]:
     )
     golden_hash = evaluations.golden_set_hash_now(policy)
     gates = {
-        v.pk: evaluations.activation_gate(v)
+        v.pk: evaluations.activation_gate(v, golden_hash=golden_hash)
         for v in versions
         if v.status in (PolicyVersion.Status.PUBLISHED, PolicyVersion.Status.RETIRED)
     }

@@ -276,3 +276,13 @@ def test_the_sweep_finds_runs_left_queued_or_abandoned_by_a_dead_worker(
     EvaluationRun.objects.filter(pk=abandoned.pk).update(status="running", heartbeat_at=long_ago)
     EvaluationRun.objects.filter(pk=alive.pk).update(status="running", heartbeat_at=timezone.now())
     assert sorted(evaluations.evaluation_runs_stuck()) == sorted([lost.pk, abandoned.pk])
+
+
+def test_the_golden_set_hash_from_stored_hashes_matches_the_hash_of_a_snapshot(policy: Policy) -> None:
+    golden_set_small(policy)
+    assert evaluations.golden_set_hash_now(policy) == evaluations.golden_set_hash(
+        evaluations.golden_set_snapshot(policy)
+    )
+    assert evaluations.golden_set_hash_now(Policy.objects.create(slug="e", name="E")) == (
+        evaluations.EMPTY_GOLDEN_SET_HASH
+    )
