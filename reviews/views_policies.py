@@ -70,17 +70,28 @@ def policies_list(request: AuthedRequest) -> HttpResponse:
     return _page(request, "reviews/policies/list.html", {"rows": rows})
 
 
+def _policy_page(
+    request: AuthedRequest,
+    policy: Policy,
+    *,
+    status: int = 200,
+    run_form: RunForm | None = None,
+    activate_form: ActivateForm | None = None,
+    error: str = "",
+) -> HttpResponse:
+    context = {
+        **policy_selectors.policy_overview(policy),
+        "run_form": run_form or RunForm(policy=policy),
+        "activate_form": activate_form or ActivateForm(),
+        "error": error,
+    }
+    return _page(request, "reviews/policies/detail.html", context, status=status)
+
+
 @require_GET
 @login_required
 def policy_detail(request: AuthedRequest, slug: str) -> HttpResponse:
-    policy = _policy(request, slug)
-    context = {
-        **policy_selectors.policy_overview(policy),
-        "run_form": RunForm(policy=policy),
-        "activate_form": ActivateForm(),
-        "compare_form": CompareForm(),
-    }
-    return _page(request, "reviews/policies/detail.html", context)
+    return _policy_page(request, _policy(request, slug))
 
 
 @require_POST
@@ -143,8 +154,8 @@ def policy_draft_lint(request: AuthedRequest, slug: str, number: int) -> HttpRes
     return render(
         request,
         "reviews/policies/version.html#draft-lint",
+        # 200 even for text the save would refuse: the panel is a preview, and it shows why.
         {"version": version, "lint": policy_lint(text), "sweet_spot": SWEET_SPOT, "form_errors": form.errors},
-        status=200 if form.is_valid() else 400,
     )
 
 
@@ -156,9 +167,8 @@ def policy_version_publish(request: AuthedRequest, slug: str, number: int) -> Ht
     try:
         moderation.policy_version_publish(version=version, author=request.user)
     except moderation.PolicyVersionRefused as exc:
-        messages.error(request, str(exc))
-    else:
-        messages.success(request, f"v{version.number} published: its text is now frozen.")
+        return _policy_page(request, policy, status=409, error=f"Not published: {exc}.")
+    messages.success(request, f"v{version.number} published: its text is now frozen.")
     return _redirect(request, reverse("reviews:policy_detail", args=[policy.slug]))
 
 
@@ -182,14 +192,13 @@ def policy_version_activate(request: AuthedRequest, slug: str, number: int) -> H
 
 
 def _activation_refused(request: AuthedRequest, policy: Policy, message: str) -> HttpResponse:
-    context = {
-        **policy_selectors.policy_overview(policy),
-        "run_form": RunForm(policy=policy),
-        "activate_form": ActivateForm(request.POST),
-        "compare_form": CompareForm(),
-        "activation_error": f"Not activated: {message}",
-    }
-    return _page(request, "reviews/policies/detail.html", context, status=409)
+    return _policy_page(
+        request,
+        policy,
+        status=409,
+        activate_form=ActivateForm(request.POST),
+        error=f"Not activated: {message}",
+    )
 
 
 @require_GET
@@ -222,10 +231,9 @@ def policy_diff(request: AuthedRequest, slug: str) -> HttpResponse:
 # --- the golden set --------------------------------------------------------------------------------
 
 
-@require_GET
-@login_required
-def golden_list(request: AuthedRequest, slug: str) -> HttpResponse:
-    policy = _policy(request, slug)
+def _golden_page(
+    request: AuthedRequest, policy: Policy, *, status: int = 200, error: str = ""
+) -> HttpResponse:
     form = GoldenFilterForm(request.GET or None)
     page = golden.golden_page(policy, form.filters(), request.GET.get("page", 1))
     query = request.GET.copy()
@@ -237,10 +245,17 @@ def golden_list(request: AuthedRequest, slug: str) -> HttpResponse:
         "query": query.urlencode(),
         "counts": golden.golden_counts(policy),
         "rule_ids": golden.policy_rule_ids(policy),
+        "error": error,
     }
     if _partial_wanted(request):
-        return render(request, "reviews/policies/golden.html#golden-table", context)
-    return _page(request, "reviews/policies/golden.html", context)
+        return render(request, "reviews/policies/golden.html#golden-table", context, status=status)
+    return _page(request, "reviews/policies/golden.html", context, status=status)
+
+
+@require_GET
+@login_required
+def golden_list(request: AuthedRequest, slug: str) -> HttpResponse:
+    return _golden_page(request, _policy(request, slug))
 
 
 def _example(policy: Policy, example_id: int) -> GoldenExample:
@@ -271,8 +286,7 @@ def golden_curate(request: AuthedRequest, slug: str, example_id: int, action: st
                 {"policy": policy, "example": example, "row_error": str(exc)},
                 status=409,
             )
-        messages.error(request, f"Example #{example.pk}: {exc}")
-        return _redirect(request, reverse("reviews:golden_list", args=[policy.slug]))
+        return _golden_page(request, policy, status=409, error=f"Example #{example.pk}: {exc}")
     if _partial_wanted(request):
         return render(
             request, "reviews/policies/golden.html#golden-row", {"policy": policy, "example": example}
@@ -390,8 +404,7 @@ def evaluation_run_new(request: AuthedRequest, slug: str) -> HttpResponse:
     policy = _policy(request, slug)
     form = RunForm(request.POST, policy=policy)
     if not form.is_valid():
-        messages.error(request, "Not started: " + "; ".join(str(e) for e in form.errors.values()))
-        return _redirect(request, reverse("reviews:policy_detail", args=[policy.slug]))
+        return _policy_page(request, policy, status=400, run_form=form, error="Not started: check the form.")
     try:
         run = evaluations.evaluation_run_create(
             version=form.cleaned_data["version"],
@@ -400,8 +413,7 @@ def evaluation_run_new(request: AuthedRequest, slug: str) -> HttpResponse:
             effort=form.cleaned_data["effort"],
         )
     except evaluations.EvaluationRefused as exc:
-        messages.error(request, f"Not started: {exc}.")
-        return _redirect(request, reverse("reviews:policy_detail", args=[policy.slug]))
+        return _policy_page(request, policy, status=409, run_form=form, error=f"Not started: {exc}.")
     return _redirect(request, reverse("reviews:evaluation_run", args=[run.pk]))
 
 

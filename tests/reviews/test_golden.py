@@ -230,3 +230,19 @@ def test_confirming_without_a_preview_imports_nothing(editor_client: Client, pol
     response = editor_client.post("/policies/spam/golden/import/confirm", {"status": "accepted"}, follow=True)
     assert "Nothing to import" in response.content.decode()
     assert not GoldenExample.objects.exists()
+
+
+def test_without_htmx_a_refused_accept_shows_the_list_with_the_reason(
+    editor_client: Client, policy: Policy
+) -> None:
+    golden_accepted(policy, "same text")
+    twin = GoldenExample.objects.create(
+        policy=policy,
+        text="SAME text",
+        text_hash=services.text_hash("same text"),
+        expected_label="violates",
+        origin=GoldenExample.Origin.IMPORT,
+    )
+    response = editor_client.post(f"/policies/spam/golden/{twin.pk}/accept")
+    assert response.status_code == 409
+    assert f"Example #{twin.pk}: the same text is already accepted" in response.content.decode()

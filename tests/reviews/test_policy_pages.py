@@ -94,10 +94,12 @@ def test_saving_a_draft_and_publishing_freezes_it(
     draft.refresh_from_db()
     assert draft.text == new_text and draft.rule_ids == ["SP1", "SP2", "SP3"]
     assert editor_client.post("/policies/spam/v2/", {"text": ""}).status_code == 400
-    editor_client.post("/policies/spam/v2/publish")
+    assert editor_client.post("/policies/spam/v2/publish").status_code == 302
     draft.refresh_from_db()
     assert draft.status == PolicyVersion.Status.PUBLISHED
     assert editor_client.post("/policies/spam/v2/", {"text": "changed"}).status_code == 403
+    again = editor_client.post("/policies/spam/v2/publish")
+    assert again.status_code == 409 and "Not published: v2 is already published" in again.content.decode()
     page = editor_client.get("/policies/spam/v2/").content.decode()
     assert "this text never changes" in page and "<textarea" not in page
 
@@ -131,13 +133,27 @@ def test_starting_a_run_from_the_policy_page_queues_it(
     assert (run.status, run.effort, run.total) == ("queued", "high", 4)
 
 
+def test_a_run_of_another_policys_version_is_refused_with_the_field_error(
+    editor_client: Client, policy: Policy, engine_simulator: object, settings: object
+) -> None:
+    settings.SAFEGUARD_BASE_URL = engine_simulator.base_url  # type: ignore[attr-defined]
+    other = Policy.objects.create(slug="other", name="Other")
+    version = moderation.policy_version_create(policy=other, text=POLICY_TEXT)
+    response = editor_client.post("/policies/spam/runs", {"version": version.pk, "effort": "extreme"})
+    assert response.status_code == 400
+    body = response.content.decode()
+    assert "Select a valid choice" in body and "extreme is not one of the available choices" in body
+    assert not EvaluationRun.objects.exists()
+
+
 def test_starting_a_run_without_an_engine_says_so(
     editor_client: Client, policy: Policy, settings: object
 ) -> None:
     settings.SAFEGUARD_BASE_URL = ""  # type: ignore[attr-defined]
     golden_set_small(policy)
-    response = editor_client.post("/policies/spam/runs", {"version": policy.versions.get().pk}, follow=True)
-    assert "no reasoning engine configured" in response.content.decode()
+    response = editor_client.post("/policies/spam/runs", {"version": policy.versions.get().pk})
+    assert response.status_code == 409
+    assert "Not started: no reasoning engine configured" in response.content.decode()
     assert not EvaluationRun.objects.exists()
 
 
