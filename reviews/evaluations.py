@@ -21,6 +21,7 @@ from datetime import timedelta
 from functools import partial
 from typing import Any
 
+import aiohttp
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Count, Q, QuerySet
@@ -206,7 +207,7 @@ class ItemOutcome:
 
 async def _item_judge(
     transport: Transport,
-    session: Any,
+    session: aiohttp.ClientSession,
     limit: asyncio.Semaphore,
     config: EngineConfig,
     result_id: int,

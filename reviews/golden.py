@@ -51,9 +51,9 @@ def policy_rule_ids(policy: Policy) -> list[str]:
 
 def label_parse(value: object) -> str:
     """violates / safe from the spellings files use (violation, unsafe, 1, safe, 0...)."""
-    text = str(value).strip().casefold() if value is not None and not isinstance(value, bool) else ""
-    if isinstance(value, bool):
-        text = "1" if value else "0"
+    if isinstance(value, bool):  # JSON true / false
+        value = int(value)
+    text = "" if value is None else str(value).strip().casefold()
     if text in _VIOLATES:
         return Decision.Label.VIOLATES
     if text in _SAFE:

@@ -246,3 +246,28 @@ def test_without_htmx_a_refused_accept_shows_the_list_with_the_reason(
     response = editor_client.post(f"/policies/spam/golden/{twin.pk}/accept")
     assert response.status_code == 409
     assert f"Example #{twin.pk}: the same text is already accepted" in response.content.decode()
+
+
+LABEL_SPELLINGS = [
+    ("violation", "violates"),
+    ("Unsafe", "violates"),
+    (1, "violates"),
+    (True, "violates"),
+    ("1", "violates"),
+    ("safe", "safe"),
+    ("no violation", "safe"),
+    (0, "safe"),
+    (False, "safe"),
+    ("0", "safe"),
+]
+
+
+@pytest.mark.parametrize(("raw", "label"), LABEL_SPELLINGS)
+def test_it_reads_the_label_spellings_files_use(raw: object, label: str) -> None:
+    assert golden.label_parse(raw) == label
+
+
+@pytest.mark.parametrize("raw", [None, "", "maybe", 2, "0.5"])
+def test_it_refuses_labels_it_does_not_know(raw: object) -> None:
+    with pytest.raises(golden.GoldenRefused, match="unknown label"):
+        golden.label_parse(raw)
