@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -349,7 +350,7 @@ def golden_import(request: AuthedRequest, slug: str) -> HttpResponse:
             request, "reviews/policies/golden_import.html", {"policy": policy, "form": form}, status=400
         )
     upload = form.cleaned_data["file"]
-    data = upload.read(_import_max_bytes() + 1)
+    data = upload.read(settings.GOLDEN_IMPORT_MAX_BYTES + 1)  # enough to tell it is too large
     preview = golden.golden_import_preview(policy=policy, name=upload.name or "", data=data)
     if preview.error:
         form.add_error("file", preview.error)
@@ -365,12 +366,6 @@ def golden_import(request: AuthedRequest, slug: str) -> HttpResponse:
         "confirm_form": GoldenImportConfirmForm(),
     }
     return _page(request, "reviews/policies/golden_import.html", context)
-
-
-def _import_max_bytes() -> int:
-    from django.conf import settings
-
-    return int(settings.GOLDEN_IMPORT_MAX_BYTES)
 
 
 @require_POST

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
+import redis
 from django.contrib.auth.models import User
 from django.test import Client
 
@@ -120,17 +124,27 @@ def test_the_diff_shows_both_versions_side_by_side_escaped(
     assert editor_client.get("/policies/spam/diff?a=1").status_code == 400
 
 
-def test_starting_a_run_from_the_policy_page_queues_it(
-    editor_client: Client, policy: Policy, engine_simulator: object, settings: object
+def test_starting_a_run_from_the_policy_page_queues_it_for_a_worker(
+    editor_client: Client,
+    policy: Policy,
+    engine_simulator: object,
+    settings: object,
+    redis_test_db: redis.Redis,
+    django_capture_on_commit_callbacks: Any,
 ) -> None:
     settings.SAFEGUARD_BASE_URL = engine_simulator.base_url  # type: ignore[attr-defined]
     golden_set_small(policy)
-    response = editor_client.post(
-        "/policies/spam/runs", {"version": policy.versions.get().pk, "effort": "high"}
-    )
+    redis_test_db.delete("celery")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = editor_client.post(
+            "/policies/spam/runs", {"version": policy.versions.get().pk, "effort": "high"}
+        )
     run = EvaluationRun.objects.get()
     assert response["Location"] == f"/runs/{run.pk}/"
     assert (run.status, run.effort, run.total) == ("queued", "high", 4)
+    message = json.loads(redis_test_db.lindex("celery", 0) or b"{}")
+    assert message["headers"]["task"] == "reviews.evaluation_run"
+    assert f"'run_id': {run.pk}" in message["headers"]["kwargsrepr"]
 
 
 def test_a_run_of_another_policys_version_is_refused_with_the_field_error(
