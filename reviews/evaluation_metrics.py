@@ -19,19 +19,19 @@ SAFE = "safe"
 UNDETERMINED = "undetermined"
 NO_CATEGORY = "(none)"
 
-# For comparisons: True when a higher value is better, False when lower is better.
-METRIC_DIRECTIONS: dict[str, bool] = {
-    "accuracy": True,
-    "precision": True,
-    "recall": True,
-    "f1": True,
-    "kappa": True,
-    "false_positive_rate": False,
-    "undetermined_rate": False,
-    "hallucinated_rate": False,
-    "latency_p50_ms": False,
-    "latency_p95_ms": False,
-    "completion_tokens_mean": False,
+# For comparisons: (label, True when a higher value is better).
+METRIC_DIRECTIONS: dict[str, tuple[str, bool]] = {
+    "accuracy": ("Accuracy", True),
+    "precision": ("Precision", True),
+    "recall": ("Recall", True),
+    "f1": ("F1", True),
+    "kappa": ("Cohen's kappa", True),
+    "false_positive_rate": ("False-positive rate", False),
+    "undetermined_rate": ("Undetermined rate", False),
+    "hallucinated_rate": ("Hallucinated citations", False),
+    "latency_p50_ms": ("Latency p50 (ms)", False),
+    "latency_p95_ms": ("Latency p95 (ms)", False),
+    "completion_tokens_mean": ("Completion tokens (mean)", False),
 }
 
 
@@ -207,6 +207,7 @@ def evaluation_metrics(items: Sequence[ItemResult], *, policy_rule_ids: Sequence
 @dataclass(frozen=True)
 class MetricDelta:
     name: str
+    label: str
     before: float | None
     after: float | None
     delta: float | None
@@ -216,15 +217,15 @@ class MetricDelta:
 
 def metric_deltas(before: dict[str, Any], after: dict[str, Any]) -> list[MetricDelta]:
     rows = []
-    for name, higher_is_better in METRIC_DIRECTIONS.items():
+    for name, (label, higher_is_better) in METRIC_DIRECTIONS.items():
         a, b = before.get(name), after.get(name)
         if a is None or b is None:
-            rows.append(MetricDelta(name, a, b, None, ""))
+            rows.append(MetricDelta(name, label, a, b, None, ""))
             continue
         delta = b - a
         if math.isclose(delta, 0.0, abs_tol=1e-9):
             verdict = "same"
         else:
             verdict = "better" if (delta > 0) == higher_is_better else "worse"
-        rows.append(MetricDelta(name, a, b, delta, verdict))
+        rows.append(MetricDelta(name, label, a, b, delta, verdict))
     return rows

@@ -116,6 +116,7 @@ def test_a_policy_editor_edits_evaluates_compares_and_activates(
         expect(page.locator("table.flipped")).to_contain_text("No verdict changed.")
         screenshot(tab, "policy-compare")
         page.go_back()
+        screenshot(tab, "policy-page-gate-open")
         page.get_by_role("button", name="Activate v2").click()
         expect(page.locator(".messages")).to_contain_text("v2 is now active for new cases.")
 

@@ -210,7 +210,7 @@ def test_the_comparison_page_shows_deltas_and_flipped_items(
         evaluations.evaluation_run_execute(run_id=run.pk, config=engine_config)
         runs.append(run)
     page = editor_client.get(f"/runs/compare?a={runs[0].pk}&b={runs[1].pk}").content.decode()
-    assert '<tr class="delta-better"><th>recall</th>' in page
+    assert '<tr class="delta-better"><th>Recall</th>' in page
     assert "a glorpnik for sale" in page and "1 changed verdict" in page
 
 
