@@ -112,7 +112,7 @@ def test_a_policy_editor_edits_evaluates_compares_and_activates(
         expect(page.locator(".gate")).to_contain_text("Gate open")
         page.get_by_role("link", name="Compare with the active version").click()
         expect(page.locator("h1")).to_contain_text(f"Run #{baseline.pk} (v1) → run #{run_id} (v2)")
-        expect(page.locator("table.deltas")).to_contain_text("accuracy")
+        expect(page.locator("table.deltas")).to_contain_text("Accuracy")
         expect(page.locator("table.flipped")).to_contain_text("No verdict changed.")
         screenshot(tab, "policy-compare")
         page.go_back()
