@@ -49,6 +49,11 @@ class Policy(models.Model):
     qa_sample_rate = models.FloatField(
         default=0.05, help_text="Share of auto-cleared items that still go to a human for QA."
     )
+    funnel_target_recall = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Share of violations the funnel tier must pass on; empty: SAFEGUARD_FUNNEL_TARGET_RECALL.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -266,6 +271,8 @@ class TriageResult(models.Model):
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
     finish_reason = models.CharField(max_length=32, blank=True)
     error = models.CharField(max_length=500, blank=True)
+    # Funnel tier only: p(violation), the threshold, the calibration and the nearest labelled examples.
+    funnel = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

@@ -9,6 +9,8 @@ fi
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
     .venv/bin/pip install --quiet --upgrade pip
+    # CPU torch for the funnel tier (PyPI's default torch wheel downloads gigabytes of CUDA libraries).
+    .venv/bin/pip install --quiet "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
     .venv/bin/pip install --quiet -e ".[dev]"
     rm -f .venv/.installed-*
     touch "$stamp"
