@@ -34,6 +34,7 @@ from inference_worker import embeddings
 from inference_worker.models import FunnelCalibration
 from inference_worker.policy_examples import policy_examples_parse
 from moderation.models import Policy
+from reviews import audit
 from reviews.models import Decision, GoldenExample
 
 if TYPE_CHECKING:
@@ -343,6 +344,20 @@ def _fitted_build(
                     violations=measured.violations,
                     safe=measured.safe,
                     note=measured.note[:300],
+                )
+                audit.record(
+                    "funnel.calibrated",
+                    actor=None,
+                    obj=stored,
+                    payload={
+                        "policy_version": policy_version_id,
+                        "golden_fingerprint": fingerprint,
+                        "method": stored.method,
+                        "threshold": stored.threshold,
+                        "measured_recall": stored.measured_recall,
+                        "clear_rate": stored.clear_rate,
+                        "target_recall": target,
+                    },
                 )
         except IntegrityError:  # another worker calibrated the same state first; same data, same result
             stored = FunnelCalibration.objects.get(**key)

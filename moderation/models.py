@@ -8,6 +8,7 @@ from typing import ClassVar
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -52,6 +53,7 @@ class Policy(models.Model):
     funnel_target_recall = models.FloatField(
         null=True,
         blank=True,
+        validators=[MinValueValidator(0.5), MaxValueValidator(1.0)],
         help_text="Share of violations the funnel tier must pass on; empty: SAFEGUARD_FUNNEL_TARGET_RECALL.",
     )
     created_at = models.DateTimeField(auto_now_add=True)

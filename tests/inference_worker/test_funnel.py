@@ -17,7 +17,7 @@ from inference_worker.testing.engine_simulator import EngineSimulator
 from moderation import services as moderation_services
 from moderation.models import Case, Policy, PolicyVersion, TriageResult
 from moderation.routing import REASON_NO_ENGINE
-from reviews.models import GoldenExample
+from reviews.models import AuditEvent, GoldenExample
 from tests.inference_worker.test_triage import cases_for
 
 pytestmark = pytest.mark.usefixtures("sentence_model")
@@ -151,6 +151,23 @@ def test_with_an_engine_only_what_the_funnel_cannot_clear_reaches_the_reasoner(
     assert violating.verdict == "safe" and violating.state == Case.State.AUTO_CLEARED
 
 
+def test_the_pump_scores_every_claimed_batch_and_sends_the_engine_only_the_rest(
+    threats: Policy, engine_config: EngineConfig, engine_simulator: EngineSimulator
+) -> None:
+    config = dataclasses.replace(engine_config, funnel=True)
+    texts = [f"{SAFE_ITEM} (#{n})" if n % 2 else f"{VIOLATING_ITEM} (#{n})" for n in range(200)]
+    cases = cases_for(threats, *texts)
+    # The message names one case; the pump claims the rest from Postgres in batches and scores each.
+    stats = services.cases_triage(case_ids=[cases[0].pk], config=config)
+    assert stats.saved == 200
+    assert not Case.objects.filter(state__in=[Case.State.PENDING_TRIAGE, Case.State.TRIAGING]).exists()
+    assert TriageResult.objects.filter(tier="funnel").count() == 200
+    engine_calls = TriageResult.objects.filter(tier="safeguard").count()
+    funnel_only = Case.objects.filter(state=Case.State.AUTO_CLEARED).exclude(triage_results__tier="safeguard")
+    assert engine_calls == engine_simulator.stats.requests_total == 200 - funnel_only.count()
+    assert funnel_only.count() == 100  # every safe post, and no threat
+
+
 def test_appeals_skip_the_funnel(threats: Policy, no_engine: EngineConfig) -> None:
     [original] = cases_for(threats, SAFE_ITEM)
     Case.objects.filter(pk=original.pk).update(state=Case.State.DECIDED)
@@ -271,6 +288,7 @@ def test_retraining_follows_accepts_and_rejects_in_the_golden_set(threats: Polic
     added.update(status=GoldenExample.Status.REJECTED)
     rejected = score(threats, lookalike)
     assert rejected.calibration_id == before.calibration_id and rejected.cleared
+    assert AuditEvent.objects.filter(action="funnel.calibrated").count() == 2
 
 
 def test_a_policy_may_ask_for_a_different_recall(threats: Policy) -> None:
