@@ -69,4 +69,5 @@ def test_the_metrics_page_shows_each_policys_calibration(
     assert f"p(violation) &lt; {calibration.threshold:.3f} is auto-cleared" in page
     assert f"{calibration.measured_recall:.3f} of violations passed on (target 0.98)" in page
     assert "11 examples (6 violating, 5 safe; 11 from the policy text, 0 from the golden set)" in page
+    assert "Measured on 6 violations only: a rough estimate" in page
     assert "not calibrated: needs at least 2 labelled violations" in page
