@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 
 import numpy as np
 import pytest
+from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -325,3 +327,14 @@ def test_it_prepares_and_saves_a_scored_batch_in_a_constant_number_of_queries(
         assert TriageResult.objects.filter(case__in=cases, tier="funnel").count() == size
     assert prepare_counts[0] == prepare_counts[1]
     assert save_counts[0] == save_counts[1]
+
+
+def test_funnel_text_prints_the_decision_and_the_nearest_examples(threats: Policy) -> None:
+    out = io.StringIO()
+    call_command("funnel_text", SAFE_ITEM, policy="threats", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "policy:      threats v1"
+    assert lines[1].startswith("decision:    auto-clear (p(violation) ")
+    assert len(lines) == 5 and "safe" in lines[2]
+    with pytest.raises(CommandError, match="no active version"):
+        call_command("funnel_text", SAFE_ITEM, policy="nope")
