@@ -3,8 +3,9 @@
     python bench/funnel.py [--datasets ../shared/datasets] [--folds 5] [--limit N] [--target-recall 0.98]
 
 Throughput: all items of both datasets, encoded in batches of SAFEGUARD_FUNNEL_BATCH_SIZE and scored, after
-one warm-up pass; the median of --passes timed passes (and the best) in items/s. It uses every core torch
-sees: on a shared machine the figure is only as good as the machine is quiet.
+one warm-up pass; the median of --passes timed passes (and the best) in items/s, and items per CPU second.
+It uses every core torch sees: on a shared machine the wall-clock figure is only as good as the machine is
+quiet.
 
 Datasets are read at run time (never copied into the repository; see each SOURCE.md for licence):
 - XSTest (`xstest/normalized.jsonl`: text, label 1 = unsafe) under bench/policies/harmful_request.md;
@@ -98,8 +99,9 @@ def cross_validated(
     }
 
 
-def throughput(policy_text: str, items: list[tuple[str, int]], passes: int) -> list[float]:
-    """Items/s of the production scoring path (batched encode, classifier, nearest examples), per pass."""
+def throughput(policy_text: str, items: list[tuple[str, int]], passes: int) -> list[tuple[float, float]]:
+    """Items per wall-clock second and per CPU second (all threads) of the production scoring path
+    (batched encode, classifier, nearest examples), per pass."""
     golden = [(text, "violates" if label else "safe") for text, label in items[:200]]
     examples = funnel.training_examples(policy_text, golden)
     vectors = funnel.training_vectors([e.text for e in examples])
@@ -111,12 +113,13 @@ def throughput(policy_text: str, items: list[tuple[str, int]], passes: int) -> l
     embeddings.encode(texts)  # warm-up: oneDNN prepares kernels for each new batch shape
     rates = []
     for _ in range(passes):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         queries = embeddings.encode(texts)
         fitted.scores(queries)
         for similarities in queries @ fitted.vectors.T:
             fitted.nearest(similarities)
-        rates.append(len(texts) / (time.perf_counter() - started))
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        rates.append((len(texts) / wall, len(texts) / cpu))
     return rates
 
 
@@ -148,8 +151,11 @@ def main() -> None:
         "folds": args.folds,
     }
     rates = sorted(throughput(datasets["xstest"][0], all_items, args.passes))
-    result["items_per_second"] = round(rates[len(rates) // 2], 1)
-    result["items_per_second_best"] = round(rates[-1], 1)
+    result["items_per_second"] = round(rates[len(rates) // 2][0], 1)
+    result["items_per_second_best"] = round(rates[-1][0], 1)
+    # Less sensitive to other processes than wall-clock time: on an idle machine with N cores the
+    # wall-clock rate approaches N times this (torch uses every core for a batch).
+    result["items_per_cpu_second"] = round(sorted(cpu for _, cpu in rates)[len(rates) // 2], 1)
     for name, (policy_text, items) in datasets.items():
         result[name] = cross_validated(policy_text, items, args.folds, args.target_recall)
     print(json.dumps(result))
