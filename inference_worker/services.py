@@ -29,7 +29,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from inference_worker import verdicts
+from inference_worker import embeddings, funnel, verdicts
 from inference_worker.breaker import CircuitBreaker
 from inference_worker.engine import (
     EngineError,
@@ -48,6 +48,7 @@ from moderation.routing import (
     Route,
     case_route,
     route_appeal,
+    route_funnel_cleared,
     route_not_triaged,
     triage_needs_escalation,
 )
@@ -79,6 +80,8 @@ class EngineConfig:
     max_in_flight: int
     max_attempts: int
     retry_base_seconds: float
+    # Score with the funnel tier before the engine (without an engine the funnel always runs).
+    funnel: bool = False
 
     @classmethod
     def from_settings(cls) -> EngineConfig:
@@ -95,6 +98,7 @@ class EngineConfig:
             max_in_flight=settings.SAFEGUARD_MAX_IN_FLIGHT,
             max_attempts=settings.SAFEGUARD_MAX_ATTEMPTS,
             retry_base_seconds=settings.SAFEGUARD_RETRY_BASE_SECONDS,
+            funnel=settings.SAFEGUARD_FUNNEL_ENABLED and embeddings.model_available(),
         )
 
     def tiers(self, *, is_appeal: bool) -> list[tuple[str, str, str]]:
@@ -123,8 +127,10 @@ class CaseWork:
     attempts: int
     content: str
     policy: Policy
+    policy_version_id: int
     policy_text: str
     rule_ids: list[str]
+    funnel: funnel.FunnelScore | None = None
 
 
 @dataclass(frozen=True)
@@ -289,6 +295,7 @@ def cases_claim_for_triage(*, case_ids: list[int] | None, limit: int) -> list[Ca
             attempts=c.triage_attempts,
             content=c.item.text,
             policy=c.policy_version.policy,
+            policy_version_id=c.policy_version_id,
             policy_text=c.policy_version.text,
             rule_ids=list(c.policy_version.rule_ids),
         )
@@ -366,6 +373,19 @@ def _triage_result(case_id: int, call: EngineCall, engine: str) -> TriageResult:
     )
 
 
+def _funnel_triage_result(case_id: int, score: funnel.FunnelScore) -> TriageResult:
+    return TriageResult(
+        case_id=case_id,
+        tier=TriageResult.Tier.FUNNEL,
+        engine=funnel.ENGINE_NAME,
+        model=embeddings.model_name(),
+        verdict=Verdict.SAFE if score.cleared else Verdict.UNDETERMINED,
+        rationale=score.explanation,
+        latency_ms=score.latency_ms,
+        funnel=score.as_json(),
+    )
+
+
 def retry_delay_seconds(attempts: int, base: float) -> float:
     """Exponential backoff with full jitter on the upper half, capped."""
     delay = min(RETRY_MAX_DELAY_SECONDS, base * 2 ** max(0, attempts - 1))
@@ -390,6 +410,12 @@ def _outcome_update(outcome: CaseOutcome, config: EngineConfig, now: datetime) -
             confidence=verdict.confidence or "",
             hallucinated_rule_ids=list(verdict.hallucinated_rule_ids),
         )
+    elif not outcome.unavailable and not outcome.failed:
+        # No engine call was made: the funnel cleared the item, or there is no engine to ask.
+        if work.funnel is not None and work.funnel.cleared:
+            route = route_funnel_cleared(work.policy, case_id=work.case_id)
+        else:
+            route = route_not_triaged(REASON_NO_ENGINE)
     else:
         failure = (
             REASON_ENGINE_UNAVAILABLE
@@ -399,7 +425,9 @@ def _outcome_update(outcome: CaseOutcome, config: EngineConfig, now: datetime) -
         route = route_not_triaged(failure[:200])
     if work.is_appeal:
         route = route_appeal(route)
-    label = verdict.label if verdict is not None else Verdict.UNDETERMINED
+    label: str = verdict.label if verdict is not None else Verdict.UNDETERMINED
+    if verdict is None and work.funnel is not None and work.funnel.cleared:
+        label = Verdict.SAFE
     confidence = (verdict.confidence or "") if verdict is not None else ""
     return CaseUpdate(work.case_id, route.state, route.priority, route.reason, label, confidence, None)
 
@@ -413,7 +441,12 @@ def triage_outcomes_save(outcomes: list[CaseOutcome], config: EngineConfig) -> N
     updates = {o.work.case_id: _outcome_update(o, config, now) for o in outcomes}
     with transaction.atomic():
         TriageResult.objects.bulk_create(
-            [_triage_result(o.work.case_id, call, engine) for o in outcomes for call in o.calls]
+            [
+                _funnel_triage_result(o.work.case_id, o.work.funnel)
+                for o in outcomes
+                if o.work.funnel is not None
+            ]
+            + [_triage_result(o.work.case_id, call, engine) for o in outcomes for call in o.calls]
         )
         applied = _cases_update(list(updates.values()), from_state=Case.State.TRIAGING)
         audit.record_many(
@@ -428,6 +461,9 @@ def triage_outcomes_save(outcomes: list[CaseOutcome], config: EngineConfig) -> N
                         "confidence": updates[case_id].confidence,
                         "reason": updates[case_id].reason,
                         "engine_calls": len(outcome.calls),
+                        "funnel_p_violation": outcome.work.funnel.p_violation
+                        if outcome.work.funnel is not None
+                        else None,
                     },
                 )
                 for outcome in outcomes
@@ -491,23 +527,38 @@ class PumpStats:
     max_in_flight: int = 0
 
 
-def cases_triage(*, case_ids: list[int], config: EngineConfig | None = None) -> PumpStats:
-    """Triage the given cases, and any other pending ones while there is room (see module docstring)."""
-    config = config or EngineConfig.from_settings()
-    if not config.base_url:
+def cases_triage_without_engine(*, case_ids: list[int], config: EngineConfig) -> PumpStats:
+    """No safeguard endpoint: the funnel clears what it can; the rest goes to humans, saying why."""
+    if not embeddings.model_available():
         routed = cases_route_without_engine(case_ids=case_ids)
         return PumpStats(claimed=routed, saved=routed)
+    works = cases_claim_for_triage(case_ids=case_ids, limit=len(case_ids))
+    if works:
+        triage_outcomes_save([CaseOutcome(work=w) for w in funnel.works_funnel(works)], config)
+    return PumpStats(claimed=len(works), saved=len(works))
+
+
+def cases_triage(*, case_ids: list[int], config: EngineConfig | None = None) -> PumpStats:
+    """Triage the given cases, and any other pending ones while there is room (see module docstring).
+
+    With the funnel on, each claimed batch is scored in one batched encode on the funnel thread; what it
+    clears is saved with the engine results, the rest is sent to the engine.
+    """
+    config = config or EngineConfig.from_settings()
+    if not config.base_url:
+        return cases_triage_without_engine(case_ids=case_ids, config=config)
     runner = engine_runner(config)
     breaker = engine_breaker(config)
     stats = PumpStats()
     in_flight: dict[concurrent.futures.Future[CaseOutcome], CaseWork] = {}
+    scoring: dict[concurrent.futures.Future[list[CaseWork]], list[CaseWork]] = {}
     deadline = time.monotonic() + PUMP_SECONDS
     next_refill = 0.0
     first = True
     unsaved: list[CaseOutcome] = []
 
     while True:
-        room = config.max_in_flight - len(in_flight)
+        room = config.max_in_flight - len(in_flight) - sum(len(w) for w in scoring.values())
         now = time.monotonic()
         if room > 0 and now < deadline and (first or now >= next_refill):
             allowance = breaker.allowance()
@@ -524,7 +575,13 @@ def cases_triage(*, case_ids: list[int], config: EngineConfig | None = None) -> 
                 triage_outcomes_save(
                     [CaseOutcome(work=w, unavailable=CIRCUIT_OPEN) for w in works[sendable:]], config
                 )
-            for work in works[:sendable]:
+            to_send = works[:sendable]
+            appeals = [w for w in to_send if w.is_appeal]  # appeals skip the funnel: a human sees them
+            to_score = [w for w in to_send if not w.is_appeal] if config.funnel else []
+            if to_score:
+                fitted = funnel.funnel_prepare(to_score)
+                scoring[funnel.funnel_executor().submit(funnel.works_score, to_score, fitted)] = to_score
+            for work in appeals if config.funnel else to_send:
                 in_flight[runner.submit(work)] = work
             stats.claimed += len(works)
             stats.max_in_flight = max(stats.max_in_flight, len(in_flight))
@@ -534,20 +591,45 @@ def cases_triage(*, case_ids: list[int], config: EngineConfig | None = None) -> 
             triage_outcomes_save(unsaved, config)
             stats.saved += len(unsaved)
             unsaved = []
-        if not in_flight:
+        if not in_flight and not scoring:
             break
-        done, _ = concurrent.futures.wait(
-            in_flight, timeout=REFILL_IDLE_SECONDS, return_when="FIRST_COMPLETED"
-        )
+        waiting: list[concurrent.futures.Future[Any]] = [*in_flight, *scoring]
+        done, _ = concurrent.futures.wait(waiting, timeout=REFILL_IDLE_SECONDS, return_when="FIRST_COMPLETED")
         if not done:
             continue
-        unsaved = [future.result() for future in done]
-        for future in done:
+        judged = [future for future in in_flight if future in done]
+        unsaved = [future.result() for future in judged]
+        for future in judged:
             del in_flight[future]
+        for scored in [future for future in scoring if future in done]:
+            unsaved.extend(_scored_route(scored, scoring.pop(scored), runner, in_flight))
+            stats.max_in_flight = max(stats.max_in_flight, len(in_flight))
         # Recorded before the refill, so an engine that just failed gets no new requests.
-        successes = sum(1 for o in unsaved if o.verdict is not None)
-        breaker.record(successes=successes, failures=sum(1 for o in unsaved if o.unavailable))
+        engine_outcomes = [o for o in unsaved if o.calls or o.unavailable]
+        successes = sum(1 for o in engine_outcomes if o.verdict is not None)
+        breaker.record(successes=successes, failures=sum(1 for o in engine_outcomes if o.unavailable))
     return stats
+
+
+def _scored_route(
+    future: concurrent.futures.Future[list[CaseWork]],
+    works: list[CaseWork],
+    runner: EngineRunner,
+    in_flight: dict[concurrent.futures.Future[CaseOutcome], CaseWork],
+) -> list[CaseOutcome]:
+    """Cleared works become outcomes to save; the rest go to the engine (all of them if scoring failed)."""
+    try:
+        scored = future.result()
+    except Exception:
+        logger.exception("funnel scoring failed; %d cases go to the engine unscored", len(works))
+        scored = works
+    cleared = []
+    for work in scored:
+        if work.funnel is not None and work.funnel.cleared:
+            cleared.append(CaseOutcome(work=work))
+        else:
+            in_flight[runner.submit(work)] = work
+    return cleared
 
 
 def cases_triage_sweep(*, stuck_after_seconds: int | None = None) -> list[int]:

@@ -8,6 +8,7 @@ from typing import ClassVar
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -53,6 +54,12 @@ class Policy(models.Model):
         default=0.02,
         help_text="How far F1 or accuracy on the golden set may drop below the active version's "
         "before activating a new version needs an override.",
+    )
+    funnel_target_recall = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.5), MaxValueValidator(1.0)],
+        help_text="Share of violations the funnel tier must pass on; empty: SAFEGUARD_FUNNEL_TARGET_RECALL.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -290,6 +297,8 @@ class TriageResult(models.Model):
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
     finish_reason = models.CharField(max_length=32, blank=True)
     error = models.CharField(max_length=500, blank=True)
+    # Funnel tier only: p(violation), the threshold, the calibration and the nearest labelled examples.
+    funnel = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

@@ -63,6 +63,13 @@ def case_route(
     return Route(Case.State.QUEUED, PRIORITY_UNDETERMINED, "model could not decide")
 
 
+def route_funnel_cleared(policy: Policy, *, case_id: int) -> Route:
+    """Below the funnel threshold: cleared without the reasoner, QA-sampled like any auto-clear."""
+    if qa_sampled(case_id, policy.qa_sample_rate):
+        return Route(Case.State.QUEUED, PRIORITY_QA_SAMPLE, "QA sample of an auto-clear")
+    return Route(Case.State.AUTO_CLEARED, 0, "auto-cleared: funnel (below the calibrated threshold)")
+
+
 PRIORITY_APPEAL = 90
 
 

