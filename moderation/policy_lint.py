@@ -11,6 +11,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+from inference_worker.policy_examples import policy_examples_parse
 from inference_worker.policy_rules import policy_rule_definitions, policy_rule_ids_parse
 from inference_worker.prompts import token_count
 
@@ -18,7 +19,6 @@ SECTIONS = ("Instructions", "Definitions", "Criteria", "Examples", "Output")
 SWEET_SPOT = (400, 600)
 TOO_LONG_TOKENS = 1500
 _HEADING = re.compile(r"^#{1,6}[ \t]+(?P<title>.+?)[ \t]*#*[ \t]*$", re.MULTILINE)
-_BULLET = re.compile(r"^[ \t]*[-*][ \t]+\S", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,23 @@ def policy_lint(text: str) -> PolicyLint:
             'The Output section should ask for the verdict JSON: {"violation": 0|1, "policy_category": ..., '
             '"rule_ids": [...], "confidence": "low"|"medium"|"high", "rationale": ...}.'
         )
-    if "examples" in bodies and not _BULLET.search(bodies["examples"]):
+    examples = policy_examples_parse(text)
+    if examples.has_section and not examples.examples:
         hints.append('The Examples section has no examples: one per bullet, e.g. - "text" -> violation, SP1.')
+    for line_number, _line in examples.unparsed[:5]:
+        hints.append(
+            f"Line {line_number} of Examples is not an example the funnel tier can learn from: write "
+            '- "text" -> violation, SP1 or - "text" -> no violation.'
+        )
+    for label, count in (
+        ("violating", sum(e.violation for e in examples.examples)),
+        ("safe", sum(not e.violation for e in examples.examples)),
+    ):
+        if examples.examples and count < 2:
+            hints.append(f"Fewer than 2 {label} examples: the funnel cannot calibrate on the text alone.")
+    undefined = sorted({r for e in examples.examples for r in e.rule_ids} - set(rule_ids))
+    if undefined:
+        hints.append(f"Examples cite rule ids the policy does not define: {', '.join(undefined)}.")
     if tokens < SWEET_SPOT[0]:
         hints.append(f"{tokens} tokens: shorter than the {SWEET_SPOT[0]}-{SWEET_SPOT[1]} sweet spot.")
     elif tokens > TOO_LONG_TOKENS:

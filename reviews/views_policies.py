@@ -14,6 +14,7 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from inference_worker.selectors import funnel_calibration_for_policy
 from moderation import services as moderation
 from moderation.models import Policy, PolicyVersion
 from moderation.policy_lint import SWEET_SPOT, policy_lint
@@ -82,6 +83,7 @@ def _policy_page(
 ) -> HttpResponse:
     context = {
         **policy_selectors.policy_overview(policy),
+        "funnel": funnel_calibration_for_policy(policy),
         "run_form": run_form or RunForm(policy=policy),
         "activate_form": activate_form or ActivateForm(),
         "error": error,

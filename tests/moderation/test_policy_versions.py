@@ -194,6 +194,21 @@ def test_the_lint_lists_rule_ids_missing_sections_duplicates_and_length() -> Non
     assert any("No rule ids" in h for h in bare.hints)
 
 
+def test_the_lint_names_example_lines_the_funnel_cannot_learn_from() -> None:
+    text = (
+        "## Criteria\n- SP1: Spam.\n\n## Examples\n"
+        '- "Buy now at bit-ly-fake/x" -> violation, SP1, SP9\n'
+        "- buy my stuff (no quotes, no label)\n"
+        '- "Nice photo!" -> no violation\n'
+    )
+    hints = policy_lint(text).hints
+    assert any(h.startswith("Line 6 of Examples is not an example") for h in hints)
+    assert any("Fewer than 2 violating examples" in h for h in hints)
+    assert any("Fewer than 2 safe examples" in h for h in hints)
+    assert any("does not define: SP9" in h for h in hints)
+    assert not any("Examples section has no examples" in h for h in hints)
+
+
 def test_the_demo_policies_follow_the_recommended_structure() -> None:
     from moderation.management.commands.seed_demo import DEMO_DIR, DEMO_POLICIES, EXAMPLE_POLICIES
 

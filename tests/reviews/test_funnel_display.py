@@ -71,3 +71,14 @@ def test_the_metrics_page_shows_each_policys_calibration(
     assert "11 examples (6 violating, 5 safe; 11 from the policy text, 0 from the golden set)" in page
     assert "Measured on 6 violations only: a rough estimate" in page
     assert "not calibrated: needs at least 2 labelled violations" in page
+
+
+def test_the_policy_page_shows_the_calibration_of_the_active_version(
+    threats: Policy, funnel_case: Case
+) -> None:
+    editor = user_create("pat", Role.POLICY_EDITOR)
+    page = logged_in(editor).get(f"/policies/{threats.slug}/").content.decode()
+    calibration = funnel_case.policy_version.funnel_calibrations.get()
+    assert "<h2>Funnel tier</h2>" in page
+    assert f"p(violation) &lt; {calibration.threshold:.3f} is auto-cleared" in page
+    assert f"{calibration.clear_rate:.3f} of safe examples auto-cleared" in page
