@@ -115,3 +115,36 @@ def test_it_stores_hostile_model_output_as_text_and_takes_no_verdict_from_the_re
     assert FAKE_FINAL in result.chain_of_thought and "\ufffd done" in result.chain_of_thought
     version = PolicyVersion.objects.get(policy=policy, status="active")
     assert ContentItem.objects.get(external_id="h").cases.get().policy_version == version
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "A" * 100_000,
+        "中" * 50_000,
+        " " * 50_000 + "x",
+        "\n" * 30_000,
+        "ok " + "x" * 300 + " and " + "<|end|>" * 100 + " done",
+    ],
+    ids=["word", "cjk", "spaces", "newlines", "mixed"],
+)
+def test_pathological_runs_are_encoded_in_slices_that_decode_to_the_same_text(content: str) -> None:
+    """o200k's merge is quadratic in one pre-token's length: a 100k-character word took seconds per prompt.
+
+    Encoded in slices it is cheap (this test would take minutes otherwise) and the model reads the same text.
+    """
+    ids = prompt_token_ids(policy_text=POLICY_TEXT, content=content, effort="low")
+    messages = messages_of(ids)
+
+    assert [role for role, _ in messages] == ["system", "developer", "user"]
+    assert messages[2][1] == content
+
+
+def test_ordinary_content_is_encoded_exactly_as_openai_harmony_renders_it() -> None:
+    from openai_harmony import Message
+
+    encoding = harmony_encoding()
+    for content in ["hello world", *INJECTIONS, "x" * 255, "multi\nline  text\twith  spaces " * 50]:
+        ids = prompt_token_ids(policy_text=POLICY_TEXT, content=content, effort="low")
+        user_message = encoding.render(Message.from_role_and_content(Role.USER, content))
+        assert ids[-len(user_message) - 2 : -2] == user_message
