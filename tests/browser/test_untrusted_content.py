@@ -297,7 +297,7 @@ def test_the_hostile_corpus_renders_verbatim_and_the_layout_holds(
     mixed = "\n".join(CORPUS)
     engine_simulator.scripted["mixed"] = hostile_answer(mixed, rule_id="<b>SP9</b>\u202e")
     engine_simulator.scripted["big"] = hostile_answer(HUGE_WORD, rule_id="R" * 200)
-    items = [
+    items: list[dict[str, object]] = [
         {
             "external_id": "mixed \u202e<svg onload=1>",
             "text": "[[answer:mixed]]\n" + mixed,
