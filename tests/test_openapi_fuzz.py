@@ -28,8 +28,14 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from inference_worker.services import cases_triage
+from inference_worker.testing.fixtures import engine_config_for
 from moderation import services
 from moderation.models import Policy
+from reviews import services as reviews
+from reviews.models import Role
+from reviews.services import DecisionIn
+from tests.reviews.helpers import user_create
 
 pytestmark = [pytest.mark.hostile, pytest.mark.django_db(transaction=True)]
 
@@ -72,6 +78,21 @@ def fuzz(
     exchange()
 
 
+def decided_item(created: services.SourceCreated, policy: Policy) -> str:
+    """An item of the source, triaged without an engine and decided by a moderator: appealable."""
+    [ingested] = services.items_ingest(
+        source=created.source, items=[services.ItemIn(external_id="known-item", text="buy now")]
+    )
+    cases_triage(case_ids=ingested.case_ids, config=engine_config_for(""))
+    moderator = user_create("mona", Role.MODERATOR, grants=[policy])
+    case = reviews.case_claim_next(moderator=moderator)
+    assert case is not None
+    reviews.case_decide(
+        case=case, moderator=moderator, decision=DecisionIn(action="overturn", final_label="violates")
+    )
+    return ingested.external_id
+
+
 def test_every_generated_request_gets_a_documented_answer(live_server: LiveServer, policy: Policy) -> None:
     # A source that does not require signatures, with a budget no fuzzing run reaches: 429 stays rare.
     created = services.source_create(
@@ -93,6 +114,18 @@ def test_every_generated_request_gets_a_documented_answer(live_server: LiveServe
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             fuzz(operation, mode, base_url=live_server.url, headers=auth, sent=sent, statuses=statuses)
+
+    # The success bodies of reads and appeals, on an item that exists and was decided.
+    known = decided_item(created, policy)
+    by_label = {op.label: op for op in operations}
+    status = by_label["GET /api/v1/items/{external_id}"].Case(path_parameters={"external_id": known})
+    appeal = by_label["POST /api/v1/items/{external_id}/appeals"].Case(
+        path_parameters={"external_id": known}, body={"reason": "the user disagrees"}
+    )
+    for case, expected in [(status, 200), (appeal, 201), (appeal, 200)]:
+        response = case.call(base_url=live_server.url, headers=auth)
+        assert response.status_code == expected, (case.operation.label, response.text)
+        case.validate_response(response, checks=CHECKS, headers=auth)
 
     # Without the key every operation refuses, with the documented 401 body.
     for operation in operations:
