@@ -33,7 +33,7 @@ from inference_worker.testing.fixtures import engine_config_for
 from moderation import services
 from moderation.models import Policy
 from reviews import services as reviews
-from reviews.models import Role
+from reviews.models import Decision, Role
 from reviews.services import DecisionIn
 from tests.reviews.helpers import user_create
 
@@ -88,7 +88,9 @@ def decided_item(created: services.SourceCreated, policy: Policy) -> str:
     case = reviews.case_claim_next(moderator=moderator)
     assert case is not None
     reviews.case_decide(
-        case=case, moderator=moderator, decision=DecisionIn(action="overturn", final_label="violates")
+        case=case,
+        moderator=moderator,
+        decision=DecisionIn(action=Decision.Action.OVERTURN, final_label="violates"),
     )
     return ingested.external_id
 
