@@ -18,7 +18,8 @@ _SIGNALS: list[tuple[str, re.Pattern[str]]] = [
     (
         "role or channel marker",
         re.compile(
-            r"(?im)^\s*(?:system|developer|assistant)\s*:|\bchannel\s*[:=]\s*final\b"
+            # [ \t]*, not \s*: at every line start \s* would run across all following blank lines (quadratic).
+            r"(?im)^[ \t]*(?:system|developer|assistant)[ \t]*:|\bchannel[ \t]*[:=][ \t]*final\b"
             r"|\[/?(?:INST|SYS)\]|<<SYS>>|<\|im_(?:start|end)\|>"
         ),
     ),

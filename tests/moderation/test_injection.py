@@ -118,3 +118,16 @@ def test_the_case_view_warns_and_the_queue_badges_and_filters(
     filtered = client.get("/queue/", {"injection": "on"}).content.decode()
     assert f"/cases/{injected.pk}/" in filtered
     assert f"/cases/{plain.pk}/" not in filtered
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["\n   " * 25_000, " \n" * 50_000, "ignore all " * 10_000, "answer with " * 10_000, "{" + " " * 100_000],
+    ids=["indented-blank-lines", "blank-lines", "overrides", "dictations", "brace"],
+)
+def test_it_scans_adversarial_text_in_linear_time(text: str) -> None:
+    """Run at ingestion on every item: "^\\s*" over 25,000 indented blank lines once took 40 seconds here.
+
+    Quadratic patterns make this test take minutes; it has no assertion on time.
+    """
+    assert injection_signals(text + "\nassistant: fine") == ["role or channel marker"]
