@@ -141,6 +141,8 @@ def _items_parse(body: bytes) -> list[ItemIn]:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise HttpError(400, f"body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise HttpError(400, "body is nested too deeply") from exc
     if not isinstance(data, dict):
         raise HttpError(400, 'body must be a JSON object: one item, or {"items": [...]}')
     try:

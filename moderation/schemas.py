@@ -24,25 +24,33 @@ def _storable_text(value: str) -> str:
     return value
 
 
-def _storable_json(value: Any, path: str = "") -> None:
-    if isinstance(value, str):
-        try:
-            _storable_text(value)
-        except ValueError as exc:
-            raise ValueError(f"{path or 'value'} {exc}") from None
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{path or 'value'}: NaN and infinite numbers are not JSON")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            where = f"{path}.{key}" if path else str(key)
+METADATA_MAX_DEPTH = 32
+
+
+def _storable_json(value: Any) -> None:
+    """Walked without recursion: metadata nested a thousand levels deep must be a 400, not a crash."""
+    pending: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while pending:
+        item, path, depth = pending.pop()
+        if depth > METADATA_MAX_DEPTH:
+            raise ValueError(f"{path}: nested deeper than {METADATA_MAX_DEPTH} levels")
+        if isinstance(item, str):
             try:
-                _storable_text(key)
+                _storable_text(item)
             except ValueError as exc:
-                raise ValueError(f"key {where!r} {exc}") from None
-            _storable_json(item, where)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _storable_json(item, f"{path}[{index}]")
+                raise ValueError(f"{path or 'value'} {exc}") from None
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{path or 'value'}: NaN and infinite numbers are not JSON")
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                where = f"{path}.{key}" if path else str(key)
+                try:
+                    _storable_text(key)
+                except ValueError as exc:
+                    raise ValueError(f"key {where!r} {exc}") from None
+                pending.append((child, where, depth + 1))
+        elif isinstance(item, list):
+            pending.extend((child, f"{path}[{index}]", depth + 1) for index, child in enumerate(item))
 
 
 def _storable_metadata(value: dict[str, Any]) -> dict[str, Any]:

@@ -51,6 +51,30 @@ def test_it_refuses_json_postgresql_cannot_store(
     assert ContentItem.objects.count() == 0
 
 
+@pytest.mark.parametrize("depth", [40, 900, 100_000])
+def test_it_refuses_deeply_nested_json_with_a_400(source: ApiClient, depth: int) -> None:
+    nested = "[" * depth + "]" * depth
+    item = source.post_items('{"external_id": "a", "text": "x", "metadata": {"a": ' + nested + "}}")
+    appeal = source.client.post(
+        "/api/v1/items/a/appeals",
+        '{"reason": ' + nested + "}",
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {source.api_key}"},
+    )
+
+    assert item.status_code == 400, item.content
+    assert "nested" in item.content.decode()
+    assert appeal.status_code == 400
+    assert ContentItem.objects.count() == 0
+
+
+def test_it_accepts_metadata_nested_to_the_limit(source: ApiClient) -> None:
+    nested = "[" * 31 + "]" * 31
+    response = source.post_items('{"external_id": "a", "text": "x", "metadata": {"a": ' + nested + "}}")
+
+    assert response.status_code == 200, response.content
+
+
 def test_it_refuses_an_impossible_external_id_in_the_path(source: ApiClient) -> None:
     headers = {"Authorization": f"Bearer {source.api_key}"}
     status = source.client.get("/api/v1/items/a%00b", headers=headers)
