@@ -155,7 +155,7 @@ def test_it_refuses_a_request_missing_either_signature_header(
     )
 
 
-@pytest.mark.parametrize("timestamp", ["soon", "1.5e9", ""])
+@pytest.mark.parametrize("timestamp", ["soon", "1.5e9", "", "+1700000000", "\u0661\u0667\u0660\u0660"])
 def test_it_refuses_a_timestamp_that_is_not_unix_seconds(signing_source: ApiClient, timestamp: str) -> None:
     raw = json.dumps(item())
     headers = {
@@ -166,6 +166,14 @@ def test_it_refuses_a_timestamp_that_is_not_unix_seconds(signing_source: ApiClie
     }
 
     assert refused(signing_source, raw, headers)
+
+
+def test_it_refuses_a_signature_with_non_ascii_characters(signing_source: ApiClient) -> None:
+    raw = json.dumps(item())
+    headers = signature_headers(signing_source.source.hmac_secret, raw, int(time.time()))
+    headers["X-Signature"] = "sha256=\u00e9" + headers["X-Signature"][8:]
+
+    assert "does not match" in refused(signing_source, raw, headers)
 
 
 def test_it_refuses_a_signature_moved_to_another_timestamp(signing_source: ApiClient) -> None:
