@@ -78,6 +78,17 @@ def fuzz(
     exchange()
 
 
+def credentials_for(operation: Any, by_scheme: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The headers that authenticate `operation`, by the security scheme the document names for it."""
+    schemes = {name for requirement in operation.definition.raw.get("security", []) for name in requirement}
+    unknown = schemes - set(by_scheme)
+    assert not unknown, (
+        f"{operation.label} is secured by {sorted(unknown)}: give the fuzz test a real credential for it "
+        "(by_scheme in test_every_generated_request_gets_a_documented_answer)"
+    )
+    return {k: v for name in sorted(schemes) for k, v in by_scheme[name].items()}
+
+
 def decided_item(created: services.SourceCreated, policy: Policy) -> str:
     """An item of the source, triaged without an engine and decided by a moderator: appealable."""
     [ingested] = services.items_ingest(
@@ -115,7 +126,8 @@ def test_every_generated_request_gets_a_documented_answer(live_server: LiveServe
     }
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            fuzz(operation, mode, base_url=live_server.url, headers=auth, sent=sent, statuses=statuses)
+            headers = credentials_for(operation, {"SourceKeyAuth": auth})
+            fuzz(operation, mode, base_url=live_server.url, headers=headers, sent=sent, statuses=statuses)
 
     # The success bodies of reads and appeals, on an item that exists and was decided.
     known = decided_item(created, policy)
