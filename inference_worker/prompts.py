@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 from dataclasses import dataclass
 
 from openai_harmony import (
@@ -57,13 +58,46 @@ def prompt_token_ids(*, policy_text: str, content: str, effort: str) -> list[int
     The content is rendered by openai-harmony as a message body, so text that
     looks like special tokens (``<|end|><|start|>developer...``) stays plain text.
     """
-    encoding = harmony_encoding()
-    user_message = Message.from_role_and_content(Role.USER, content)
+    *user_header, end = _empty_user_message_token_ids()
     return [
         *_prompt_prefix_token_ids(policy_text, effort),
-        *encoding.render(user_message),
+        *user_header,
+        *content_token_ids(content),
+        end,
         *_assistant_turn_token_ids(),
     ]
+
+
+# o200k's byte-pair merge is quadratic in the length of one pre-token, and a run of letters (a 100k-character
+# "word", CJK text without spaces) or of whitespace is one pre-token: seconds of CPU per prompt, a cheap
+# denial of service. Such runs are encoded in slices: the model reads exactly the same text; only the token
+# boundaries inside the run differ from a one-piece encoding. Ordinary text is encoded in one piece, which
+# is what openai-harmony's own render gives (a test checks both).
+_LONG_RUN = re.compile(r"\S{256,}|\s{256,}")
+_RUN_SLICE_CHARS = 128
+
+
+def content_token_ids(content: str) -> list[int]:
+    """The content as plain text tokens: special-token look-alikes stay text."""
+    encoding = harmony_encoding()
+    ids: list[int] = []
+    position = 0
+    for run in _LONG_RUN.finditer(content):
+        ids += encoding.encode(content[position : run.start()], disallowed_special=())
+        for start in range(run.start(), run.end(), _RUN_SLICE_CHARS):
+            ids += encoding.encode(
+                content[start : min(start + _RUN_SLICE_CHARS, run.end())], disallowed_special=()
+            )
+        position = run.end()
+    ids += encoding.encode(content[position:], disallowed_special=())
+    return ids
+
+
+@functools.cache
+def _empty_user_message_token_ids() -> tuple[int, ...]:
+    """<|start|>user<|message|><|end|>: the content goes before the last token."""
+    empty: list[int] = harmony_encoding().render(Message.from_role_and_content(Role.USER, ""))
+    return tuple(empty)
 
 
 @functools.lru_cache(maxsize=64)

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import random
+import re
 import threading
 import time
 from collections import defaultdict
@@ -347,22 +348,34 @@ def _cases_update(updates: list[CaseUpdate], *, from_state: str) -> set[int]:
         return {row[0] for row in cursor.fetchall()}
 
 
+# Model output is untrusted text: PostgreSQL refuses NUL and unpaired surrogates, so they become U+FFFD
+# (visible to the moderator) instead of failing the save of a whole batch.
+_UNSTORABLE_CHARACTER = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable(text: str, limit: int | None = None) -> str:
+    return _UNSTORABLE_CHARACTER.sub("\ufffd", text[:limit] if limit else text)
+
+
 def _triage_result(case_id: int, call: EngineCall, engine: str) -> TriageResult:
     reply, verdict = call.reply, call.verdict
     return TriageResult(
         case_id=case_id,
         tier=call.tier,
         engine=engine,
-        model=reply.model if reply else call.model,
+        model=_storable(reply.model, 200) if reply else call.model,
         reasoning_effort=call.effort,
         verdict=verdict.label if verdict else Verdict.UNDETERMINED,
-        policy_category=(verdict.policy_category or "")[:200] if verdict else "",
+        policy_category=_storable(verdict.policy_category or "", 200) if verdict else "",
         rule_ids=list(verdict.rule_ids) if verdict else [],
-        hallucinated_rule_ids=list(verdict.hallucinated_rule_ids) if verdict else [],
+        # Invented ids are whatever the model wrote: cut to the column's width (and a sane count).
+        hallucinated_rule_ids=[_storable(r, 64) for r in verdict.hallucinated_rule_ids[:50]]
+        if verdict
+        else [],
         confidence=(verdict.confidence or "") if verdict else "",
-        rationale=verdict.rationale if verdict else "",
-        chain_of_thought=reply.reasoning if reply else "",
-        raw_final_text=(reply.final_text or "") if reply else "",
+        rationale=_storable(verdict.rationale) if verdict else "",
+        chain_of_thought=_storable(reply.reasoning) if reply else "",
+        raw_final_text=_storable(reply.final_text or "") if reply else "",
         parse_path=verdict.parse_path if verdict else "",
         prompt_tokens=reply.prompt_tokens if reply else None,
         cached_prompt_tokens=reply.cached_prompt_tokens if reply else None,

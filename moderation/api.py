@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import pydantic
 import redis
@@ -14,12 +14,14 @@ from django.shortcuts import get_object_or_404
 from ninja import NinjaAPI, Status
 from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
+from ninja.params.functions import Path
 from ninja.security import HttpBearer
 
 from moderation import selectors, services
 from moderation.models import Source
 from moderation.ratelimit import source_rate_limit_take
 from moderation.schemas import (
+    EXTERNAL_ID_PATTERN,
     AppealIn,
     AppealOut,
     BatchIn,
@@ -30,6 +32,9 @@ from moderation.schemas import (
     ItemStatusOut,
 )
 from moderation.signatures import SignatureRefused, signature_verify
+
+# An id no item can have (NUL, '/', control characters) is refused as a field error, never looked up.
+ExternalIdPath = Annotated[str, Path(pattern=EXTERNAL_ID_PATTERN, max_length=255)]
 
 
 class IngestionAPI(NinjaAPI):
@@ -136,6 +141,8 @@ def _items_parse(body: bytes) -> list[ItemIn]:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise HttpError(400, f"body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise HttpError(400, "body is nested too deeply") from exc
     if not isinstance(data, dict):
         raise HttpError(400, 'body must be a JSON object: one item, or {"items": [...]}')
     try:
@@ -221,7 +228,7 @@ def items_create(request: HttpRequest) -> HttpResponse | dict[str, Any]:
     response={200: ItemStatusOut, **ERRORS, 404: ErrorOut},
     summary="Status of an item and its cases",
 )
-def item_status(request: HttpRequest, external_id: str) -> dict[str, Any]:
+def item_status(request: HttpRequest, external_id: ExternalIdPath) -> dict[str, Any]:
     source: Source = request.auth  # type: ignore[attr-defined]
     item = get_object_or_404(selectors.items_of_source(source), external_id=external_id)
     return selectors.item_status(item)
@@ -233,7 +240,7 @@ def item_status(request: HttpRequest, external_id: str) -> dict[str, Any]:
     response={200: AppealOut, 201: AppealOut, **ERRORS, 404: ErrorOut, 409: ErrorOut},
     summary="Appeal the decision on an item: re-judged at high effort and reviewed by a senior moderator",
 )
-def item_appeal(request: HttpRequest, external_id: str, body: AppealIn) -> Status[dict[str, Any]]:
+def item_appeal(request: HttpRequest, external_id: ExternalIdPath, body: AppealIn) -> Status[dict[str, Any]]:
     from reviews.services import AppealRefused, appeal_open
 
     source: Source = request.auth  # type: ignore[attr-defined]

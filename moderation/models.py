@@ -179,6 +179,8 @@ class ContentItem(models.Model):
     text = models.TextField()
     transcript = models.JSONField(null=True, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
+    # Why the content looks like an attempt to steer the model (moderation/injection.py); empty: it does not.
+    injection_signals = ArrayField(models.CharField(max_length=32), default=list, blank=True)
     received_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

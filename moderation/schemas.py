@@ -2,36 +2,103 @@
 
 from __future__ import annotations
 
+import math
+import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from django.conf import settings
 from ninja import Schema
-from pydantic import ConfigDict, Field, StrictStr, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, StrictStr, field_validator, model_validator
 
 EXTERNAL_ID_PATTERN = r"^[^/\x00-\x1f\x7f]{1,255}$"
+
+# PostgreSQL stores neither NUL nor lone UTF-16 surrogates (valid JSON "\u0000", "\ud800"), nor NaN or
+# infinite numbers in jsonb: refused here with a field error instead of failing the INSERT.
+_UNSTORABLE_CHARACTER = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable_text(value: str) -> str:
+    if _UNSTORABLE_CHARACTER.search(value):
+        raise ValueError("must not contain NUL (\\u0000) or unpaired surrogate (\\ud800-\\udfff) characters")
+    return value
+
+
+METADATA_MAX_DEPTH = 32
+
+
+def _storable_json(value: Any) -> None:
+    """Walked without recursion: metadata nested a thousand levels deep must be a 400, not a crash."""
+    pending: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while pending:
+        item, path, depth = pending.pop()
+        if depth > METADATA_MAX_DEPTH:
+            raise ValueError(f"{path}: nested deeper than {METADATA_MAX_DEPTH} levels")
+        if isinstance(item, str):
+            try:
+                _storable_text(item)
+            except ValueError as exc:
+                raise ValueError(f"{path or 'value'} {exc}") from None
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{path or 'value'}: NaN and infinite numbers are not JSON")
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                where = f"{path}.{key}" if path else str(key)
+                try:
+                    _storable_text(key)
+                except ValueError as exc:
+                    raise ValueError(f"key {where!r} {exc}") from None
+                pending.append((child, where, depth + 1))
+        elif isinstance(item, list):
+            pending.extend((child, f"{path}[{index}]", depth + 1) for index, child in enumerate(item))
+
+
+def _storable_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    _storable_json(value)
+    return value
+
+
+StorableStr = Annotated[StrictStr, AfterValidator(_storable_text)]
 
 
 class TranscriptTurn(Schema):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["user", "assistant", "system"]
-    content: StrictStr
+    content: StorableStr
 
 
 class ItemIn(Schema):
-    model_config = ConfigDict(extra="forbid")
+    # The document says what the validators below enforce: exactly one of text or transcript.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["text"], "properties": {"text": {"type": "string"}, "transcript": {"not": {}}}},
+                {
+                    "required": ["transcript"],
+                    "properties": {"transcript": {"type": "array"}, "text": {"not": {}}},
+                },
+            ]
+        },
+    )
 
-    external_id: StrictStr = Field(
+    external_id: StorableStr = Field(
         pattern=EXTERNAL_ID_PATTERN,
         description="Your id for the item: 1-255 characters, no '/' or control characters. "
         "Re-sending an id is idempotent.",
     )
-    text: StrictStr | None = Field(default=None, description="The content. Give text or transcript.")
+    text: StorableStr | None = Field(
+        default=None,
+        description="The content. Give text or transcript.",
+        json_schema_extra={"pattern": r"\S", "maxLength": settings.INGEST_MAX_TEXT_CHARS},
+    )
     transcript: list[TranscriptTurn] | None = Field(
         default=None, min_length=1, max_length=500, description="A chat transcript, instead of text."
     )
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Anything; shown to moderators.")
+    metadata: Annotated[dict[str, Any], AfterValidator(_storable_metadata)] = Field(
+        default_factory=dict, description="Anything JSON; shown to moderators."
+    )
 
     @field_validator("text")
     @classmethod
@@ -115,10 +182,10 @@ class ErrorOut(Schema):
 class AppealIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
-    policy: StrictStr | None = Field(
+    policy: StorableStr | None = Field(
         default=None, description="Slug of the policy whose decision is appealed; needed when several apply."
     )
-    reason: StrictStr = Field(min_length=1, max_length=5000, description="Why the user disagrees.")
+    reason: StorableStr = Field(min_length=1, max_length=5000, description="Why the user disagrees.")
 
 
 class AppealOut(Schema):

@@ -17,6 +17,7 @@ from psycopg.types.json import Jsonb
 
 from inference_worker.policy_rules import policy_rule_ids_parse
 from inference_worker.prompts import token_count
+from moderation.injection import injection_signals
 from moderation.models import Case, ContentItem, Policy, PolicyVersion, Source
 from reviews import audit
 
@@ -43,6 +44,13 @@ def transcript_render(turns: Sequence[dict[str, str]]) -> str:
     return "\n".join(f"{turn['role']}: {turn['content']}" for turn in turns)
 
 
+def _item_injection_signals(item: ItemIn) -> list[str]:
+    # A transcript is judged on its turns: the rendered "assistant: ..." lines are ours, not an injection.
+    if item.transcript is not None:
+        return injection_signals("\n".join(turn["content"] for turn in item.transcript))
+    return injection_signals(item.text)
+
+
 def _items_insert_new(source: Source, items: Sequence[ItemIn]) -> dict[str, int]:
     """INSERT ... ON CONFLICT DO NOTHING: returns {external_id: id} for the rows this call created.
 
@@ -50,9 +58,10 @@ def _items_insert_new(source: Source, items: Sequence[ItemIn]) -> dict[str, int]
     """
     table = ContentItem._meta.db_table
     sql = f"""
-        INSERT INTO {table} (source_id, external_id, text, transcript, metadata, received_at)
-        SELECT %s, e, t, tr, m, %s
-        FROM unnest(%s::text[], %s::text[], %s::jsonb[], %s::jsonb[]) AS u(e, t, tr, m)
+        INSERT INTO {table}
+            (source_id, external_id, text, transcript, metadata, injection_signals, received_at)
+        SELECT %s, e, t, tr, m, string_to_array(s, '|'), %s
+        FROM unnest(%s::text[], %s::text[], %s::jsonb[], %s::jsonb[], %s::text[]) AS u(e, t, tr, m, s)
         ON CONFLICT (source_id, external_id) DO NOTHING
         RETURNING external_id, id
     """  # noqa: S608 - the table name is ours, every value is a parameter
@@ -63,6 +72,8 @@ def _items_insert_new(source: Source, items: Sequence[ItemIn]) -> dict[str, int]
         [i.text for i in items],
         [Jsonb(i.transcript) if i.transcript is not None else None for i in items],
         [Jsonb(i.metadata) for i in items],
+        # unnest() cannot take a ragged text[][]: the signals travel '|'-joined (no reason contains '|').
+        ["|".join(_item_injection_signals(i)) for i in items],
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)

@@ -32,14 +32,15 @@ def signature_verify(
     """Raise SignatureRefused unless the signature is valid, fresh and not seen before."""
     if not timestamp or not signature:
         raise SignatureRefused("X-Signature and X-Signature-Timestamp headers are required")
-    try:
-        sent_at = int(timestamp)
-    except ValueError as exc:
-        raise SignatureRefused("X-Signature-Timestamp must be integer Unix seconds") from exc
+    # int() would also take "+17", " 17" or Arabic-Indic digits: only ASCII digits are Unix seconds.
+    if not (timestamp.isascii() and timestamp.isdigit()):
+        raise SignatureRefused("X-Signature-Timestamp must be integer Unix seconds")
+    sent_at = int(timestamp)
     if abs(time.time() - sent_at) > window_seconds:
         raise SignatureRefused("signature timestamp is outside the 5-minute window")
     expected = signature_compute(secret=secret, timestamp=timestamp, body=body)
-    if not hmac.compare_digest(expected, signature):
+    # As bytes: compare_digest refuses (TypeError) a str with non-ASCII characters, which a header can carry.
+    if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
         raise SignatureRefused("signature does not match the body")
     # A valid signature may be used once: remember it for longer than the window it is valid in.
     first_use = redis_client().set(

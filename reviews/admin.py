@@ -29,5 +29,12 @@ class CallbackDeliveryAdmin(admin.ModelAdmin[CallbackDelivery]):
     list_display = ("decision", "attempt", "succeeded", "status_code", "error", "created_at")
     list_filter = ("succeeded",)
 
+    # Written by the delivery task only: the record of what the platform was told cannot be forged or erased.
+    def has_add_permission(self, request: object) -> bool:
+        return False
+
+    def has_delete_permission(self, request: object, obj: object = None) -> bool:
+        return False
+
     def has_change_permission(self, request: object, obj: object = None) -> bool:
         return False

@@ -23,6 +23,7 @@ class QueueFilterForm(forms.Form):
     )
     escalated = forms.BooleanField(required=False, label="Escalated only")
     appeals = forms.BooleanField(required=False, label="Appeals only")
+    injection = forms.BooleanField(required=False, label="Likely injection only")
 
     def __init__(self, *args: Any, policies: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -37,6 +38,7 @@ class QueueFilterForm(forms.Form):
             older_than_minutes=data.get("older_than_minutes"),
             escalated=bool(data.get("escalated")),
             appeals=bool(data.get("appeals")),
+            injection=bool(data.get("injection")),
         )
 
 

@@ -78,6 +78,7 @@ class QueueFilters:
     older_than_minutes: int | None = None
     escalated: bool = False
     appeals: bool = False
+    injection: bool = False
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,8 @@ def queue_page(
         cases = cases.filter(state=Case.State.ESCALATED)
     if filters.appeals:
         cases = cases.filter(appeal_of__isnull=False)
+    if filters.injection:
+        cases = cases.filter(item__injection_signals__len__gt=0)
     position = cursor_decode(cursor)
     if position is not None:
         priority, queued_at, pk = position

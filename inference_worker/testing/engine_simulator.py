@@ -19,6 +19,9 @@ alone, so one batch can mix them. The modes: ``ok``; ``http_500``; ``http_429``
 ``length`` (cut off in the analysis, finish_reason "length"); ``no_final``;
 ``malformed_json``; ``hallucinated_rule`` (cites ZZ99); ``empty``; ``bare``
 (final text ``1`` / ``0``); ``fenced`` (JSON in a code fence).
+``[[answer:NAME]]`` in the content makes the model say ``simulator.scripted[NAME]``,
+an ``(analysis, final text)`` pair, verbatim: tests push hostile model output
+through the real transport, parser and pages.
 
 In-process::
 
@@ -77,6 +80,7 @@ PROMPTS_KEPT = 1000
 DEFAULT_MODEL = "openai/gpt-oss-safeguard-20b"
 
 _MODE_MARKER = re.compile(r"\[\[sim:([a-z_0-9]+)\]\]")
+_ANSWER_MARKER = re.compile(r"\[\[answer:([\w-]+)\]\]")
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -120,6 +124,7 @@ class _Judgement:
     violates: bool
     rule_id: str | None
     confidence: str
+    script: tuple[str, str] | None = None
 
 
 class EngineSimulator:
@@ -146,6 +151,7 @@ class EngineSimulator:
         self.fail_first_n = 0
         self.violating_words = frozenset(word.lower() for word in violating_words)
         self.chat_reasoning_field = chat_reasoning_field
+        self.scripted: dict[str, tuple[str, str]] = {}
         self.host = host
         self.port = port
         self.stats = SimulatorStats()
@@ -342,11 +348,13 @@ class EngineSimulator:
             confidence = "low"
         elif "[[medium]]" in lowered:
             confidence = "medium"
+        answer = _ANSWER_MARKER.search(content)
         return _Judgement(
             mode=self._mode_for(content),
             violates=violates,
             rule_id=rule_ids[0] if rule_ids else None,
             confidence=confidence,
+            script=self.scripted.get(answer[1]) if answer else None,
         )
 
     def _mode_for(self, content: str) -> str:
@@ -531,6 +539,8 @@ def _policy_rule_ids(policy_text: str) -> list[str]:
 
 def _judgement_texts(judgement: _Judgement) -> tuple[str, str | None, str]:
     """(analysis text, final text or None, finish reason) for a judgement."""
+    if judgement.script is not None:
+        return judgement.script[0], judgement.script[1], "stop"
     rule_note = f" under rule {judgement.rule_id}" if judgement.rule_id else ""
     verdict_word = "violates" if judgement.violates else "does not violate"
     analysis = (
