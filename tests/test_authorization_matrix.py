@@ -23,7 +23,10 @@ from django.db import transaction
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
+from inference_worker.testing.fixtures import engine_config_for
 from moderation.models import Case, Policy
+from moderation.services import policy_draft_create
+from reviews.evaluations import ExampleIn, evaluation_run_create
 from reviews.models import CallbackDelivery, Decision, GoldenExample, QueueGrant, Role
 from tests.conftest import ApiClient, source_api_client
 from tests.reviews.helpers import cases_create, user_create
@@ -43,6 +46,7 @@ ROLES = (
 )
 REVIEWERS = frozenset({"moderator", "senior_moderator", "admin"})
 METRICS_VIEWERS = frozenset({"moderator", "senior_moderator", "policy_editor", "auditor", "admin"})
+POLICY_EDITORS = frozenset({"policy_editor", "admin"})
 SESSION_ROLES = frozenset(ROLES) - {"anonymous", "source", "other_source"}
 
 LOGIN = "login"  # 302 to /login/?next=...
@@ -122,6 +126,24 @@ RULES: dict[str, Rule] = {
     "reviews:case_renew": page("POST", REVIEWERS, ok=409),  # nobody holds it: nothing to renew
     "reviews:metrics": page("GET", METRICS_VIEWERS),
     "reviews:callbacks": page("GET", frozenset({"admin"})),
+    # The policy team's pages (the URL's version is a draft; the golden example a candidate).
+    "reviews:policies": page("GET", POLICY_EDITORS),
+    "reviews:policy_detail": page("GET", POLICY_EDITORS),
+    "reviews:policy_draft_new": page("POST", POLICY_EDITORS, ok=302),  # to the new draft
+    "reviews:policy_diff": page("GET", POLICY_EDITORS, ok=400),  # no versions chosen
+    "reviews:policy_version": page("GET", POLICY_EDITORS),
+    "reviews:policy_draft_lint": page("POST", POLICY_EDITORS, text="## Criteria\n- SP1: spam"),
+    "reviews:policy_version_publish": page("POST", POLICY_EDITORS, ok=302),
+    "reviews:policy_version_activate": page("POST", POLICY_EDITORS, ok=409),  # a draft: publish it first
+    "reviews:golden_list": page("GET", POLICY_EDITORS),
+    "reviews:golden_import": page("GET", POLICY_EDITORS),
+    "reviews:golden_import_confirm": page("POST", POLICY_EDITORS, ok=302),  # nothing uploaded: back to upload
+    "reviews:golden_edit": page("GET", POLICY_EDITORS),
+    "reviews:golden_curate": page("POST", POLICY_EDITORS, ok=302),  # accepts the candidate
+    "reviews:evaluation_run_new": page("POST", POLICY_EDITORS, ok=400),  # tests configure no engine
+    "reviews:evaluation_runs_compare": page("GET", POLICY_EDITORS, ok=404),  # no runs chosen
+    "reviews:evaluation_run": page("GET", POLICY_EDITORS),
+    "reviews:evaluation_run_progress": page("GET", POLICY_EDITORS),
     # The ingestion API.
     "api:openapi-json": everyone("GET", 200),
     "api:api-root": everyone("GET", 404),
@@ -152,6 +174,8 @@ RULES: dict[str, Rule] = {
 # Callback deliveries are written by the system only: the admin may look, not add or delete.
 RULES["admin:reviews_callbackdelivery_add"] = staff_only(ok=403)
 RULES["admin:reviews_callbackdelivery_delete"] = staff_only(ok=403)
+# Golden examples are curated (and audited) on the policy pages; the admin only shows them.
+RULES["admin:reviews_goldenexample_add"] = staff_only(ok=403)
 
 
 def urls() -> Iterator[tuple[str, str, list[str]]]:
@@ -212,6 +236,16 @@ class World:
                 values[name] = str(ContentType.objects.get_for_model(Policy).pk)
             elif name == "app_label":
                 values[name] = "moderation"
+            elif name == "slug":
+                values[name] = self.case.policy_version.policy.slug
+            elif name == "number":
+                values[name] = str(self.objects["draft"].number)
+            elif name == "example_id":
+                values[name] = str(self.objects["reviews_goldenexample"].pk)
+            elif name == "action":
+                values[name] = "accept"
+            elif name == "run_id":
+                values[name] = str(self.objects["run"].pk)
             elif name == "url":
                 values[name] = "no/such/page/"
             else:
@@ -275,6 +309,14 @@ def world(policy: Policy) -> World:
             policy=policy, text="buy now", text_hash="0" * 64, expected_label="violates", origin="import"
         ),
     }
+    objects["draft"] = policy_draft_create(policy=policy, author=users["policy_editor"])
+    objects["run"] = evaluation_run_create(
+        version=objects["draft"],
+        actor=users["policy_editor"],
+        config=engine_config_for("http://127.0.0.1:9"),
+        examples=[ExampleIn(text="buy now", expected_label="violates")],
+        enqueue=False,
+    )
     [decided] = cases_create(policy, source.source, state=Case.State.DECIDED)
     decision = Decision.objects.create(
         case=decided, moderator=users["moderator"], action="confirm", final_label="violates"
