@@ -17,4 +17,8 @@ urlpatterns = [
     path("cases/<int:case_id>/renew", views.case_renew, name="case_renew"),
     path("metrics/", views.metrics_page, name="metrics"),
     path("callbacks/", views.callbacks_page, name="callbacks"),
+    path("audit/", views.audit_page, name="audit"),
+    path("audit/export", views.audit_export, name="audit_export"),
+    path("audit/tokens", views.api_token_create, name="api_token_create"),
+    path("audit/tokens/<int:token_id>/revoke", views.api_token_revoke, name="api_token_revoke"),
 ]

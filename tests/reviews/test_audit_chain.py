@@ -11,6 +11,7 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import DatabaseError, connection, transaction
+from django.test import Client
 
 from moderation.models import Policy
 from reviews import audit, chain
@@ -24,7 +25,7 @@ def events_record(policy: Policy, count: int) -> list[AuditEvent]:
     ]
 
 
-def with_trigger_disabled(sql: str, params: list[object]) -> None:
+def with_trigger_disabled(sql: str, params: list[str | int]) -> None:
     with connection.cursor() as cursor:
         cursor.execute("ALTER TABLE reviews_auditevent DISABLE TRIGGER reviews_auditevent_append_only")
         cursor.execute(sql, params)
@@ -152,3 +153,22 @@ def test_concurrent_writers_keep_one_unbroken_chain(policy: Policy) -> None:
     for start_at in range(0, expected, 4):
         group = {(p["w"], p["n"]) for p in order[start_at : start_at + 4]}
         assert len(group) == 1
+
+
+def test_logins_and_failed_logins_join_the_chain(auditor: User) -> None:
+    auditor.set_password("correct horse battery")
+    auditor.save()
+    client = Client()
+    assert client.login(username=auditor.username, password="correct horse battery")
+    assert not Client().login(username="mallory", password="guess")
+    login = AuditEvent.objects.get(action="user.login")
+    failed = AuditEvent.objects.get(action="user.login_failed")
+    assert login.actor_label == auditor.username
+    assert (failed.actor_label, failed.object_id, failed.payload) == (
+        "anonymous",
+        "mallory",
+        {"username": "mallory"},
+    )
+    assert "guess" not in str(failed.payload)
+    assert failed.prev_hash == login.hash
+    assert audit.chain_verify().broken is None
