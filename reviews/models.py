@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -259,6 +260,44 @@ class StatementOfReasonsMapping(models.Model):
         OTHER = "CONTENT_TYPE_OTHER"
 
     DEFAULT_TERRITORIAL_SCOPE: ClassVar[list[str]] = ["EEA"]
+    # The Transparency Database's territorial scopes: EU / EEA shorthands and the EEA's country codes.
+    TERRITORIES: ClassVar[frozenset[str]] = frozenset(
+        {
+            "EU",
+            "EEA",
+            "EEA_no_IS",
+            "AT",
+            "BE",
+            "BG",
+            "CY",
+            "CZ",
+            "DE",
+            "DK",
+            "EE",
+            "ES",
+            "FI",
+            "FR",
+            "GR",
+            "HR",
+            "HU",
+            "IE",
+            "IS",
+            "IT",
+            "LI",
+            "LT",
+            "LU",
+            "LV",
+            "MT",
+            "NL",
+            "NO",
+            "PL",
+            "PT",
+            "RO",
+            "SE",
+            "SI",
+            "SK",
+        }
+    )
 
     policy = models.OneToOneField(Policy, on_delete=models.CASCADE, related_name="statement_mapping")
     decision_ground = models.CharField(
@@ -304,3 +343,18 @@ class StatementOfReasonsMapping(models.Model):
 
     def __str__(self) -> str:
         return f"statement-of-reasons mapping for {self.policy}"
+
+    def clean(self) -> None:
+        errors: dict[str, str] = {}
+        by_rule = self.category_by_rule
+        if not isinstance(by_rule, dict) or any(
+            not isinstance(v, str) or v not in self.Category.values for v in by_rule.values()
+        ):
+            errors["category_by_rule"] = "A JSON object: rule id -> a STATEMENT_CATEGORY_... value."
+        unknown = sorted(set(self.territorial_scope) - self.TERRITORIES)
+        if unknown:
+            errors["territorial_scope"] = f"Unknown territories: {', '.join(unknown)}."
+        if self.decision_ground == self.Ground.ILLEGAL_CONTENT and not self.illegal_content_legal_ground:
+            errors["illegal_content_legal_ground"] = "Name the law the content breaks."
+        if errors:
+            raise ValidationError(errors)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from django.contrib.auth.models import User
+from django.core.exceptions import ValidationError
 from django.test import Client
 
 from moderation.models import Case, Policy, TriageResult
@@ -127,3 +129,19 @@ def test_statements_follow_the_policy_actor_and_time_filters(
     assert [s["puid"] for s in statements(auditor, until=second.created_at.isoformat())] == [
         s["puid"] for s in statements(auditor) if s["puid"].endswith(f"decision-{first.pk}")
     ]
+
+
+def test_the_mapping_refuses_unknown_categories_and_territories(policy: Policy) -> None:
+    mapping = StatementOfReasonsMapping(
+        policy=policy,
+        decision_ground=StatementOfReasonsMapping.Ground.ILLEGAL_CONTENT,
+        category_by_rule={"SP1": "SPAM"},
+        territorial_scope=["DE", "XX"],
+    )
+    with pytest.raises(ValidationError) as raised:
+        mapping.full_clean()
+    assert set(raised.value.message_dict) == {
+        "category_by_rule",
+        "territorial_scope",
+        "illegal_content_legal_ground",
+    }
