@@ -2,7 +2,8 @@
 
 Each event hashes the canonical JSON (sorted keys, compact separators, UTF-8, UTC times to the
 microsecond) of its content and of the previous event's hash, so changing, removing or reordering any
-stored event breaks every link after it.
+stored event breaks every link after it. Payloads are hashed as written and verified as read back from
+jsonb, so they must be JSON as is: objects keyed by strings (an int key would come back as a string).
 """
 
 from __future__ import annotations
