@@ -296,6 +296,8 @@ def test_statements_are_refused_as_csv(auditor: User) -> None:
     assert "format" in ui.context["form"].errors
 
 
+# Autocommit, as in production: a COPY cancelled inside a transaction would abort it.
+@pytest.mark.django_db(transaction=True)
 def test_closing_an_export_early_cancels_the_copy_and_frees_the_connection(
     auditor: User, policy: Policy
 ) -> None:
