@@ -65,16 +65,15 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.stack import (
-    BIN,
     BenchError,
+    GunicornConfig,
     database_recreate,
     database_url,
     django_env,
-    free_port,
+    gunicorn_running,
     log,
     manage,
     percentile,
-    process_running,
     redis_flush,
 )
 
@@ -107,7 +106,7 @@ class Deadline(BenchError):
     pass
 
 
-# --- setup and server --------------------------------------------------------------------------------
+# --- setup ----------------------------------------------------------------------------------------
 
 
 def stack_prepare(env: dict[str, str]) -> str:
@@ -121,54 +120,6 @@ def stack_prepare(env: dict[str, str]) -> str:
         if line.startswith("BENCH-SETUP "):
             return str(json.loads(line.removeprefix("BENCH-SETUP "))["api_key"])
     raise BenchError(f"setup printed no api key:\n{out[-2000:]}")
-
-
-@dataclass(frozen=True)
-class GunicornConfig:
-    worker_class: str
-    workers: int
-    threads: int
-
-    @property
-    def concurrent_per_worker(self) -> int:
-        return self.threads if self.worker_class == "gthread" else 1
-
-    @property
-    def pool_max(self) -> int:
-        # One connection per request in flight in a worker, plus a spare.
-        return self.concurrent_per_worker + 1
-
-    def args(self, port: int) -> list[str]:
-        return [
-            str(BIN / "gunicorn"),
-            "config.wsgi:application",
-            f"--bind=127.0.0.1:{port}",
-            f"--worker-class={self.worker_class}",
-            f"--workers={self.workers}",
-            f"--threads={self.concurrent_per_worker}",
-            "--timeout=120",
-            "--graceful-timeout=5",
-            "--keep-alive=30",
-            "--worker-tmp-dir=/dev/shm",
-            "--no-control-socket",
-            "--log-level=warning",
-        ]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "app": "config.wsgi",
-            "worker_class": self.worker_class,
-            "workers": self.workers,
-            "threads": self.concurrent_per_worker,
-            "database_pool_max": self.pool_max,
-        }
-
-
-def healthy(base_url: str) -> bool:
-    try:
-        return httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 # --- load --------------------------------------------------------------------------------------------
@@ -344,12 +295,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     config = GunicornConfig(args.worker_class, args.workers, args.threads)
     env = django_env(database=DATABASE, redis_url=REDIS_URL, pool_max=config.pool_max)
     api_key = stack_prepare(env)
-    base_url = f"http://127.0.0.1:{free_port()}"
-    server_args = config.args(int(base_url.rsplit(":", 1)[1]))
-    log(f"gunicorn {config.as_dict()} on {base_url}")
-    with process_running(
-        server_args, env=env, log_path=workdir / "gunicorn.log", ready=lambda: healthy(base_url)
-    ) as server:
+    with gunicorn_running(config, env=env, workdir=workdir) as (server, base_url):
         # Warm-up, not counted: workers open their database pool and broker connection on first use.
         warm = bodies("warm-b", 2 * args.batch_size * config.workers, args.batch_size, seed=1)
         warm_singles = 4 * config.workers * config.concurrent_per_worker

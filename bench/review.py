@@ -80,16 +80,15 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.stack import (
-    BIN,
     BenchError,
+    GunicornConfig,
     database_recreate,
     database_url,
     django_env,
-    free_port,
+    gunicorn_running,
     log,
     manage,
     percentile,
-    process_running,
 )
 
 DATABASE = "safeguard_bench_review"
@@ -219,59 +218,6 @@ def database_seed(env: dict[str, str], *, cases: int, moderators: int, probes: i
     setup["seed_seconds"] = round(time.monotonic() - started, 1)
     log(f"seeded and vacuumed in {setup['seed_seconds']}s")
     return setup
-
-
-# --- server ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GunicornConfig:
-    worker_class: str
-    workers: int
-    threads: int
-    app: str = "config.wsgi:application"
-
-    @property
-    def concurrent_per_worker(self) -> int:
-        return self.threads if self.worker_class == "gthread" else 1
-
-    @property
-    def pool_max(self) -> int:
-        # One connection per request in flight in a worker, plus a spare.
-        return self.concurrent_per_worker + 1
-
-    def args(self, port: int) -> list[str]:
-        return [
-            str(BIN / "gunicorn"),
-            self.app,
-            f"--bind=127.0.0.1:{port}",
-            f"--worker-class={self.worker_class}",
-            f"--workers={self.workers}",
-            f"--threads={self.concurrent_per_worker}",
-            "--timeout=60",
-            "--graceful-timeout=5",
-            "--keep-alive=30",
-            "--backlog=256",
-            "--worker-tmp-dir=/dev/shm",
-            "--no-control-socket",
-            "--log-level=warning",
-        ]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "app": self.app,
-            "worker_class": self.worker_class,
-            "workers": self.workers,
-            "threads": self.concurrent_per_worker,
-            "database_pool_max": self.pool_max,
-        }
-
-
-def healthy(base_url: str) -> bool:
-    try:
-        return httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 # --- moderator clients -------------------------------------------------------------------------------
@@ -765,7 +711,9 @@ def bench_env(config: GunicornConfig, workdir: Path) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    config = GunicornConfig(args.worker_class, args.workers, args.threads, args.app)
+    config = GunicornConfig(
+        args.worker_class, args.workers, args.threads, app=args.app, timeout_seconds=60, backlog=256
+    )
     env = bench_env(config, workdir)
     setup = database_seed(env, cases=args.cases, moderators=args.moderators, probes=args.probe_users)
     return measure(args, config, env, setup, workdir)
@@ -789,13 +737,9 @@ def measure(
         "seeded_max": args.cases,
         "versions": setup["versions"],
     }
-    port = free_port()
-    shared_base["base_url"] = base_url = f"http://127.0.0.1:{port}"
-    log(f"gunicorn {config.as_dict()} on {base_url}")
     phases: dict[str, PhaseOutcome] = {}
-    with process_running(
-        config.args(port), env=env, log_path=workdir / "gunicorn.log", ready=lambda: healthy(base_url)
-    ) as server:
+    with gunicorn_running(config, env=env, workdir=workdir) as (server, base_url):
+        shared_base["base_url"] = base_url
         for name in args.phases:
             think_ms = args.think_ms if name == "paced" else 0.0
             phases[name] = phase_run(name, shared_base, args, think_ms, server.pid)

@@ -1,4 +1,4 @@
-"""Shared by the benchmarks: a fresh database, manage.py, and subprocesses that always get stopped."""
+"""Shared by the benchmarks: a fresh database, manage.py, gunicorn, subprocesses that always get stopped."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import psycopg
 import redis
 
@@ -132,3 +135,69 @@ def percentile(values: list[float], p: float) -> float:
         return float("nan")
     index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
     return ordered[index]
+
+
+@dataclass(frozen=True)
+class GunicornConfig:
+    worker_class: str
+    workers: int
+    threads: int
+    app: str = "config.wsgi:application"
+    timeout_seconds: int = 120
+    backlog: int | None = None  # gunicorn's default (2048) when None
+
+    @property
+    def concurrent_per_worker(self) -> int:
+        return self.threads if self.worker_class == "gthread" else 1
+
+    @property
+    def pool_max(self) -> int:
+        # One connection per request in flight in a worker, plus a spare.
+        return self.concurrent_per_worker + 1
+
+    def args(self, port: int) -> list[str]:
+        return [
+            str(BIN / "gunicorn"),
+            self.app,
+            f"--bind=127.0.0.1:{port}",
+            f"--worker-class={self.worker_class}",
+            f"--workers={self.workers}",
+            f"--threads={self.concurrent_per_worker}",
+            f"--timeout={self.timeout_seconds}",
+            "--graceful-timeout=5",
+            "--keep-alive=30",
+            *([f"--backlog={self.backlog}"] if self.backlog is not None else []),
+            "--worker-tmp-dir=/dev/shm",
+            "--no-control-socket",
+            "--log-level=warning",
+        ]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "app": self.app,
+            "worker_class": self.worker_class,
+            "workers": self.workers,
+            "threads": self.concurrent_per_worker,
+            "database_pool_max": self.pool_max,
+        }
+
+
+def healthy(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextlib.contextmanager
+def gunicorn_running(
+    config: GunicornConfig, *, env: dict[str, str], workdir: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """gunicorn on a free loopback port, healthy; yields (master process, base URL); always stopped."""
+    base_url = f"http://127.0.0.1:{free_port()}"
+    log(f"gunicorn {config.as_dict()} on {base_url}")
+    port = int(base_url.rsplit(":", 1)[1])
+    with process_running(
+        config.args(port), env=env, log_path=workdir / "gunicorn.log", ready=lambda: healthy(base_url)
+    ) as server:
+        yield server, base_url

@@ -6,6 +6,9 @@ from django.urls import include, path
 
 from config import views
 from moderation.api import api
+from reviews.api import router as audit_export_router
+
+api.add_router("/audit", audit_export_router)
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from reviews.models import CallbackDelivery, GoldenExample, QueueGrant
+from reviews.models import ApiToken, CallbackDelivery, GoldenExample, QueueGrant, StatementOfReasonsMapping
 
 
 @admin.register(QueueGrant)
@@ -37,4 +37,25 @@ class CallbackDeliveryAdmin(admin.ModelAdmin[CallbackDelivery]):
         return False
 
     def has_change_permission(self, request: object, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(StatementOfReasonsMapping)
+class StatementOfReasonsMappingAdmin(admin.ModelAdmin[StatementOfReasonsMapping]):
+    """How each policy's restricting decisions read in the DSA statements-of-reasons export."""
+
+    list_display = ("policy", "decision_ground", "category", "source_type")
+    list_filter = ("decision_ground", "category")
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin[ApiToken]):
+    """Tokens are made by their owner on the audit page; here an admin can only see and revoke them."""
+
+    list_display = ("name", "user", "key_id", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("revoked_at",)
+    fields = ("name", "user", "key_id", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = ("name", "user", "key_id", "created_at", "last_used_at")
+
+    def has_add_permission(self, request: object) -> bool:
         return False

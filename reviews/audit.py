@@ -1,14 +1,23 @@
-"""Writing the audit log. Every write path in the product records its events through here."""
+"""Writing the audit log. Every write path in the product records its events through here.
+
+Events form a hash chain (reviews/chain.py). Appends are serialised by a transaction-scoped advisory
+lock taken inside the caller's transaction: the writer reads the chain's head under the lock, so the
+next writer waits until this transaction commits (or rolls back, leaving no gap) and then links to it.
+One lock, one head read and one INSERT per call, whatever the number of events.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db import models
+from django.db import connection, models, transaction
+from django.utils import timezone
 
 from moderation.models import Source
+from reviews import chain
 from reviews.models import AuditEvent
 
 Actor = AbstractBaseUser | Source | None
@@ -30,16 +39,63 @@ def _actor_fields(actor: Actor) -> dict[str, str]:
     }
 
 
+def _append(events: list[AuditEvent]) -> list[AuditEvent]:
+    """Link the events to the chain's head and insert them, in the caller's transaction."""
+    if not events:
+        return []
+    with transaction.atomic(savepoint=False):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [chain.CHAIN_LOCK_KEY])
+            # A new statement after the lock: its snapshot sees the head the previous holder committed.
+            cursor.execute("SELECT seq, hash FROM reviews_auditevent ORDER BY seq DESC LIMIT 1")
+            head = cursor.fetchone()
+        seq, prev_hash = (head[0], head[1]) if head else (0, chain.GENESIS_HASH)
+        now = timezone.now()
+        for event in events:
+            seq += 1
+            event.seq = seq
+            event.created_at = now
+            event.prev_hash = prev_hash
+            event.hash = prev_hash = chain.event_hash(
+                seq=seq,
+                created_at=now,
+                actor_kind=event.actor_kind,
+                actor_id=event.actor_id,
+                actor_label=event.actor_label,
+                action=event.action,
+                object_type=event.object_type,
+                object_id=event.object_id,
+                payload=event.payload,
+                prev_hash=event.prev_hash,
+            )
+        return AuditEvent.objects.bulk_create(events)
+
+
 def record(
     action: str, *, actor: Actor, obj: models.Model, payload: dict[str, Any] | None = None
 ) -> AuditEvent:
-    return AuditEvent.objects.create(
-        action=action,
-        object_type=obj._meta.label_lower,
-        object_id=str(obj.pk),
-        payload=payload or {},
-        **_actor_fields(actor),
+    return record_about(
+        action, actor=actor, object_type=obj._meta.label_lower, object_id=str(obj.pk), payload=payload
     )
+
+
+def record_about(
+    action: str,
+    *,
+    actor: Actor,
+    object_type: str,
+    object_id: str,
+    payload: dict[str, Any] | None = None,
+    actor_label: str = "",
+) -> AuditEvent:
+    """An event about something that is not a saved row (an export, a username that failed to log in)."""
+    fields = _actor_fields(actor)
+    if actor_label:
+        fields["actor_label"] = actor_label
+    event = AuditEvent(
+        action=action, object_type=object_type, object_id=object_id[:64], payload=payload or {}, **fields
+    )
+    return _append([event])[0]
 
 
 def record_many(
@@ -47,14 +103,90 @@ def record_many(
 ) -> list[AuditEvent]:
     """One event per (object, payload), in a single INSERT."""
     actor_fields = _actor_fields(actor)
-    events = [
-        AuditEvent(
-            action=action,
-            object_type=obj._meta.label_lower,
-            object_id=str(obj.pk),
-            payload=payload,
-            **actor_fields,
+    return _append(
+        [
+            AuditEvent(
+                action=action,
+                object_type=obj._meta.label_lower,
+                object_id=str(obj.pk),
+                payload=payload,
+                **actor_fields,
+            )
+            for obj, payload in objects
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    event_id: int
+    seq: int
+    problem: str
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    verified: int
+    head_seq: int
+    head_hash: str
+    broken: ChainBreak | None
+
+
+VERIFY_FIELDS = (
+    "id",
+    "seq",
+    "created_at",
+    "actor_kind",
+    "actor_id",
+    "actor_label",
+    "action",
+    "object_type",
+    "object_id",
+    "payload",
+    "prev_hash",
+    "hash",
+)
+
+
+def _events_in_chain_order() -> Iterator[tuple[Any, ...]]:
+    # A server-side cursor in a transaction (not WITH HOLD): memory stays flat however long the log.
+    with transaction.atomic():
+        yield from AuditEvent.objects.order_by("seq").values_list(*VERIFY_FIELDS).iterator(chunk_size=5000)
+
+
+def chain_verify() -> ChainReport:
+    """Walk the chain in order; stop at the first event whose position, link or content hash is wrong."""
+    expected_seq, prev_hash, verified = 1, chain.GENESIS_HASH, 0
+    for row in _events_in_chain_order():
+        event_id, seq, created_at, kind, actor_id, label, action, otype, oid, payload, stored_prev, stored = (
+            row
         )
-        for obj, payload in objects
-    ]
-    return AuditEvent.objects.bulk_create(events)
+        problem = ""
+        if seq != expected_seq:
+            problem = f"sequence gap: expected seq {expected_seq}, found {seq} (events removed?)"
+        elif stored_prev != prev_hash:
+            problem = (
+                f"prev link differs: prev_hash {stored_prev} but event seq {seq - 1} hashes to {prev_hash}"
+            )
+        else:
+            computed = chain.event_hash(
+                seq=seq,
+                created_at=created_at,
+                actor_kind=kind,
+                actor_id=actor_id,
+                actor_label=label,
+                action=action,
+                object_type=otype,
+                object_id=oid,
+                payload=payload,
+                prev_hash=stored_prev,
+            )
+            if computed != stored:
+                problem = (
+                    f"content hash differs: stored {stored}, content hashes to {computed} (event altered)"
+                )
+        if problem:
+            return ChainReport(verified, expected_seq - 1, prev_hash, ChainBreak(event_id, seq, problem))
+        verified += 1
+        expected_seq, prev_hash = seq + 1, stored
+    return ChainReport(verified, expected_seq - 1, prev_hash, None)

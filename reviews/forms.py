@@ -6,6 +6,7 @@ from typing import Any
 from django import forms
 
 from moderation.models import Case, Confidence, Policy, Verdict
+from reviews.exports import ExportRequest, Format, Kind
 from reviews.models import Decision
 from reviews.selectors import QueueFilters
 
@@ -82,3 +83,72 @@ class DecisionForm(forms.Form):
         if not opened_at:
             return 0
         return max(0, min(MAX_SECONDS_SPENT, int(time.time()) - int(opened_at)))
+
+
+ACTION_NAME = r"^[a-z_]+(\.[a-z_]+)*$"
+
+
+class ExportForm(forms.Form):
+    """What to export; the same checks serve the audit page and the export API."""
+
+    kind = forms.ChoiceField(choices=Kind.choices, initial=Kind.EVENTS)
+    format = forms.ChoiceField(choices=Format.choices, initial=Format.CSV)
+    since = forms.DateTimeField(
+        required=False, label="From", widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+    )
+    until = forms.DateTimeField(
+        required=False, label="Until (excluded)", widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+    )
+    policy = forms.ModelChoiceField(
+        queryset=Policy.objects.order_by("slug"),
+        to_field_name="slug",
+        required=False,
+        empty_label="All policies",
+    )
+    actor = forms.CharField(
+        required=False, max_length=200, help_text="A username, a source's slug, or 'system'."
+    )
+    action = forms.RegexField(
+        regex=ACTION_NAME,
+        required=False,
+        max_length=64,
+        help_text="Events: e.g. case.decided. Decisions: confirm, overturn or escalate.",
+        error_messages={"invalid": "Lower-case words joined by dots, e.g. case.decided."},
+    )
+    include_reasoning = forms.BooleanField(
+        required=False, label="Include the model's chain of thought (decisions)"
+    )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        since, until = data.get("since"), data.get("until")
+        if since and until and since >= until:
+            self.add_error("until", "Must be later than the start of the range.")
+        kind = data.get("kind")
+        if kind == Kind.STATEMENTS:
+            if data.get("format") == Format.CSV:
+                self.add_error("format", "Statements of reasons are JSON records: choose JSON Lines.")
+            if data.get("action"):
+                self.add_error("action", "Statements of reasons have no action to filter on.")
+        if kind == Kind.DECISIONS and data.get("action") and data["action"] not in Decision.Action.values:
+            self.add_error("action", "For decisions: confirm, overturn or escalate.")
+        if data.get("include_reasoning") and kind != Kind.DECISIONS:
+            self.add_error("include_reasoning", "Only decisions carry the model's chain of thought.")
+        return data
+
+    def export_request(self) -> ExportRequest:
+        data = self.cleaned_data
+        return ExportRequest(
+            kind=data["kind"],
+            format=data["format"],
+            since=data.get("since"),
+            until=data.get("until"),
+            policy=data.get("policy"),
+            actor=data.get("actor") or "",
+            action=data.get("action") or "",
+            include_reasoning=bool(data.get("include_reasoning")),
+        )
+
+
+class ApiTokenForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="What the token is for, e.g. 'quarterly DSA report'.")

@@ -7,8 +7,6 @@ from typing import Any
 from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.dispatch import receiver
 
-from reviews.models import AuditEvent
-
 
 @receiver(user_logged_in)
 def login_audit(sender: Any, request: Any, user: Any, **_: Any) -> None:
@@ -19,12 +17,15 @@ def login_audit(sender: Any, request: Any, user: Any, **_: Any) -> None:
 
 @receiver(user_login_failed)
 def login_failed_audit(sender: Any, credentials: dict[str, Any], request: Any = None, **_: Any) -> None:
+    from reviews import audit
+
     # No user object: record the username tried (never the password) against the system actor.
-    AuditEvent.objects.create(
-        action="user.login_failed",
-        actor_kind=AuditEvent.ActorKind.SYSTEM,
+    username = str(credentials.get("username", ""))
+    audit.record_about(
+        "user.login_failed",
+        actor=None,
         actor_label="anonymous",
         object_type="auth.user",
-        object_id=str(credentials.get("username", ""))[:64],
-        payload={"username": str(credentials.get("username", ""))[:150]},
+        object_id=username,
+        payload={"username": username[:150]},
     )

@@ -7,7 +7,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.cache import patch_vary_headers
@@ -17,8 +17,9 @@ from django_htmx.middleware import HtmxDetails
 
 from inference_worker.selectors import funnel_calibrations_for_policies
 from moderation.models import Case
-from reviews import metrics, policy_selectors, selectors, services
-from reviews.forms import DecisionForm, QueueFilterForm
+from reviews import exports, metrics, policy_selectors, selectors, services, tokens
+from reviews.api import stream_response
+from reviews.forms import ApiTokenForm, DecisionForm, ExportForm, QueueFilterForm
 from reviews.services import DecisionIn, DecisionRefused
 
 
@@ -53,6 +54,7 @@ def _page(
         "metrics": metrics.policies_for_metrics(user) is not None,
         "callbacks": selectors.user_is_admin(user),
         "policies": policy_selectors.user_is_policy_editor(user),
+        "audit": exports.user_may_export(user),
     }
     response = render(request, template, {**context, "nav": nav}, status=status)
     patch_vary_headers(response, ("HX-Request",))
@@ -290,3 +292,70 @@ def callbacks_page(request: AuthedRequest) -> HttpResponse:
     if not selectors.user_is_admin(request.user):
         raise PermissionDenied("Only admins see callback deliveries.")
     return _page(request, "reviews/callbacks.html", {"deliveries": selectors.callback_deliveries_recent()})
+
+
+def _auditor_required(request: AuthedRequest) -> None:
+    if not exports.user_may_export(request.user):
+        raise PermissionDenied("Only auditors and admins export.")
+
+
+def _audit_page(
+    request: AuthedRequest,
+    *,
+    form: ExportForm | None = None,
+    token_form: ApiTokenForm | None = None,
+    new_token: str = "",
+    status: int = 200,
+) -> HttpResponse:
+    user = request.user
+    context = {
+        "form": form or ExportForm(),
+        "token_form": token_form or ApiTokenForm(),
+        "tokens": tokens.api_tokens_of(user),
+        "new_token": new_token,
+        "may_export_reasoning": exports.user_may_export_reasoning(user),
+    }
+    return _page(request, "reviews/audit.html", context, status=status)
+
+
+@require_GET
+@login_required
+def audit_page(request: AuthedRequest) -> HttpResponse:
+    _auditor_required(request)
+    return _audit_page(request)
+
+
+@require_GET
+@login_required
+def audit_export(request: AuthedRequest) -> HttpResponseBase:
+    _auditor_required(request)
+    form = ExportForm(request.GET)
+    if not form.is_valid():
+        return _audit_page(request, form=form, status=400)
+    export = form.export_request()
+    try:
+        stream = exports.export_start(user=request.user, request=export, via="ui")
+    except exports.ExportRefused as exc:
+        raise PermissionDenied(str(exc)) from exc
+    return stream_response(stream, export)
+
+
+@require_POST
+@login_required
+def api_token_create(request: AuthedRequest) -> HttpResponse:
+    _auditor_required(request)
+    form = ApiTokenForm(request.POST)
+    if not form.is_valid():
+        return _audit_page(request, token_form=form, status=400)
+    _, secret = tokens.api_token_create(user=request.user, name=form.cleaned_data["name"])
+    # Shown once, in this response only: the page never shows it again.
+    return _audit_page(request, new_token=secret)
+
+
+@require_POST
+@login_required
+def api_token_revoke(request: AuthedRequest, token_id: int) -> HttpResponse:
+    _auditor_required(request)
+    if tokens.api_token_revoke(user=request.user, token_id=token_id):
+        messages.success(request, "Token revoked: it no longer opens the export API.")
+    return redirect("reviews:audit")
