@@ -73,6 +73,10 @@ def _export(request: HttpRequest, kind: str, filters: Schema) -> StreamingHttpRe
     user: User = request.auth  # type: ignore[attr-defined]
     if not exports.user_may_export(user):
         raise HttpError(403, "only auditors and admins export")
+    # A misspelt filter must not silently widen an export to everything.
+    unknown = sorted(set(request.GET) - set(type(filters).model_fields))
+    if unknown:
+        raise NinjaValidationError([{"loc": ["query", name], "msg": "unknown parameter"} for name in unknown])
     # The audit page's form makes the checks that need the database (policy exists, range, per-kind rules).
     data = QueryDict(mutable=True)
     for name, value in filters.model_dump(exclude_none=True).items():

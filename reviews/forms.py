@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from django import forms
@@ -118,6 +119,22 @@ class ExportForm(forms.Form):
     include_reasoning = forms.BooleanField(
         required=False, label="Include the model's chain of thought (decisions)"
     )
+
+    def _clean_instant(self, name: str) -> datetime | None:
+        value: datetime | None = self.cleaned_data.get(name)
+        if value is None:
+            return None
+        # PostgreSQL refuses offsets beyond +/-15:59 and years before 1: compare in UTC, and say so.
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise forms.ValidationError("Out of range: give a date between the years 1 and 9999.") from None
+
+    def clean_since(self) -> datetime | None:
+        return self._clean_instant("since")
+
+    def clean_until(self) -> datetime | None:
+        return self._clean_instant("until")
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}

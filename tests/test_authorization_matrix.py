@@ -27,7 +27,15 @@ from inference_worker.testing.fixtures import engine_config_for
 from moderation.models import Case, Policy
 from moderation.services import policy_draft_create
 from reviews.evaluations import ExampleIn, evaluation_run_create
-from reviews.models import CallbackDelivery, Decision, GoldenExample, QueueGrant, Role
+from reviews.models import (
+    CallbackDelivery,
+    Decision,
+    GoldenExample,
+    QueueGrant,
+    Role,
+    StatementOfReasonsMapping,
+)
+from reviews.tokens import api_token_create
 from tests.conftest import ApiClient, source_api_client
 from tests.reviews.helpers import cases_create, user_create
 
@@ -43,11 +51,15 @@ ROLES = (
     "admin",  # the admin group, staff and superuser (what seed_demo creates)
     "source",  # the API key of the source that owns the test item
     "other_source",  # another source's API key
+    "auditor_token",  # an auditor's personal API token (the export API)
+    "moderator_token",  # a token whose user is not an auditor
 )
+TOKENS = ("auditor_token", "moderator_token")
 REVIEWERS = frozenset({"moderator", "senior_moderator", "admin"})
 METRICS_VIEWERS = frozenset({"moderator", "senior_moderator", "policy_editor", "auditor", "admin"})
 POLICY_EDITORS = frozenset({"policy_editor", "admin"})
-SESSION_ROLES = frozenset(ROLES) - {"anonymous", "source", "other_source"}
+SESSION_ROLES = frozenset(ROLES) - {"anonymous", "source", "other_source", *TOKENS}
+AUDITORS = frozenset({"auditor", "admin"})
 
 LOGIN = "login"  # 302 to /login/?next=...
 ADMIN_LOGIN = "admin login"  # 302 to /admin/login/?next=...
@@ -63,17 +75,26 @@ class Rule:
 
 
 def page(method: str, allowed: frozenset[str], ok: int = 200, denied: int = 403, **data: Any) -> Rule:
-    """A dashboard page: anonymous users (and API keys, which pages ignore) are sent to log in."""
-    outcomes: dict[str, int | str] = {role: LOGIN for role in ("anonymous", "source", "other_source")}
+    """A dashboard page: anonymous users (and API keys or tokens, which pages ignore) are sent to log in."""
+    outcomes: dict[str, int | str] = {
+        role: LOGIN for role in ("anonymous", "source", "other_source", *TOKENS)
+    }
     outcomes.update({role: ok if role in allowed else denied for role in SESSION_ROLES})
     return Rule(method, outcomes, data)
 
 
 def api(method: str, source: int, other_source: int, **data: Any) -> Rule:
     """An API endpoint: only a source's key counts; a browser session is not a credential."""
-    outcomes: dict[str, int | str] = {role: 401 for role in ("anonymous", *SESSION_ROLES)}
+    outcomes: dict[str, int | str] = {role: 401 for role in ("anonymous", *SESSION_ROLES, *TOKENS)}
     outcomes.update(source=source, other_source=other_source)
     return Rule(method, outcomes, data)
+
+
+def export_api() -> Rule:
+    """The audit export API: only a personal token counts, and only an auditor's (or admin's)."""
+    outcomes: dict[str, int | str] = {role: 401 for role in ROLES}
+    outcomes.update(auditor_token=200, moderator_token=403)
+    return Rule("GET", outcomes)
 
 
 def everyone(method: str, status: int) -> Rule:
@@ -95,6 +116,8 @@ ADMIN_MODELS = (
     "reviews_queuegrant",
     "reviews_goldenexample",
     "reviews_callbackdelivery",
+    "reviews_statementofreasonsmapping",
+    "reviews_apitoken",
 )
 ADMIN_MODEL_ROUTES = {
     "auth_group": "admin/auth/group/<path:object_id>/",
@@ -104,6 +127,8 @@ ADMIN_MODEL_ROUTES = {
     "reviews_queuegrant": "admin/reviews/queuegrant/<path:object_id>/",
     "reviews_goldenexample": "admin/reviews/goldenexample/<path:object_id>/",
     "reviews_callbackdelivery": "admin/reviews/callbackdelivery/<path:object_id>/",
+    "reviews_statementofreasonsmapping": "admin/reviews/statementofreasonsmapping/<path:object_id>/",
+    "reviews_apitoken": "admin/reviews/apitoken/<path:object_id>/",
 }
 
 RULES: dict[str, Rule] = {
@@ -126,6 +151,11 @@ RULES: dict[str, Rule] = {
     "reviews:case_renew": page("POST", REVIEWERS, ok=409),  # nobody holds it: nothing to renew
     "reviews:metrics": page("GET", METRICS_VIEWERS),
     "reviews:callbacks": page("GET", frozenset({"admin"})),
+    # Auditors: the export page and their API tokens.
+    "reviews:audit": page("GET", AUDITORS),
+    "reviews:audit_export": page("GET", AUDITORS, kind="events", format="csv"),  # streams the events as CSV
+    "reviews:api_token_create": page("POST", AUDITORS, name="matrix"),  # the page, showing the token once
+    "reviews:api_token_revoke": page("POST", AUDITORS, ok=302),  # back to the audit page
     # The policy team's pages (the URL's version is a draft; the golden example a candidate).
     "reviews:policies": page("GET", POLICY_EDITORS),
     "reviews:policy_detail": page("GET", POLICY_EDITORS),
@@ -150,6 +180,9 @@ RULES: dict[str, Rule] = {
     "api:items_create": api("POST", source=200, other_source=200, external_id="matrix-new", text="hello"),
     "api:item_status": api("GET", source=200, other_source=404),
     "api:item_appeal": api("POST", source=409, other_source=404, reason="unfair"),  # 409: not decided yet
+    "api:events_export": export_api(),
+    "api:decisions_export": export_api(),
+    "api:statements_export": export_api(),
     # The Django admin: staff only; its login page is public.
     "admin:index": staff_only(),
     "admin:login": Rule("GET", {**{r: 200 for r in ROLES}, "admin": 302}),
@@ -176,6 +209,8 @@ RULES["admin:reviews_callbackdelivery_add"] = staff_only(ok=403)
 RULES["admin:reviews_callbackdelivery_delete"] = staff_only(ok=403)
 # Golden examples are curated (and audited) on the policy pages; the admin only shows them.
 RULES["admin:reviews_goldenexample_add"] = staff_only(ok=403)
+# API tokens are made (and shown once) by their owner on the audit page.
+RULES["admin:reviews_apitoken_add"] = staff_only(ok=403)
 
 
 def urls() -> Iterator[tuple[str, str, list[str]]]:
@@ -246,6 +281,8 @@ class World:
                 values[name] = "accept"
             elif name == "run_id":
                 values[name] = str(self.objects["run"].pk)
+            elif name == "token_id":
+                values[name] = str(self.objects["reviews_apitoken"].pk)
             elif name == "url":
                 values[name] = "no/such/page/"
             else:
@@ -267,8 +304,10 @@ class World:
             headers["Authorization"] = f"Bearer {self.source.api_key}"
         elif role == "other_source":
             headers["Authorization"] = f"Bearer {self.other_source.api_key}"
+        elif role in TOKENS:
+            headers["Authorization"] = f"Bearer {self.objects[role]}"
         if rule.method == "GET":
-            return client.get(path, headers=headers)
+            return client.get(path, rule.data, headers=headers)
         if path.startswith("/api/"):
             return client.post(path, rule.data, content_type="application/json", headers=headers)
         return client.post(path, rule.data, headers=headers)
@@ -309,6 +348,9 @@ def world(policy: Policy) -> World:
             policy=policy, text="buy now", text_hash="0" * 64, expected_label="violates", origin="import"
         ),
     }
+    objects["reviews_apitoken"], objects["auditor_token"] = api_token_create(user=users["auditor"], name="ci")
+    _, objects["moderator_token"] = api_token_create(user=users["moderator"], name="not an auditor")
+    objects["reviews_statementofreasonsmapping"] = StatementOfReasonsMapping.objects.create(policy=policy)
     objects["draft"] = policy_draft_create(policy=policy, author=users["policy_editor"])
     objects["run"] = evaluation_run_create(
         version=objects["draft"],

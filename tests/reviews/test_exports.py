@@ -276,6 +276,7 @@ def test_someone_elses_token_cannot_be_revoked(auditor: User, admin: User) -> No
         ({"since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"}, "until"),
         ({"action": "DROP TABLE"}, "action"),
         ({"format": "xml"}, "format"),
+        ({"until": "0001-01-01T00:00:00+05:00"}, "until"),  # before year 1 in UTC
     ],
 )
 def test_bad_filters_get_a_400_with_field_errors(
@@ -288,6 +289,17 @@ def test_bad_filters_get_a_400_with_field_errors(
     assert ui.status_code == 400
     assert field in ui.context["form"].errors
     assert not AuditEvent.objects.filter(action="export.started").exists()
+
+
+def test_the_api_refuses_a_misspelt_filter_instead_of_exporting_everything(auditor: User) -> None:
+    api = api_get("events", token_of(auditor), polcy="spam")
+    assert api.status_code == 400
+    assert {"loc": ["query", "polcy"], "msg": "unknown parameter"}.items() <= api.json()["errors"][0].items()
+    assert not AuditEvent.objects.filter(action="export.started").exists()
+
+
+def test_an_offset_postgresql_cannot_store_is_read_in_utc(auditor: User) -> None:
+    assert api_get("events", token_of(auditor), until="0093-01-29T02:13:18-19:37").status_code == 200
 
 
 def test_statements_are_refused_as_csv(auditor: User) -> None:
