@@ -179,6 +179,9 @@ SAFEGUARD_BREAKER_FAILURES = env_int("SAFEGUARD_BREAKER_FAILURES", 20)
 SAFEGUARD_BREAKER_COOLDOWN_SECONDS = env_float("SAFEGUARD_BREAKER_COOLDOWN_SECONDS", 30.0)
 TRIAGE_STUCK_AFTER_SECONDS = env_int("TRIAGE_STUCK_AFTER_SECONDS", 600)
 
+# Decision callbacks: the longest wait between retries (they start at 1 s and double; fault tests shrink it).
+CALLBACK_RETRY_BACKOFF_MAX_SECONDS = env_int("CALLBACK_RETRY_BACKOFF_MAX_SECONDS", 1800)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
