@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from bench.stack import PYTHON, ROOT
 from inference_worker.testing.engine_simulator import EngineSimulator
 from moderation import services
 from moderation.models import Policy
 from tests.conftest import POLICY_TEXT
+from tests.faults.stack import manage_env
 
 # Every source in these tests has a per-minute budget far above what they send, so the rate limiter's
 # Redis counters are in the path (and must not get in the way when Redis is gone).
@@ -51,3 +55,17 @@ def engine() -> Iterator[EngineSimulator]:
     """The engine simulator, answering after a short latency so requests are really in flight."""
     with EngineSimulator(latency=0.05, mode="ok") as simulator:
         yield simulator
+
+
+@pytest.fixture(scope="session")
+def static_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Static files collected as production serves them (hashed names and a manifest), for HTML pages."""
+    root = tmp_path_factory.mktemp("static")
+    subprocess.run(
+        [str(PYTHON), "manage.py", "collectstatic", "--no-input", "--verbosity=0"],
+        cwd=ROOT,
+        env={**manage_env(), "STATIC_ROOT": str(root)},
+        check=True,
+        timeout=300,
+    )
+    return root

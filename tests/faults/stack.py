@@ -98,6 +98,13 @@ class _Process:
             process_group_stop(self.proc)
 
 
+def manage_env(**extra: str) -> dict[str, str]:
+    """The environment of the stack's processes: the test's database and Redis db, production settings."""
+    return django_env(
+        database=connection.settings_dict["NAME"], redis_url=settings.REDIS_URL, pool_max=4, **extra
+    )
+
+
 @dataclass
 class FaultStack:
     """gunicorn + Celery worker + beat against the test database; stop() always stops all three."""
@@ -108,14 +115,7 @@ class FaultStack:
     port: int = field(default_factory=free_port)
 
     def __post_init__(self) -> None:
-        database = connection.settings_dict["NAME"]
-        common = django_env(
-            database=database,
-            redis_url=settings.REDIS_URL,
-            pool_max=4,
-            SAFEGUARD_BASE_URL=self.engine_url,
-            **{**STACK_ENV, **self.extra_env},
-        )
+        common = manage_env(SAFEGUARD_BASE_URL=self.engine_url, **{**STACK_ENV, **self.extra_env})
         worker_env = {
             **common,
             "DATABASE_URL": f"{common['DATABASE_URL']}?application_name={WORKER_APPLICATION_NAME}",
