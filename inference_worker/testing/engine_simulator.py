@@ -250,6 +250,10 @@ class EngineSimulator:
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             # A client that hung up mid-request or sent something that is not HTTP.
             return
+        except asyncio.CancelledError:
+            # Stopped with a request still open ("timeout" mode): ending quietly spares asyncio's
+            # stream callback a traceback per connection.
+            return
         finally:
             writer.close()
 

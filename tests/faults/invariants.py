@@ -96,8 +96,10 @@ def assert_nothing_lost(
     cases = list(
         Case.objects.filter(item_id__in=items.values(), appeal_of__isnull=True, qa_of__isnull=True)
         .annotate(
-            final_decisions=Count("decisions", filter=~Q(decisions__action=Decision.Action.ESCALATE)),
-            results=Count("triage_results"),
+            final_decisions=Count(
+                "decisions", filter=~Q(decisions__action=Decision.Action.ESCALATE), distinct=True
+            ),
+            results=Count("triage_results", distinct=True),
         )
         .values(
             "id",
@@ -179,7 +181,9 @@ def assert_nothing_lost(
     decided_wrongly = [
         c for c in cases if c["final_decisions"] != (1 if c["state"] == Case.State.DECIDED else 0)
     ]
-    assert not decided_wrongly, f"{len(decided_wrongly)} cases decided twice or not as their state says"
+    assert not decided_wrongly, (
+        f"{len(decided_wrongly)} cases decided twice or not as their state says, e.g. {decided_wrongly[:3]}"
+    )
 
     decisions = list(
         Decision.objects.filter(case_id__in=case_ids)

@@ -26,8 +26,9 @@ from tests.faults.stack import (
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
 
 ITEMS = 2500
-# Requests answered in each mode, in order; then the engine is healthy. Each failing stretch is longer
-# than SAFEGUARD_BREAKER_FAILURES (20), so the breaker must open, and the healthy one after it closes it.
+BREAKER_FAILURES = 10
+# Requests answered in each mode, in order; then the engine is healthy. Each failing stretch is several times
+# BREAKER_FAILURES, so the breaker opens, and the healthy stretch after it closes it.
 FLAPS = [
     ("ok", 150),
     ("http_500", 60),
@@ -73,7 +74,10 @@ def test_it_triages_or_hands_to_humans_every_item_while_the_engine_flaps(
     source = platform.source
     engine.flap(FLAPS)
     watch = BreakerWatch(engine.base_url)
-    with stack_running(tmp_path, engine.base_url) as stack, concurrent.futures.ThreadPoolExecutor(1) as pool:
+    with (
+        stack_running(tmp_path, engine.base_url, SAFEGUARD_BREAKER_FAILURES=str(BREAKER_FAILURES)) as stack,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
         watch.start()
         try:
             sent = pool.submit(items_send, stack.base_url, platform.api_key, texts).result(timeout=120)
