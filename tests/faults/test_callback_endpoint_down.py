@@ -30,7 +30,7 @@ from tests.reviews.helpers import user_create
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
 
-ITEMS = 1500
+ITEMS = 2000
 DECISIONS = 100
 HOUR_SECONDS = 3600
 PRODUCTION_BACKOFF_CAP_SECONDS = 1800  # CALLBACK_RETRY_BACKOFF_MAX_SECONDS' default
@@ -162,6 +162,13 @@ def test_it_delivers_every_decision_once_after_the_callback_endpoint_comes_back(
         CallbackDelivery.objects.filter(decision__in=decision_ids).values_list("decision", flat=True)
     )
     assert logged == flaky_platform.attempts
+    # One attempt after another (each retry scheduled by the one before), numbered 1, 2, 3 ...
+    numbers: dict[int, list[int]] = {}
+    for decision_id, attempt in CallbackDelivery.objects.order_by("attempt").values_list(
+        "decision", "attempt"
+    ):
+        numbers.setdefault(decision_id, []).append(attempt)
+    assert all(n == list(range(1, len(n) + 1)) for n in numbers.values())
     failed = CallbackDelivery.objects.filter(decision__in=decision_ids, succeeded=False)
     assert set(failed.values_list("status_code", flat=True)) == {503}
     assert AuditEvent.objects.filter(action="callback.failed").count() == failed.count()

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from django.db import connection
+from django.db import connection, connections
+from django.db.backends.postgresql.base import DatabaseWrapper as PostgresDatabaseWrapper
 
 from inference_worker.testing.engine_simulator import EngineSimulator
 from moderation.models import Case
@@ -114,7 +115,10 @@ def test_it_survives_a_postgres_restart(platform: Platform, engine: EngineSimula
                 timeout=60,
                 what="PostgreSQL to accept connections",
             )
-            connection.close_pool()  # its connections died with the server; the next query opens new ones
+            # Its pooled connections died with the server; the next query opens new ones.
+            database = connections["default"]
+            assert isinstance(database, PostgresDatabaseWrapper)
+            database.close_pool()
         # The web tier may answer 5xx until its pool reconnects: the client retries, as a platform does.
         items_send(stack.base_url, platform.api_key, dict(list(texts.items())[ITEMS // 2 :]))
         wait_for(lambda: triage_settled(source), timeout=SETTLE_TIMEOUT_SECONDS, what="every case triaged")
