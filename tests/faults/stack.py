@@ -23,6 +23,8 @@ from django.conf import settings
 from django.db import connection
 
 from bench.stack import BIN, ROOT, django_env, free_port, process_group_stop
+from moderation.models import Source
+from tests.faults.invariants import triage_settled
 
 # Tight deadlines so a fault heals in seconds: the sweep runs every second and re-enqueues what has been
 # untouched for 5 s (engine calls time out after 1 s, so a live worker never holds a case that long).
@@ -209,6 +211,16 @@ class FaultStack:
     def worker_restart(self) -> None:
         self.worker.start()
         self.worker_wait_ready()
+
+    def wait_settled(self, source: Source, what: str = "every case triaged") -> None:
+        """Poll until no case of the source waits for triage; fail at once if a process died."""
+
+        def settled() -> bool:
+            for process in (self.web, self.worker, self.beat):
+                self._check_alive(process)
+            return triage_settled(source)
+
+        wait_for(settled, timeout=SETTLE_TIMEOUT_SECONDS, what=what)
 
     def logs(self) -> str:
         return "\n".join(

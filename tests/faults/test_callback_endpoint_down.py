@@ -24,7 +24,7 @@ from moderation.signatures import signature_compute
 from reviews.models import AuditEvent, CallbackDelivery, Decision, Role
 from reviews.tasks import CALLBACK_MAX_RETRIES
 from tests.faults.conftest import PlatformFactory
-from tests.faults.invariants import assert_nothing_lost, triage_settled
+from tests.faults.invariants import assert_nothing_lost
 from tests.faults.stack import SETTLE_TIMEOUT_SECONDS, item_texts, items_send, stack_running, wait_for
 from tests.reviews.helpers import user_create
 
@@ -137,7 +137,7 @@ def test_it_delivers_every_decision_once_after_the_callback_endpoint_comes_back(
     texts = item_texts("hook", ITEMS)
     with stack_running(tmp_path, engine.base_url, STATIC_ROOT=str(static_root)) as stack:
         sent = items_send(stack.base_url, platform.api_key, texts)
-        wait_for(lambda: triage_settled(source), timeout=SETTLE_TIMEOUT_SECONDS, what="every case triaged")
+        stack.wait_settled(source)
 
         statuses = moderate(stack.base_url, moderator.username, DECISIONS)
         decided = Decision.objects.filter(case__item__source=source)

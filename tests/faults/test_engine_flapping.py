@@ -13,9 +13,8 @@ from inference_worker.testing.engine_simulator import EngineSimulator
 from moderation.models import Case, TriageResult
 from moderation.redis import redis_client
 from tests.faults.conftest import Platform
-from tests.faults.invariants import MODEL_UNDECIDED, assert_nothing_lost, triage_settled
+from tests.faults.invariants import MODEL_UNDECIDED, assert_nothing_lost
 from tests.faults.stack import (
-    SETTLE_TIMEOUT_SECONDS,
     expected_label,
     item_texts,
     items_send,
@@ -84,9 +83,7 @@ def test_it_triages_or_hands_to_humans_every_item_while_the_engine_flaps(
             wait_for(
                 lambda: engine.flap_remaining == 0, timeout=120, what="the engine to go through its flaps"
             )
-            wait_for(
-                lambda: triage_settled(source), timeout=SETTLE_TIMEOUT_SECONDS, what="every case triaged"
-            )
+            stack.wait_settled(source)
         finally:
             watch.stopping.set()
             watch.join()

@@ -21,9 +21,8 @@ from django.db.backends.postgresql.base import DatabaseWrapper as PostgresDataba
 from inference_worker.testing.engine_simulator import EngineSimulator
 from moderation.models import Case
 from tests.faults.conftest import Platform
-from tests.faults.invariants import assert_nothing_lost, triage_settled
+from tests.faults.invariants import assert_nothing_lost
 from tests.faults.stack import (
-    SETTLE_TIMEOUT_SECONDS,
     WORKER_APPLICATION_NAME,
     expected_label,
     item_texts,
@@ -70,7 +69,7 @@ def test_it_loses_nothing_when_the_worker_connections_drop_during_triage(
         ).count()
         sent = sending.result(timeout=60)
         assert sent.accepted == set(texts)
-        wait_for(lambda: triage_settled(source), timeout=SETTLE_TIMEOUT_SECONDS, what="every case triaged")
+        stack.wait_settled(source)
         worker_log = stack.worker.log_text()
 
     assert terminated >= 5, f"only {terminated} worker connections were cut: the fault did not happen"
@@ -121,7 +120,7 @@ def test_it_survives_a_postgres_restart(platform: Platform, engine: EngineSimula
             database.close_pool()
         # The web tier may answer 5xx until its pool reconnects: the client retries, as a platform does.
         items_send(stack.base_url, platform.api_key, dict(list(texts.items())[ITEMS // 2 :]))
-        wait_for(lambda: triage_settled(source), timeout=SETTLE_TIMEOUT_SECONDS, what="every case triaged")
+        stack.wait_settled(source)
 
     report = assert_nothing_lost(
         source=source, external_ids=texts, expected_labels={k: expected_label(v) for k, v in texts.items()}

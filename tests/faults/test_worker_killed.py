@@ -11,9 +11,8 @@ from inference_worker.testing.engine_simulator import EngineSimulator
 from moderation.models import Case
 from reviews.models import AuditEvent
 from tests.faults.conftest import Platform
-from tests.faults.invariants import assert_nothing_lost, triage_settled
+from tests.faults.invariants import assert_nothing_lost
 from tests.faults.stack import (
-    SETTLE_TIMEOUT_SECONDS,
     expected_label,
     item_texts,
     items_send,
@@ -50,7 +49,7 @@ def test_it_triages_every_item_after_the_worker_is_killed_mid_batch(
         assert orphaned > 0, "the kill found nothing in triage: it tested nothing"
 
         stack.worker_restart()
-        wait_for(lambda: triage_settled(source), timeout=SETTLE_TIMEOUT_SECONDS, what="every case triaged")
+        stack.wait_settled(source)
 
     report = assert_nothing_lost(
         source=source, external_ids=texts, expected_labels={k: expected_label(v) for k, v in texts.items()}
