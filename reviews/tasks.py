@@ -39,7 +39,7 @@ def leases_expire(**_: object) -> None:
 
 @shared_task(name="reviews.callbacks_sweep", acks_late=True, soft_time_limit=60, time_limit=90)
 def callbacks_sweep(**_: object) -> None:
-    for decision_id in callbacks.callbacks_lost():
+    for decision_id in callbacks.callbacks_lost(max_attempts=CALLBACK_MAX_RETRIES + 1):
         callback_enqueue(decision_id=decision_id)
 
 
