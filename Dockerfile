@@ -6,7 +6,8 @@ COPY pyproject.toml README.md ./
 RUN pip install --no-cache-dir "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
     && pip install --no-cache-dir -e .
 COPY . .
-RUN DEBUG=1 python manage.py collectstatic --no-input --verbosity 0
+# Without DEBUG, so the hashed names and the manifest that production storage reads are written.
+RUN SECRET_KEY=collectstatic-only python manage.py collectstatic --no-input --verbosity 0
 RUN useradd --create-home app && chown -R app /app
 USER app
 EXPOSE 8000

@@ -146,6 +146,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = INGEST_MAX_BODY_BYTES
 
 # Celery: Redis carries messages only; Postgres is the source of truth.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+# kombu's Redis transport, except that a worker survives Redis going away (config/broker.py).
+CELERY_BROKER_TRANSPORT = "config.broker:Transport"
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -199,6 +201,9 @@ SAFEGUARD_FUNNEL_MODEL_PATH = env_str(
 SAFEGUARD_FUNNEL_ENABLED = env_bool("SAFEGUARD_FUNNEL_ENABLED", bool(SAFEGUARD_FUNNEL_MODEL_PATH))
 SAFEGUARD_FUNNEL_TARGET_RECALL = env_float("SAFEGUARD_FUNNEL_TARGET_RECALL", 0.98)
 SAFEGUARD_FUNNEL_BATCH_SIZE = env_int("SAFEGUARD_FUNNEL_BATCH_SIZE", 64)
+
+# Decision callbacks: the longest wait between retries (they start at 1 s and double; fault tests shrink it).
+CALLBACK_RETRY_BACKOFF_MAX_SECONDS = env_int("CALLBACK_RETRY_BACKOFF_MAX_SECONDS", 1800)
 
 LOGGING = {
     "version": 1,

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import time
 from datetime import timedelta
 from typing import Any
 
 import httpx
+from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Count, Exists, OuterRef
 from django.utils import timezone
 
 from moderation.redis import redis_client
@@ -22,6 +25,16 @@ CALLBACK_TIMEOUT_SECONDS = 10.0
 CALLBACK_RESEND_AFTER = timedelta(minutes=5)
 CALLBACK_RESEND_HORIZON = timedelta(days=7)
 CALLBACK_RESEND_EVERY_SECONDS = 3600
+
+
+@functools.cache
+def _http_client(pid: int) -> httpx.Client:
+    """One client per worker process (keyed by pid: a forked child must not share its parent's sockets).
+
+    A client per attempt would build a TLS context each time: ~25 ms of CPU, which dominated the cost of
+    retrying thousands of callbacks while a platform was down (tests/faults).
+    """
+    return httpx.Client(timeout=CALLBACK_TIMEOUT_SECONDS)
 
 
 class CallbackFailed(Exception):
@@ -45,14 +58,22 @@ def callback_payload(decision: Decision) -> dict[str, Any]:
     }
 
 
-def callbacks_lost(*, limit: int = 500) -> list[int]:
-    """Decisions the platform should have heard about, with no delivery attempt at all after a while.
+def callbacks_lost(*, max_attempts: int, limit: int = 500) -> list[int]:
+    """Decisions the platform should have heard about whose delivery is not under way.
 
     The enqueue after commit never raises (a broker outage must not fail a moderator's decision), so a
-    message can be lost; Postgres remembers, and this sweep sends those again. A decision is re-sent at
-    most once per CALLBACK_RESEND_EVERY_SECONDS, so a backlog in the broker is not multiplied.
+    message can be lost: then a decision has no attempt at all. A retry waits in the broker (or in a
+    worker's memory), so it can be lost too, with Redis or a killed worker: then a decision has only
+    failed attempts, the last one older than the longest wait between retries. Postgres remembers, and
+    this sweep sends those again, unless the retries ran out (max_attempts: left failed, visible on the
+    callbacks page). A decision is re-sent at most once per CALLBACK_RESEND_EVERY_SECONDS, so a backlog in
+    the broker is not multiplied.
     """
     now = timezone.now()
+    retrying_since = (
+        now - CALLBACK_RESEND_AFTER - timedelta(seconds=settings.CALLBACK_RETRY_BACKOFF_MAX_SECONDS)
+    )
+    deliveries = CallbackDelivery.objects.filter(decision=OuterRef("pk"))
     candidates = list(
         Decision.objects.filter(
             created_at__lt=now - CALLBACK_RESEND_AFTER,
@@ -61,7 +82,10 @@ def callbacks_lost(*, limit: int = 500) -> list[int]:
         )
         .exclude(action=Decision.Action.ESCALATE)
         .exclude(case__item__source__callback_url="")
-        .exclude(Exists(CallbackDelivery.objects.filter(decision=OuterRef("pk"))))
+        .exclude(Exists(deliveries.filter(succeeded=True)))
+        .exclude(Exists(deliveries.filter(created_at__gte=retrying_since)))
+        .annotate(attempts=Count("callback_deliveries"))
+        .filter(attempts__lt=max_attempts)
         .order_by("created_at")
         .values_list("pk", flat=True)[:limit]
     )
@@ -100,9 +124,7 @@ def callback_deliver(*, decision_id: int) -> CallbackDelivery | None:
     status_code: int | None = None
     error = ""
     try:
-        response = httpx.post(
-            source.callback_url, content=body, headers=headers, timeout=CALLBACK_TIMEOUT_SECONDS
-        )
+        response = _http_client(os.getpid()).post(source.callback_url, content=body, headers=headers)
         status_code = response.status_code
         if not 200 <= status_code < 300:
             error = f"HTTP {status_code}"

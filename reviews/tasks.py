@@ -3,6 +3,7 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerError
 
@@ -11,7 +12,8 @@ from reviews import callbacks, evaluations, services
 logger = logging.getLogger(__name__)
 
 # About 4.5 hours of retries, then it is left failed and visible on the callbacks page. With full jitter
-# Celery waits a random time up to 1, 2, 4 ... 1800 s: 28 retries take up to 9 hours, 4.5 on average.
+# Celery waits a random time up to 1, 2, 4 ... 1800 s (CALLBACK_RETRY_BACKOFF_MAX_SECONDS): 28 retries
+# take up to 9 hours, 4.5 on average.
 CALLBACK_MAX_RETRIES = 28
 
 
@@ -20,7 +22,7 @@ CALLBACK_MAX_RETRIES = 28
     acks_late=True,
     autoretry_for=(callbacks.CallbackFailed, OperationalError, InterfaceError),
     retry_backoff=True,
-    retry_backoff_max=1800,
+    retry_backoff_max=settings.CALLBACK_RETRY_BACKOFF_MAX_SECONDS,
     retry_jitter=True,
     max_retries=CALLBACK_MAX_RETRIES,
     soft_time_limit=60,
@@ -37,7 +39,7 @@ def leases_expire(**_: object) -> None:
 
 @shared_task(name="reviews.callbacks_sweep", acks_late=True, soft_time_limit=60, time_limit=90)
 def callbacks_sweep(**_: object) -> None:
-    for decision_id in callbacks.callbacks_lost():
+    for decision_id in callbacks.callbacks_lost(max_attempts=CALLBACK_MAX_RETRIES + 1):
         callback_enqueue(decision_id=decision_id)
 
 

@@ -133,7 +133,9 @@ class EngineSimulator:
     ``latency`` (seconds), ``mode``, ``fail_first_n`` and ``chat_reasoning_field``
     may be changed while it runs. ``mode`` applies to every request, unless
     ``fail_first_n`` is set: then the next ``fail_first_n`` requests get ``mode``
-    and the simulator goes back to ``ok``.
+    and the simulator goes back to ``ok``. ``flap([(mode, n), ...])`` makes the
+    next requests walk through a schedule (n requests in each mode, in order)
+    before ``mode`` applies again; ``flap_remaining`` says how many are left.
     """
 
     def __init__(
@@ -149,6 +151,7 @@ class EngineSimulator:
         self.latency = latency
         self._mode = _checked_mode(mode)
         self.fail_first_n = 0
+        self._flap_schedule: collections.deque[list[Any]] = collections.deque()
         self.violating_words = frozenset(word.lower() for word in violating_words)
         self.chat_reasoning_field = chat_reasoning_field
         self.scripted: dict[str, tuple[str, str]] = {}
@@ -171,6 +174,16 @@ class EngineSimulator:
     @mode.setter
     def mode(self, mode: str) -> None:
         self._mode = _checked_mode(mode)
+
+    def flap(self, schedule: list[tuple[str, int]]) -> None:
+        checked = [[_checked_mode(mode), count] for mode, count in schedule if count > 0]
+        with self._failure_lock:
+            self._flap_schedule = collections.deque(checked)
+
+    @property
+    def flap_remaining(self) -> int:
+        with self._failure_lock:
+            return sum(count for _, count in self._flap_schedule)
 
     @property
     def base_url(self) -> str:
@@ -242,6 +255,10 @@ class EngineSimulator:
                     return
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             # A client that hung up mid-request or sent something that is not HTTP.
+            return
+        except asyncio.CancelledError:
+            # Stopped with a request still open ("timeout" mode): ending quietly spares asyncio's
+            # stream callback a traceback per connection.
             return
         finally:
             writer.close()
@@ -362,6 +379,12 @@ class EngineSimulator:
         if marker is not None and marker[1] in MODES:
             return marker[1]
         with self._failure_lock:
+            if self._flap_schedule:
+                step = self._flap_schedule[0]
+                step[1] -= 1
+                if step[1] == 0:
+                    self._flap_schedule.popleft()
+                return str(step[0])
             mode = self._mode
             if self.fail_first_n > 0:
                 self.fail_first_n -= 1

@@ -13,6 +13,7 @@ import pytest
 import redis
 from django.contrib.auth.models import User
 from django.test import Client
+from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
 from config.celery import app as celery_app
@@ -304,6 +305,44 @@ def test_the_sweep_sends_a_callback_the_broker_outage_lost(
 
     tasks.callback_deliver(decision_id=lost.pk)
     assert [json.loads(r.body)["decision_id"] for r in callback_receiver.received] == [delivered.pk, lost.pk]
+
+
+def test_the_sweep_resumes_a_callback_whose_retry_was_lost(
+    source: ApiClient,
+    moderator: User,
+    queued_cases: CasesFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    platform_at(source, refused_url())
+    monkeypatch.setattr(callbacks, "CALLBACK_RESEND_AFTER", timedelta(0))
+    settings.CALLBACK_RETRY_BACKOFF_MAX_SECONDS = 1800
+    with django_capture_on_commit_callbacks(execute=False):  # no delivery task: we make the attempt
+        stalled = decided(moderator, queued_cases)
+    with pytest.raises(CallbackFailed):
+        callbacks.callback_deliver(decision_id=stalled.pk)
+
+    # Its retry may still be waiting (up to 30 minutes): not sent again yet.
+    assert callbacks.callbacks_lost(max_attempts=29) == []
+
+    # Nothing for longer than any retry waits: the retry was lost with the broker or a killed worker.
+    long_ago = timezone.now() - timedelta(minutes=31)
+    CallbackDelivery.objects.filter(decision=stalled).update(created_at=long_ago)
+    assert callbacks.callbacks_lost(max_attempts=2) == [stalled.pk]
+
+
+def test_the_sweep_leaves_a_callback_whose_retries_ran_out(
+    source: ApiClient, moderator: User, queued_cases: CasesFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    platform_at(source, refused_url())
+    monkeypatch.setattr(callbacks, "CALLBACK_RESEND_AFTER", timedelta(0))
+    given_up = decided(moderator, queued_cases)
+    with pytest.raises(CallbackFailed):
+        callbacks.callback_deliver(decision_id=given_up.pk)
+    CallbackDelivery.objects.filter(decision=given_up).update(created_at=timezone.now() - timedelta(days=1))
+
+    assert callbacks.callbacks_lost(max_attempts=1) == []
 
 
 def test_it_never_calls_back_an_escalation_or_a_qa_review(
