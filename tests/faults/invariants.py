@@ -102,7 +102,10 @@ def assert_nothing_lost(
             final_decisions=Count(
                 "decisions", filter=~Q(decisions__action=Decision.Action.ESCALATE), distinct=True
             ),
-            results=Count("triage_results", distinct=True),
+            # Engine calls only: the funnel tier scores each attempt on CPU and calls nothing.
+            results=Count(
+                "triage_results", filter=~Q(triage_results__tier=TriageResult.Tier.FUNNEL), distinct=True
+            ),
         )
         .values(
             "id",
@@ -213,7 +216,9 @@ def assert_nothing_lost(
         items=len(items),
         cases=len(cases),
         states=dict(Counter(c["state"] for c in cases)),
-        engine_calls=TriageResult.objects.filter(case_id__in=case_ids).count(),
+        engine_calls=TriageResult.objects.filter(case_id__in=case_ids)
+        .exclude(tier=TriageResult.Tier.FUNNEL)
+        .count(),
         decisions=len(decisions),
         callbacks_delivered=sum(delivered.values()),
         audit_events_verified=chain.verified,
