@@ -15,6 +15,7 @@ from typing import Any
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import connection, models, transaction
 from django.utils import timezone
+from psycopg.types.json import Jsonb
 
 from moderation.models import Source
 from reviews import chain
@@ -68,7 +69,43 @@ def _append(events: list[AuditEvent]) -> list[AuditEvent]:
                 payload=event.payload,
                 prev_hash=event.prev_hash,
             )
-        return AuditEvent.objects.bulk_create(events)
+        _events_insert(events)
+        return events
+
+
+def _events_insert(events: list[AuditEvent]) -> None:
+    # One set-based INSERT over arrays: bulk_create spent more CPU building SQL per field than the rest.
+    table = AuditEvent._meta.db_table
+    sql = f"""
+        INSERT INTO {table} (seq, created_at, actor_kind, actor_id, actor_label, action, object_type,
+            object_id, payload, prev_hash, hash)
+        SELECT q, %s, %s, %s, %s, %s, t, o, p, ph, h
+        FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::jsonb[], %s::text[], %s::text[])
+            AS u(q, t, o, p, ph, h)
+        RETURNING seq, id
+    """  # noqa: S608 - the table name is ours, every value is a parameter
+    # One batch has one actor, action and time (record_many, record_about).
+    first = events[0]
+    params: list[Any] = [
+        first.created_at,
+        first.actor_kind,
+        first.actor_id,
+        first.actor_label,
+        first.action,
+        [e.seq for e in events],
+        [e.object_type for e in events],
+        [e.object_id for e in events],
+        [Jsonb(e.payload) for e in events],
+        [e.prev_hash for e in events],
+        [e.hash for e in events],
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        ids = dict(cursor.fetchall())
+    for event in events:
+        event.pk = ids[event.seq]
+        event._state.adding = False
+        event._state.db = connection.alias
 
 
 def record(
