@@ -146,6 +146,7 @@ def main() -> None:
     result: dict[str, Any] = {
         "bench": "funnel",
         "model": embeddings.model_name(),
+        "precision": "bf16" if embeddings.uses_bf16() else "fp32",
         "cpus": os.cpu_count(),
         "target_recall": args.target_recall,
         "folds": args.folds,

@@ -138,6 +138,12 @@ class FunnelScore:
     def explanation(self) -> str:
         if self.p_violation is None or self.threshold is None:
             return f"funnel passed it on: {self.note}"
+        if not self.cleared and self.p_violation < self.threshold:
+            return (
+                f"p(violation) {self.p_violation:.3f} is below the calibrated threshold "
+                f"{self.threshold:.3f}, "
+                "but the item looks like a prompt-injection attempt: passed on"
+            )
         where = "below" if self.cleared else "at or above"
         return f"p(violation) {self.p_violation:.3f} is {where} the calibrated threshold {self.threshold:.3f}"
 
@@ -181,12 +187,16 @@ def cross_validated_scores(vectors: np.ndarray, labels: np.ndarray, method: str)
 def threshold_for_recall(
     scores: np.ndarray, labels: np.ndarray, target_recall: float
 ) -> tuple[float, float, float]:
-    """The highest threshold that still passes on target_recall of the violations (score >= threshold).
+    """The highest threshold that passes on target_recall of the violations (score >= threshold), with one
+    miss held in reserve.
 
+    A threshold that misses exactly the allowed share of these cross-validated scores meets the target on
+    new items only about half the time: 5-fold on XSTest / DICES-350 it held out 0.975 / 0.977 at a 0.98
+    target; one miss fewer gave 0.980 / 0.989 (clear rates 0.404 -> 0.356 and 0.109 -> 0.074).
     Returns (threshold, measured recall, share of safe examples cleared).
     """
     violating = np.sort(scores[labels == 1])
-    misses_allowed = math.floor((1 - target_recall) * len(violating) + 1e-9)
+    misses_allowed = max(0, math.floor((1 - target_recall) * len(violating) + 1e-9) - 1)
     threshold = float(violating[misses_allowed])
     recall = float((violating >= threshold).mean())
     safe = scores[labels == 0]
@@ -410,7 +420,9 @@ def works_score(works: list[CaseWork], fitted: dict[int, FittedFunnel]) -> list[
         funnel = fitted[work.policy_version_id]
         p = p_violation.get(work.case_id)
         threshold = funnel.threshold
-        cleared = p is not None and threshold is not None and p < threshold
+        # A likely injection attempt goes on to the reasoner (and then a human) whatever its score: the
+        # funnel judges what the text is about, not what it tries to make a model do.
+        cleared = p is not None and threshold is not None and p < threshold and not work.injection_signals
         score = FunnelScore(
             p_violation=p,
             threshold=round(threshold, 4) if threshold is not None else None,

@@ -50,6 +50,7 @@ from moderation.routing import (
     case_route,
     route_appeal,
     route_funnel_cleared,
+    route_injection_guard,
     route_not_triaged,
     triage_needs_escalation,
 )
@@ -132,6 +133,8 @@ class CaseWork:
     policy_text: str
     rule_ids: list[str]
     funnel: funnel.FunnelScore | None = None
+    # moderation.injection's signals on the item: such an item is never cleared without a human.
+    injection_signals: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -284,6 +287,7 @@ def cases_claim_for_triage(*, case_ids: list[int] | None, limit: int) -> list[Ca
             "appeal_of_id",
             "triage_attempts",
             "item__text",
+            "item__injection_signals",
             "policy_version__text",
             "policy_version__rule_ids",
             "policy_version__policy",
@@ -299,6 +303,7 @@ def cases_claim_for_triage(*, case_ids: list[int] | None, limit: int) -> list[Ca
             policy_version_id=c.policy_version_id,
             policy_text=c.policy_version.text,
             rule_ids=list(c.policy_version.rule_ids),
+            injection_signals=tuple(c.item.injection_signals),
         )
         for c in cases
     ]
@@ -436,6 +441,8 @@ def _outcome_update(outcome: CaseOutcome, config: EngineConfig, now: datetime) -
             else f"not triaged: engine error: {outcome.failed}"
         )
         route = route_not_triaged(failure[:200])
+    if work.injection_signals:
+        route = route_injection_guard(route, work.injection_signals)
     if work.is_appeal:
         route = route_appeal(route)
     label: str = verdict.label if verdict is not None else Verdict.UNDETERMINED

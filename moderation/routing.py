@@ -70,6 +70,18 @@ def route_funnel_cleared(policy: Policy, *, case_id: int) -> Route:
     return Route(Case.State.AUTO_CLEARED, 0, "auto-cleared: funnel (below the calibrated threshold)")
 
 
+PRIORITY_INJECTION = 70
+
+
+def route_injection_guard(route: Route, signals: tuple[str, ...]) -> Route:
+    """An item that tries to steer the model is never cleared unseen: if the model (or the funnel) said
+    safe, the case goes to a moderator, QA sample or not. Restrictive outcomes stand."""
+    if route.state == Case.State.AUTO_CLEARED or route.priority == PRIORITY_QA_SAMPLE:
+        reason = f"likely prompt-injection attempt ({', '.join(signals)}): not auto-cleared"
+        return Route(Case.State.QUEUED, PRIORITY_INJECTION, reason[:200])
+    return route
+
+
 PRIORITY_APPEAL = 90
 
 

@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from moderation import services
 from moderation.models import Policy, Source
+from reviews import golden
+from reviews.models import GoldenExample
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "demo"
 DEMO_POLICIES = [
@@ -38,9 +40,20 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        password = options["admin_password"] or secrets.token_urlsafe(12)
+        admin, _ = get_user_model().objects.get_or_create(
+            username="admin", defaults={"is_staff": True, "is_superuser": True}
+        )
+        admin.set_password(password)
+        admin.save()
+
         policies = [self._policy(slug, name, filename) for slug, name, filename in DEMO_POLICIES]
         for slug, name, filename in EXAMPLE_POLICIES:
             self._policy(slug, name, filename)
+        # Before the content arrives, so its first triage already uses them: with these the funnel tier
+        # trains a regression and clears obviously safe posts, and evaluation runs have data.
+        for policy in policies:
+            self._golden_set(policy, admin)
         source = Source.objects.filter(slug=DEMO_SOURCE).first()
         if source is None:
             created = services.source_create(name="Demo forum", slug=DEMO_SOURCE, policies=policies)
@@ -62,14 +75,6 @@ class Command(BaseCommand):
         self.stdout.write(
             f"demo content: {sum(i.created for i in ingested)} new items, {len(ingested)} in all"
         )
-
-        password = options["admin_password"] or secrets.token_urlsafe(12)
-        user_model = get_user_model()
-        admin, _ = user_model.objects.get_or_create(
-            username="admin", defaults={"is_staff": True, "is_superuser": True}
-        )
-        admin.set_password(password)
-        admin.save()
         self.stdout.write(f"login: admin / {password}")
 
     def _policy(self, slug: str, name: str, filename: str) -> Policy:
@@ -79,3 +84,19 @@ class Command(BaseCommand):
                 policy=policy, text=(DEMO_DIR / filename).read_text(), activate=True
             )
         return policy
+
+    def _golden_set(self, policy: Policy, admin: Any) -> None:
+        path = DEMO_DIR / "golden" / f"{policy.slug}.jsonl"
+        if not path.exists() or GoldenExample.objects.filter(policy=policy).exists():
+            return
+        preview = golden.golden_import_preview(policy=policy, name=path.name, data=path.read_bytes())
+        if preview.error or preview.invalid:
+            raise CommandError(f"{path}: {preview.error or preview.invalid[0].error}")
+        imported = golden.golden_import(
+            policy=policy,
+            actor=admin,
+            rows=preview.rows,
+            status=GoldenExample.Status.ACCEPTED,
+            file_name=path.name,
+        )
+        self.stdout.write(f"golden set of {policy.slug}: {len(imported)} accepted examples")
