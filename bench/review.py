@@ -154,7 +154,9 @@ print("BENCH-SETUP " + json.dumps({{
 
 # Case n (= item n) is under version n % 2; its verdict is 'violates' when n % 3 = 0, else 'safe'.
 ITEMS_SQL = """
-INSERT INTO moderation_contentitem (id, source_id, external_id, text, metadata, received_at)
+INSERT INTO moderation_contentitem (
+    id, source_id, external_id, text, metadata, injection_signals, received_at
+)
 SELECT g, %(source)s, 'bench-' || g,
        'Bench post ' || g || ': ' || (ARRAY[
            'Has anyone tried the new library app? Is it any good?',
@@ -166,6 +168,7 @@ SELECT g, %(source)s, 'bench-' || g,
            'Triple your savings in 48 hours, guaranteed! DM me your card number.',
            'My character swears revenge on the dragon in chapter three.'])[1 + g %% 8],
        jsonb_build_object('author', 'u' || (g * 7919) %% 100003),
+       '{}'::varchar[],
        now() - make_interval(secs => (g * 104729) %% 604800)
 FROM generate_series(1::bigint, %(n)s) AS g
 """

@@ -8,7 +8,7 @@ One lock, one head read and one INSERT per call, whatever the number of events.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,6 +185,9 @@ VERIFY_FIELDS = (
 )
 
 
+HASHED_FIELDS = tuple(f for f in VERIFY_FIELDS if f not in {"id", "hash"})
+
+
 def _events_in_chain_order() -> Iterator[tuple[Any, ...]]:
     # A server-side cursor in a transaction (not WITH HOLD): memory stays flat however long the log.
     with transaction.atomic():
@@ -227,3 +230,26 @@ def chain_verify() -> ChainReport:
         verified += 1
         expected_seq, prev_hash = seq + 1, stored
     return ChainReport(verified, expected_seq - 1, prev_hash, None)
+
+
+@dataclass(frozen=True)
+class PageCheck:
+    """What one page of the log proves on its own: each event's content hash, and the links between
+    consecutive events on it. The whole chain is `manage.py verify_audit_log`."""
+
+    checked: int
+    broken: ChainBreak | None
+
+
+def events_check(events: Sequence[AuditEvent]) -> PageCheck:
+    by_seq = {e.seq: e for e in events}
+    for event in sorted(events, key=lambda e: e.seq):
+        computed = chain.event_hash(**{field: getattr(event, field) for field in HASHED_FIELDS})
+        problem = ""
+        if computed != event.hash:
+            problem = "its content does not match its hash (event altered)"
+        elif (previous := by_seq.get(event.seq - 1)) is not None and event.prev_hash != previous.hash:
+            problem = f"it does not link to event {event.seq - 1} (events altered or replaced)"
+        if problem:
+            return PageCheck(len(events), ChainBreak(event.pk, event.seq, problem))
+    return PageCheck(len(events), None)

@@ -9,7 +9,7 @@ from django import forms
 from moderation.models import Case, Confidence, Policy, Verdict
 from reviews.exports import ExportRequest, Format, Kind
 from reviews.models import Decision
-from reviews.selectors import QueueFilters
+from reviews.selectors import AuditFilters, QueueFilters
 
 MAX_SECONDS_SPENT = 24 * 3600
 
@@ -169,3 +169,35 @@ class ExportForm(forms.Form):
 
 class ApiTokenForm(forms.Form):
     name = forms.CharField(max_length=100, help_text="What the token is for, e.g. 'quarterly DSA report'.")
+
+
+class AuditLogFilterForm(forms.Form):
+    action = forms.RegexField(
+        regex=ACTION_NAME,
+        required=False,
+        max_length=64,
+        widget=forms.TextInput(attrs={"placeholder": "case.decided"}),
+        error_messages={"invalid": "Lower-case words joined by dots, e.g. case.decided."},
+    )
+    actor = forms.CharField(
+        required=False,
+        max_length=200,
+        widget=forms.TextInput(attrs={"placeholder": "username, source or system"}),
+    )
+    object_type = forms.CharField(
+        required=False,
+        max_length=64,
+        label="Object",
+        widget=forms.TextInput(attrs={"placeholder": "moderation.case"}),
+    )
+    object_id = forms.CharField(required=False, max_length=64, label="Id")
+    before = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
+
+    def filters(self) -> AuditFilters:
+        data = self.cleaned_data
+        return AuditFilters(
+            action=data.get("action") or "",
+            actor=(data.get("actor") or "").strip(),
+            object_type=(data.get("object_type") or "").strip(),
+            object_id=(data.get("object_id") or "").strip(),
+        )

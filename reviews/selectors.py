@@ -12,7 +12,7 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from moderation.models import Case, Policy, TriageResult
-from reviews.models import CallbackDelivery, Decision, Role
+from reviews.models import AuditEvent, CallbackDelivery, Decision, Role
 
 REVIEWER_ROLES = {Role.MODERATOR, Role.SENIOR_MODERATOR, Role.ADMIN}
 SENIOR_ROLES = {Role.SENIOR_MODERATOR, Role.ADMIN}
@@ -224,3 +224,35 @@ def callback_deliveries_recent(*, limit: int = 200) -> QuerySet[CallbackDelivery
     return CallbackDelivery.objects.select_related("decision__case__item__source").order_by("-created_at")[
         :limit
     ]
+
+
+AUDIT_PAGE_SIZE = 50
+
+
+@dataclass(frozen=True)
+class AuditFilters:
+    action: str = ""
+    actor: str = ""
+    object_type: str = ""
+    object_id: str = ""
+
+
+def audit_events_page(
+    filters: AuditFilters, *, before_seq: int | None
+) -> tuple[list[AuditEvent], int | None]:
+    """Newest first, AUDIT_PAGE_SIZE at a time (keyset on seq); the seq to continue before, if any."""
+    events = AuditEvent.objects.order_by("-seq")
+    if filters.action:
+        events = events.filter(action=filters.action)
+    if filters.actor:
+        events = events.filter(actor_label=filters.actor)
+    if filters.object_type:
+        events = events.filter(object_type=filters.object_type)
+    if filters.object_id:
+        events = events.filter(object_id=filters.object_id)
+    if before_seq is not None:
+        events = events.filter(seq__lt=before_seq)
+    rows = list(events[: AUDIT_PAGE_SIZE + 1])
+    more = len(rows) > AUDIT_PAGE_SIZE
+    rows = rows[:AUDIT_PAGE_SIZE]
+    return rows, rows[-1].seq if more else None

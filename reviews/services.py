@@ -28,6 +28,10 @@ class DecisionRefused(Exception):
     """The case is not this moderator's to decide (lease lost, already decided, wrong role)."""
 
 
+class LeaseLost(DecisionRefused):
+    """The moderator's hold on the case expired (or it was decided meanwhile): offer the next case."""
+
+
 def _waiting_state(case: Case) -> Case.State:
     if case.appeal_of_id is not None:
         return Case.State.APPEALED
@@ -147,7 +151,7 @@ def case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> Decisio
             .first()
         )
         if locked is None:
-            raise DecisionRefused("this case is no longer yours to decide (lease expired or already decided)")
+            raise LeaseLost("this case is no longer yours to decide (lease expired or already decided)")
         if (
             decision.action == Decision.Action.ESCALATE
             and locked.needs_senior
@@ -200,6 +204,13 @@ def case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> Decisio
         Case.objects.filter(pk=locked.pk).update(
             state=Case.State.DECIDED, lease_owner=None, lease_expires_at=None, updated_at=timezone.now()
         )
+        # A QA review only measures agreement: the platform and the golden set already have the outcome.
+        if not is_qa:
+            _golden_candidate_from_decision(locked, made)
+            _qa_review_maybe_open(locked, made)
+            if locked.item.source.callback_url:
+                transaction.on_commit(partial(tasks.callback_enqueue, decision_id=made.pk))
+        # Last: the audit chain's lock is held from here to the commit, and every moderator waits on it.
         audit.record(
             "case.decided",
             actor=moderator,
@@ -213,12 +224,6 @@ def case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> Decisio
                 "agrees_with_reviewed": made.agrees_with_reviewed,
             },
         )
-        # A QA review only measures agreement: the platform and the golden set already have the outcome.
-        if not is_qa:
-            _golden_candidate_from_decision(locked, made)
-            _qa_review_maybe_open(locked, made)
-            if locked.item.source.callback_url:
-                transaction.on_commit(partial(tasks.callback_enqueue, decision_id=made.pk))
     return made
 
 

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
@@ -17,10 +19,10 @@ from django_htmx.middleware import HtmxDetails
 
 from inference_worker.selectors import funnel_calibrations_for_policies
 from moderation.models import Case
-from reviews import exports, metrics, policy_selectors, selectors, services, tokens
+from reviews import audit, exports, metrics, policy_selectors, selectors, services, tokens
 from reviews.api import stream_response
-from reviews.forms import ApiTokenForm, DecisionForm, ExportForm, QueueFilterForm
-from reviews.services import DecisionIn, DecisionRefused
+from reviews.forms import ApiTokenForm, AuditLogFilterForm, DecisionForm, ExportForm, QueueFilterForm
+from reviews.services import DecisionIn, DecisionRefused, LeaseLost
 
 
 class AuthedRequest(HttpRequest):
@@ -231,8 +233,6 @@ def case_decide(request: AuthedRequest, case_id: int) -> HttpResponse:
         pk=case_id,
     )
     form = DecisionForm(request.POST, case=case)
-    if not selectors.cases_claimed_by(request.user).filter(pk=case.pk).exists():
-        return _decision_refused(request, case, form, LEASE_LOST)
     if not form.is_valid():
         return _decision_form_invalid(request, case, form, status=400)
     try:
@@ -247,6 +247,8 @@ def case_decide(request: AuthedRequest, case_id: int) -> HttpResponse:
                 seconds_spent=form.seconds_spent(),
             ),
         )
+    except LeaseLost:
+        return _decision_refused(request, case, form, LEASE_LOST)
     except DecisionRefused as exc:
         return _decision_refused(request, case, form, f"Not recorded: {exc}.")
     return _claim_next_and_go(request)
@@ -282,6 +284,7 @@ def metrics_page(request: AuthedRequest) -> HttpResponse:
     context = {
         "metrics": metrics.metrics_compute(policies),
         "funnel_calibrations": funnel_calibrations_for_policies(policies.order_by("name")),
+        "engine_configured": bool(settings.SAFEGUARD_BASE_URL),
     }
     return _page(request, "reviews/metrics.html", context)
 
@@ -323,6 +326,29 @@ def _audit_page(
 def audit_page(request: AuthedRequest) -> HttpResponse:
     _auditor_required(request)
     return _audit_page(request)
+
+
+@require_GET
+@login_required
+def audit_log(request: AuthedRequest) -> HttpResponse:
+    _auditor_required(request)
+    form = AuditLogFilterForm(request.GET)
+    if not form.is_valid():
+        context = {"form": form, "rows": [], "check": None, "older_query": ""}
+        return _page(request, "reviews/audit_log.html", context, status=400)
+    filters = form.filters()
+    events, older_than = selectors.audit_events_page(filters, before_seq=form.cleaned_data["before"])
+    older_query = ""
+    if older_than is not None:
+        older_query = urlencode({**{k: v for k, v in vars(filters).items() if v}, "before": older_than})
+    context = {
+        "form": form,
+        "rows": [(e, json.dumps(e.payload, indent=2, ensure_ascii=False, sort_keys=True)) for e in events],
+        "check": audit.events_check(events),
+        "filtered": any(vars(filters).values()),
+        "older_query": older_query,
+    }
+    return _page(request, "reviews/audit_log.html", context)
 
 
 @require_GET

@@ -153,6 +153,7 @@ RULES: dict[str, Rule] = {
     "reviews:callbacks": page("GET", frozenset({"admin"})),
     # Auditors: the export page and their API tokens.
     "reviews:audit": page("GET", AUDITORS),
+    "reviews:audit_log": page("GET", AUDITORS),
     "reviews:audit_export": page("GET", AUDITORS, kind="events", format="csv"),  # streams the events as CSV
     "reviews:api_token_create": page("POST", AUDITORS, name="matrix"),  # the page, showing the token once
     "reviews:api_token_revoke": page("POST", AUDITORS, ok=302),  # back to the audit page

@@ -24,6 +24,10 @@ def test_an_auditor_makes_a_token_and_downloads_the_audit_log(tab: Tab, policy: 
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()
     page.get_by_role("link", name="Audit").click()
+    expect(page).to_have_url(tab.url("/audit/log/"))
+    expect(page.locator("#chain-check")).to_contain_text("match their hashes and link to each other")
+    expect(page.get_by_role("cell", name="user.login")).to_be_visible()
+    page.get_by_role("link", name="Exports and API tokens").click()
     expect(page).to_have_url(tab.url("/audit/"))
 
     page.get_by_label("Token name").fill("quarterly report")

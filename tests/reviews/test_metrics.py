@@ -114,3 +114,15 @@ def test_it_shows_a_moderator_only_their_queues(outsider: User, queued_cases: Ca
 
 def test_it_refuses_metrics_to_a_user_without_a_role(db: None) -> None:
     assert logged_in(user_create("nobody")).get("/metrics/").status_code == 403
+
+
+def test_with_nothing_to_show_yet_it_says_so_instead_of_drawing_empty_charts(
+    admin: User, settings: Any
+) -> None:
+    settings.SAFEGUARD_BASE_URL = ""
+    text = text_of(logged_in(admin).get("/metrics/").content)
+    assert "No decisions in the last 24 hours." in text
+    assert (
+        "No calls to the reasoning engine in the last 24 hours: none is configured (SAFEGUARD_BASE_URL)."
+        in text
+    )
