@@ -21,6 +21,36 @@ TOO_LONG_TOKENS = 1500
 _HEADING = re.compile(r"^#{1,6}[ \t]+(?P<title>.+?)[ \t]*#*[ \t]*$", re.MULTILINE)
 
 
+# A new policy's first draft: the recommended structure with placeholders to replace.
+POLICY_OUTLINE = """# {name}
+
+## Instructions
+Decide whether the content violates this policy. Judge the content itself, not the person. Read the
+definitions and criteria, cite the rule ids that apply, and answer only with the JSON object described in
+the Output section.
+
+## Definitions
+- Term: what it means in this policy.
+
+## Criteria
+- R1: The first kind of content this policy does not allow.
+- R2: The second kind.
+
+Not a violation: content that looks close to the rules but is allowed (quoting to report, news, fiction).
+
+## Examples
+- "An example that breaks R1" -> violation, R1
+- "An example that breaks R2" -> violation, R2
+- "A close call that is allowed" -> no violation
+- "An ordinary post" -> no violation
+
+## Output
+Answer with one JSON object and nothing else:
+{{"violation": 0 or 1, "policy_category": "a short category" or null, "rule_ids": ["R1"],
+ "confidence": "low" or "medium" or "high", "rationale": "one or two sentences"}}
+"""
+
+
 @dataclass(frozen=True)
 class PolicyLint:
     token_count: int

@@ -10,7 +10,7 @@ from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import User
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 from psycopg.types.json import Jsonb
@@ -293,6 +293,59 @@ def policy_draft_create(*, policy: Policy, author: User, text: str | None = None
         payload={"policy": policy.slug, "number": number, "content_hash": version.content_hash},
     )
     return version
+
+
+class PolicyRefused(Exception):
+    """The policy cannot be created or changed as asked (e.g. its slug is taken)."""
+
+
+def policy_create(*, name: str, slug: str, description: str, text: str, author: User) -> PolicyVersion:
+    """A new policy and its first draft (v1). Sources send it content once they are linked to it."""
+    try:
+        with transaction.atomic():
+            policy = Policy.objects.create(name=name, slug=slug, description=description)
+            audit.record("policy.created", actor=author, obj=policy, payload={"slug": slug, "name": name})
+            return policy_draft_create(policy=policy, author=author, text=text)
+    except IntegrityError as exc:
+        raise PolicyRefused(f"a policy with the slug {slug!r} already exists") from exc
+
+
+# What the policy team may change on a policy (not its text: that is versioned).
+POLICY_SETTINGS = (
+    "name",
+    "description",
+    "auto_action_violations",
+    "auto_clear_min_confidence",
+    "escalate_below_confidence",
+    "qa_sample_rate",
+    "activation_tolerance",
+    "funnel_target_recall",
+)
+
+
+@transaction.atomic
+def policy_settings_update(
+    *, policy: Policy, actor: User, settings: dict[str, Any], sources: Sequence[Source]
+) -> list[str]:
+    """Apply routing and gate settings and the linked sources; audit what changed. New triage uses them at
+    once; cases already judged keep their route. Returns the names of the changed settings."""
+    locked = Policy.objects.select_for_update().get(pk=policy.pk)
+    changes: dict[str, list[Any]] = {}
+    for name in POLICY_SETTINGS:
+        if name in settings and getattr(locked, name) != settings[name]:
+            changes[name] = [getattr(locked, name), settings[name]]
+            setattr(locked, name, settings[name])
+    if changes:
+        locked.save(update_fields=list(changes))
+    before = sorted(locked.sources.values_list("slug", flat=True))
+    after = sorted(s.slug for s in sources)
+    if before != after:
+        locked.sources.set(sources)
+        changes["sources"] = [before, after]
+    if changes:
+        audit.record("policy.settings_changed", actor=actor, obj=locked, payload={"changes": changes})
+    policy.refresh_from_db()
+    return list(changes)
 
 
 @transaction.atomic

@@ -4,7 +4,8 @@ A run copies its examples (text, expected label, rule ids) into result rows when
 curation never changes it. It runs in Celery (``reviews.evaluation_run``): up to SAFEGUARD_MAX_IN_FLIGHT
 requests in flight on an asyncio loop in a helper thread, results saved in batches on the task's thread
 (the only one that touches the database). A re-delivered task resumes: only pending rows are judged.
-The activation gate (``activation_gate``) reads finished runs.
+A policy editor may cancel a queued or running run: the worker notices at its next save and stops the
+requests still in flight. The activation gate (``activation_gate``) reads finished runs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import hashlib
 import json
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -54,7 +55,7 @@ EFFORTS = ("low", "medium", "high")
 
 
 class EvaluationRefused(Exception):
-    """The run cannot be made (no engine, nothing to judge)."""
+    """The run cannot be made (no engine, nothing to judge), or cancelled (it is over)."""
 
 
 @dataclass(frozen=True)
@@ -241,16 +242,25 @@ async def _item_judge(
 
 def _outcomes_stream(
     requests: list[tuple[int, EngineRequest]], config: EngineConfig, rule_ids: Sequence[str]
-) -> Iterator[list[ItemOutcome]]:
-    """Judge everything on an asyncio loop in a helper thread; yield outcomes in batches as they land."""
+) -> Generator[list[ItemOutcome]]:
+    """Judge everything on an asyncio loop in a helper thread; yield outcomes in batches as they land.
+
+    Closing the generator early (a cancelled run) cancels the requests still queued or in flight.
+    """
     landed: queue.Queue[ItemOutcome | BaseException | None] = queue.Queue()
+    running: list[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = []
+    stop = threading.Event()
 
     async def judge_all() -> None:
         transport = transport_build(config.transport, config.base_url, config.api_key)
         limit = asyncio.Semaphore(config.max_in_flight)
+        task = asyncio.current_task()
+        assert task is not None
+        running.append((asyncio.get_running_loop(), task))
 
         async def one(result_id: int, request: EngineRequest) -> None:
-            landed.put(await _item_judge(transport, session, limit, config, result_id, request, rule_ids))
+            if not stop.is_set():  # the stop may come before the task could be cancelled
+                landed.put(await _item_judge(transport, session, limit, config, result_id, request, rule_ids))
 
         async with engine_session(
             timeout_seconds=config.timeout_seconds, max_connections=config.max_in_flight + 8
@@ -268,26 +278,31 @@ def _outcomes_stream(
     thread = threading.Thread(target=run_loop, name="evaluation-run", daemon=True)
     thread.start()
     finished = False
-    while not finished:
-        batch: list[ItemOutcome] = []
-        item = landed.get()
-        while True:
-            if item is None:
-                finished = True
-                break
-            if isinstance(item, BaseException):
-                thread.join()
-                raise item
-            batch.append(item)
-            if len(batch) >= SAVE_BATCH:
-                break
-            try:
-                item = landed.get_nowait()
-            except queue.Empty:
-                break
-        if batch:
-            yield batch
-    thread.join()
+    try:
+        while not finished:
+            batch: list[ItemOutcome] = []
+            item = landed.get()
+            while True:
+                if item is None:
+                    finished = True
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                batch.append(item)
+                if len(batch) >= SAVE_BATCH:
+                    break
+                try:
+                    item = landed.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                yield batch
+    finally:
+        if not finished:
+            stop.set()
+            for loop, task in running:
+                loop.call_soon_threadsafe(task.cancel)
+        thread.join()
 
 
 def _run_claim(run_id: int) -> bool:
@@ -318,7 +333,8 @@ def evaluation_runs_stuck() -> list[int]:
     )
 
 
-def _outcomes_save(run: EvaluationRun, outcomes: list[ItemOutcome]) -> None:
+def _outcomes_save(run: EvaluationRun, outcomes: list[ItemOutcome]) -> bool:
+    """Save a batch; False when the run was cancelled meanwhile (what landed is kept)."""
     rows = {r.pk: r for r in EvaluationResult.objects.filter(pk__in=[o.result_id for o in outcomes])}
     for outcome in outcomes:
         row = rows[outcome.result_id]
@@ -360,21 +376,25 @@ def _outcomes_save(run: EvaluationRun, outcomes: list[ItemOutcome]) -> None:
                 "error",
             ],
         )
-        _run_counters_update(run)
+        return _run_counters_update(run)
 
 
-def _run_counters_update(run: EvaluationRun) -> None:
+def _run_counters_update(run: EvaluationRun) -> bool:
+    """Counters and heartbeat; False when the run is no longer running (cancelled meanwhile)."""
     counts = run.results.aggregate(
         done=Count("id", filter=Q(status=EvaluationResult.Status.DONE)),
         failed=Count("id", filter=Q(status=EvaluationResult.Status.FAILED)),
     )
-    EvaluationRun.objects.filter(pk=run.pk).update(
-        done=counts["done"], failed=counts["failed"], heartbeat_at=timezone.now()
+    EvaluationRun.objects.filter(pk=run.pk).update(done=counts["done"], failed=counts["failed"])
+    still_running = EvaluationRun.objects.filter(pk=run.pk, status=EvaluationRun.Status.RUNNING).update(
+        heartbeat_at=timezone.now()
     )
+    return still_running == 1
 
 
 def evaluation_run_execute(*, run_id: int, config: EngineConfig | None = None) -> EvaluationRun | None:
-    """Judge the run's pending items and finish it; None when another worker has it or it is done."""
+    """Judge the run's pending items and finish it; None when another worker has it, it is over, or it
+    was cancelled while it ran."""
     if not _run_claim(run_id):
         return None
     run = EvaluationRun.objects.select_related("policy", "policy_version").get(pk=run_id)
@@ -398,13 +418,22 @@ def evaluation_run_execute(*, run_id: int, config: EngineConfig | None = None) -
         for row in pending.only("id", "text")
     ]
     if requests:
-        for batch in _outcomes_stream(requests, config, rule_ids):
-            _outcomes_save(run, batch)
+        stream = _outcomes_stream(requests, config, rule_ids)
+        for batch in stream:
+            if not _outcomes_save(run, batch):
+                stream.close()
+                return None
     return _run_end(run, status=EvaluationRun.Status.FINISHED)
 
 
-def _run_end(run: EvaluationRun, *, status: str, error: str = "") -> EvaluationRun:
+def _run_end(run: EvaluationRun, *, status: str, error: str = "") -> EvaluationRun | None:
     with transaction.atomic():
+        # Locked, so a cancel either lands before (and wins) or waits for the run to be over.
+        running = EvaluationRun.objects.select_for_update().filter(
+            pk=run.pk, status=EvaluationRun.Status.RUNNING
+        )
+        if not list(running.values_list("pk", flat=True)):
+            return None
         _run_counters_update(run)
         run.refresh_from_db()
         run.metrics = run_metrics(run) if status == EvaluationRun.Status.FINISHED else {}
@@ -423,6 +452,24 @@ def _run_end(run: EvaluationRun, *, status: str, error: str = "") -> EvaluationR
                 "failed": run.failed,
                 **{k: run.metrics.get(k) for k in ("accuracy", "precision", "recall", "f1", "kappa")},
             },
+        )
+    return run
+
+
+def evaluation_run_cancel(*, run: EvaluationRun, actor: User) -> EvaluationRun:
+    """Stop a queued or running run. Judged items stay; the run never counts for the activation gate."""
+    with transaction.atomic():
+        cancelled = EvaluationRun.objects.filter(
+            pk=run.pk, status__in=[EvaluationRun.Status.QUEUED, EvaluationRun.Status.RUNNING]
+        ).update(status=EvaluationRun.Status.CANCELLED, cancelled_by=actor, finished_at=timezone.now())
+        run.refresh_from_db()
+        if not cancelled:
+            raise EvaluationRefused(f"run #{run.pk} is already {run.status}")
+        audit.record(
+            "evaluation.cancelled",
+            actor=actor,
+            obj=run,
+            payload={"policy": run.policy.slug, "done": run.done, "failed": run.failed, "total": run.total},
         )
     return run
 

@@ -3,9 +3,11 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.utils.text import slugify
 
-from moderation.models import Policy, PolicyVersion
-from moderation.services import POLICY_TEXT_MAX_CHARS
+from moderation.models import Policy, PolicyVersion, Source
+from moderation.policy_lint import POLICY_OUTLINE
+from moderation.services import POLICY_SETTINGS, POLICY_TEXT_MAX_CHARS
 from reviews.evaluations import EFFORTS
 from reviews.golden import GoldenFilters
 from reviews.models import Decision, GoldenExample
@@ -17,6 +19,94 @@ class DraftForm(forms.Form):
         strip=False,
         widget=forms.Textarea(attrs={"rows": 28, "spellcheck": "true", "class": "policy-text"}),
     )
+
+
+OUTLINE = "outline"
+
+
+class PolicyCreateForm(forms.Form):
+    name = forms.CharField(max_length=200)
+    slug = forms.SlugField(
+        max_length=100,
+        required=False,
+        help_text="Used in URLs, exports and the API; made from the name when left empty.",
+    )
+    description = forms.CharField(required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}))
+    start_from = forms.ChoiceField(label="First draft", choices=[])
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        copies = [
+            (v.policy.slug, f"a copy of {v.policy.name} (v{v.number}, active)")
+            for v in PolicyVersion.objects.filter(status=PolicyVersion.Status.ACTIVE)
+            .select_related("policy")
+            .order_by("policy__name")
+        ]
+        start_from = self.fields["start_from"]
+        assert isinstance(start_from, forms.ChoiceField)
+        start_from.choices = [(OUTLINE, "the recommended outline, to fill in"), *copies]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if "slug" in cleaned and cleaned.get("name"):
+            slug = cleaned["slug"] or slugify(cleaned["name"])[:100]
+            if not slug:
+                self.add_error("slug", "The name has no letters or digits to make a slug from: choose one.")
+            elif Policy.objects.filter(slug=slug).exists():
+                self.add_error("slug", f"A policy with the slug {slug!r} already exists.")
+            cleaned["slug"] = slug
+        return cleaned
+
+    def first_draft_text(self) -> str:
+        name, start_from = self.cleaned_data["name"], self.cleaned_data["start_from"]
+        if start_from == OUTLINE:
+            return POLICY_OUTLINE.format(name=name)
+        active = PolicyVersion.objects.get(policy__slug=start_from, status=PolicyVersion.Status.ACTIVE)
+        return active.text
+
+
+class PolicySettingsForm(forms.ModelForm):
+    qa_sample_rate = forms.FloatField(
+        min_value=0.0,
+        max_value=1.0,
+        label="QA sample rate",
+        help_text="Share of auto-cleared items that still go to a human (0 to 1).",
+    )
+    activation_tolerance = forms.FloatField(
+        min_value=0.0,
+        max_value=1.0,
+        help_text="How far F1 or accuracy on the golden set may drop below the active version's before "
+        "activating a new version needs an override (0 to 1).",
+    )
+    sources = forms.ModelMultipleChoiceField(
+        queryset=Source.objects.order_by("name"),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Platforms whose new items are judged under this policy.",
+    )
+
+    class Meta:
+        model = Policy
+        fields = list(POLICY_SETTINGS)
+        widgets = {"description": forms.Textarea(attrs={"rows": 2})}
+        labels = {
+            "auto_action_violations": "Act on violations without a human",
+            "auto_clear_min_confidence": "Auto-clear from confidence",
+            "escalate_below_confidence": "Escalate below confidence",
+            "funnel_target_recall": "Funnel target recall",
+        }
+        help_texts = {
+            "auto_action_violations": "Off (recommended): every violation goes to a moderator.",
+            "auto_clear_min_confidence": "Safe verdicts at least this confident are cleared without a human.",
+        }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["sources"].initial = list(self.instance.sources.all())
+
+    def settings(self) -> dict[str, Any]:
+        return {name: self.cleaned_data[name] for name in POLICY_SETTINGS}
 
 
 class ActivateForm(forms.Form):

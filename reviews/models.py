@@ -176,6 +176,7 @@ class EvaluationRun(models.Model):
         RUNNING = "running"
         FINISHED = "finished"
         FAILED = "failed"
+        CANCELLED = "cancelled"
 
     class Dataset(models.TextChoices):
         GOLDEN = "golden"
@@ -196,13 +197,16 @@ class EvaluationRun(models.Model):
     transport = models.CharField(max_length=16)
     model = models.CharField(max_length=200)
     effort = models.CharField(max_length=8)
-    status = models.CharField(max_length=8, choices=Status.choices, default=Status.QUEUED)
+    status = models.CharField(max_length=9, choices=Status.choices, default=Status.QUEUED)
     total = models.PositiveIntegerField(default=0)
     done = models.PositiveIntegerField(default=0)
     failed = models.PositiveIntegerField(default=0)
     metrics = models.JSONField(default=dict, blank=True)
     error = models.CharField(max_length=500, blank=True)
     created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    cancelled_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     created_at = models.DateTimeField(auto_now_add=True)
@@ -215,7 +219,7 @@ class EvaluationRun(models.Model):
 
     @property
     def is_finished(self) -> bool:
-        return self.status in (self.Status.FINISHED, self.Status.FAILED)
+        return self.status in (self.Status.FINISHED, self.Status.FAILED, self.Status.CANCELLED)
 
     @property
     def progress_percent(self) -> int:

@@ -45,6 +45,7 @@ def policy_overview(policy: Policy) -> dict[str, Any]:
     }
     return {
         "policy": policy,
+        "sources": list(policy.sources.order_by("name").values_list("name", flat=True)),
         "versions": versions,
         "active": next((v for v in versions if v.status == PolicyVersion.Status.ACTIVE), None),
         "runs": runs,

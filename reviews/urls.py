@@ -18,7 +18,9 @@ urlpatterns = [
     path("metrics/", views.metrics_page, name="metrics"),
     path("callbacks/", views.callbacks_page, name="callbacks"),
     path("policies/", views_policies.policies_list, name="policies"),
+    path("policies/new", views_policies.policy_create, name="policy_create"),
     path("policies/<slug:slug>/", views_policies.policy_detail, name="policy_detail"),
+    path("policies/<slug:slug>/settings", views_policies.policy_settings, name="policy_settings"),
     path("policies/<slug:slug>/drafts", views_policies.policy_draft_new, name="policy_draft_new"),
     path("policies/<slug:slug>/diff", views_policies.policy_diff, name="policy_diff"),
     path("policies/<slug:slug>/v<int:number>/", views_policies.policy_version, name="policy_version"),
@@ -54,6 +56,7 @@ urlpatterns = [
     path(
         "runs/<int:run_id>/progress", views_policies.evaluation_run_progress, name="evaluation_run_progress"
     ),
+    path("runs/<int:run_id>/cancel", views_policies.evaluation_run_cancel, name="evaluation_run_cancel"),
     path("audit/", views.audit_page, name="audit"),
     path("audit/log/", views.audit_log, name="audit_log"),
     path("audit/export", views.audit_export, name="audit_export"),

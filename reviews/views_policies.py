@@ -27,6 +27,8 @@ from reviews.forms_policies import (
     GoldenFilterForm,
     GoldenImportConfirmForm,
     GoldenImportForm,
+    PolicyCreateForm,
+    PolicySettingsForm,
     RunForm,
 )
 from reviews.models import EvaluationRun, GoldenExample
@@ -70,6 +72,54 @@ def policies_list(request: AuthedRequest) -> HttpResponse:
         for p in policies
     ]
     return _page(request, "reviews/policies/list.html", {"rows": rows})
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def policy_create(request: AuthedRequest) -> HttpResponse:
+    """A new policy: its name and slug, and a first draft from the outline or a copy of another policy."""
+    _policy_editor_required(request)
+    form = PolicyCreateForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            draft = moderation.policy_create(
+                name=form.cleaned_data["name"],
+                slug=form.cleaned_data["slug"],
+                description=form.cleaned_data["description"],
+                text=form.first_draft_text(),
+                author=request.user,
+            )
+        except moderation.PolicyRefused as exc:
+            form.add_error("slug", str(exc))
+        else:
+            messages.success(
+                request,
+                f"Policy {draft.policy.name} created with draft v1. Link it to a source in its settings "
+                "once a version is active.",
+            )
+            return _redirect(request, reverse("reviews:policy_version", args=[draft.policy.slug, 1]))
+    status = 400 if form.is_bound else 200
+    return _page(request, "reviews/policies/new.html", {"form": form}, status=status)
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def policy_settings(request: AuthedRequest, slug: str) -> HttpResponse:
+    """Routing, QA, the activation tolerance, the funnel's target recall and the linked sources."""
+    policy = _policy(request, slug)
+    # The form works on its own copy: a refused POST must not change what the page header shows.
+    form = PolicySettingsForm(request.POST or None, instance=Policy.objects.get(pk=policy.pk))
+    if request.method == "POST" and form.is_valid():
+        changed = moderation.policy_settings_update(
+            policy=policy, actor=request.user, settings=form.settings(), sources=form.cleaned_data["sources"]
+        )
+        messages.success(
+            request,
+            f"Saved: {', '.join(c.replace('_', ' ') for c in changed)}." if changed else "No changes.",
+        )
+        return _redirect(request, reverse("reviews:policy_detail", args=[policy.slug]))
+    status = 400 if form.is_bound else 200
+    return _page(request, "reviews/policies/settings.html", {"policy": policy, "form": form}, status=status)
 
 
 def _policy_page(
@@ -442,6 +492,19 @@ def evaluation_run_progress(request: AuthedRequest, run_id: int) -> HttpResponse
     run = _run(request, run_id)
     status = HTMX_STOP_POLLING if run.is_finished else 200
     return render(request, "reviews/policies/run.html#run-body", _run_context(run), status=status)
+
+
+@require_POST
+@login_required
+def evaluation_run_cancel(request: AuthedRequest, run_id: int) -> HttpResponse:
+    run = _run(request, run_id)
+    try:
+        evaluations.evaluation_run_cancel(run=run, actor=request.user)
+    except evaluations.EvaluationRefused as exc:
+        context = {**_run_context(run), "error": f"Not cancelled: {exc}."}
+        return _page(request, "reviews/policies/run.html", context, status=409)
+    messages.success(request, f"Run #{run.pk} cancelled.")
+    return _redirect(request, reverse("reviews:evaluation_run", args=[run.pk]))
 
 
 @require_GET

@@ -175,6 +175,9 @@ RULES: dict[str, Rule] = {
     "reviews:evaluation_runs_compare": page("GET", POLICY_EDITORS, ok=404),  # no runs chosen
     "reviews:evaluation_run": page("GET", POLICY_EDITORS),
     "reviews:evaluation_run_progress": page("GET", POLICY_EDITORS),
+    "reviews:evaluation_run_cancel": page("POST", POLICY_EDITORS, ok=302),  # back to the cancelled run
+    "reviews:policy_create": page("GET", POLICY_EDITORS),
+    "reviews:policy_settings": page("GET", POLICY_EDITORS),
     # The ingestion API.
     "api:openapi-json": everyone("GET", 200),
     "api:api-root": everyone("GET", 404),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
+import time
 from datetime import timedelta
 from io import StringIO
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.utils import timezone
 
 from inference_worker.services import EngineConfig
@@ -286,3 +289,77 @@ def test_the_golden_set_hash_from_stored_hashes_matches_the_hash_of_a_snapshot(p
     assert evaluations.golden_set_hash_now(Policy.objects.create(slug="e", name="E")) == (
         evaluations.EMPTY_GOLDEN_SET_HASH
     )
+
+
+def test_a_cancelled_queued_run_is_never_judged(
+    policy: Policy,
+    active_version: PolicyVersion,
+    engine_config: EngineConfig,
+    engine_simulator: EngineSimulator,
+    policy_editor: User,
+) -> None:
+    golden_set_small(policy)
+    run = evaluations.evaluation_run_create(
+        version=active_version, actor=None, config=engine_config, enqueue=False
+    )
+    evaluations.evaluation_run_cancel(run=run, actor=policy_editor)
+    assert run.status == EvaluationRun.Status.CANCELLED and run.cancelled_by == policy_editor
+    assert run.finished_at is not None
+    assert evaluations.evaluation_run_execute(run_id=run.pk, config=engine_config) is None
+    assert engine_simulator.stats.requests_total == 0
+    assert evaluations.evaluation_runs_stuck() == []
+    with pytest.raises(evaluations.EvaluationRefused, match="already cancelled"):
+        evaluations.evaluation_run_cancel(run=run, actor=policy_editor)
+    event = AuditEvent.objects.get(action="evaluation.cancelled")
+    assert event.actor_label == policy_editor.username and event.payload["total"] == 4
+
+
+def test_a_finished_run_cannot_be_cancelled(
+    policy: Policy, active_version: PolicyVersion, engine_config: EngineConfig, policy_editor: User
+) -> None:
+    golden_set_small(policy)
+    run = run_now(active_version, engine_config)
+    with pytest.raises(evaluations.EvaluationRefused, match="already finished"):
+        evaluations.evaluation_run_cancel(run=run, actor=policy_editor)
+    run.refresh_from_db()
+    assert run.status == EvaluationRun.Status.FINISHED and run.cancelled_by is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancelling_a_running_run_stops_its_requests_and_keeps_what_was_judged(
+    policy: Policy,
+    active_version: PolicyVersion,
+    engine_config: EngineConfig,
+    engine_simulator: EngineSimulator,
+    policy_editor: User,
+) -> None:
+    for n in range(40):
+        golden_accepted(policy, f"example {n}", "safe")
+    engine_simulator.latency = 0.25
+    config = dataclasses.replace(engine_config, max_in_flight=2)
+    run = evaluations.evaluation_run_create(version=active_version, actor=None, config=config, enqueue=False)
+    returned: list[EvaluationRun | None] = []
+
+    def work() -> None:
+        try:
+            returned.append(evaluations.evaluation_run_execute(run_id=run.pk, config=config))
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    deadline = time.monotonic() + 30
+    while EvaluationRun.objects.get(pk=run.pk).done < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    evaluations.evaluation_run_cancel(run=run, actor=policy_editor)
+    worker.join(timeout=30)
+    assert not worker.is_alive() and returned == [None]
+    requests_at_stop = engine_simulator.stats.requests_total
+    time.sleep(0.6)  # longer than a request: nothing was left running behind the worker's back
+    assert engine_simulator.stats.requests_total == requests_at_stop < 40
+    run.refresh_from_db()
+    assert run.status == EvaluationRun.Status.CANCELLED and run.metrics == {}
+    judged = run.results.filter(status=EvaluationResult.Status.DONE).count()
+    assert 2 <= judged < 40 and run.results.filter(status=EvaluationResult.Status.PENDING).exists()
+    actions = AuditEvent.objects.filter(object_type="reviews.evaluationrun", object_id=str(run.pk))
+    assert sorted(actions.values_list("action", flat=True)) == ["evaluation.cancelled", "evaluation.started"]

@@ -30,6 +30,11 @@ PAGES = [
     ("post", "/policies/spam/runs"),
     ("post", "/policies/spam/v1/activate"),
     ("get", "/runs/compare?a=1&b=1"),
+    ("post", "/runs/1/cancel"),
+    ("get", "/policies/new"),
+    ("post", "/policies/new"),
+    ("get", "/policies/spam/settings"),
+    ("post", "/policies/spam/settings"),
 ]
 
 
@@ -189,6 +194,49 @@ def test_the_progress_partial_polls_until_the_run_ends_then_answers_286_with_the
     assert 'value="5"' in body and "hx-trigger" not in body
     assert "Confusion matrix" in body and "<details>" in body
     assert "<img src=x" not in body and "&lt;img src=x onerror=alert(1)&gt;" in body
+
+
+def test_a_policy_editor_cancels_a_queued_run_from_its_page_and_polling_stops(
+    editor_client: Client, policy: Policy, active_version: PolicyVersion, engine_config: EngineConfig
+) -> None:
+    golden_set_small(policy)
+    run = evaluations.evaluation_run_create(
+        version=active_version, actor=None, config=engine_config, enqueue=False
+    )
+    page = editor_client.get(f"/runs/{run.pk}/").content.decode()
+    assert f'action="/runs/{run.pk}/cancel"' in page and "Cancel run" in page
+    assert editor_client.get(f"/runs/{run.pk}/cancel").status_code == 405
+    response = editor_client.post(f"/runs/{run.pk}/cancel", follow=True)
+    body = response.content.decode()
+    assert response.redirect_chain == [(f"/runs/{run.pk}/", 302)]
+    assert f"Run #{run.pk} cancelled." in body and "Cancelled by pete" in body
+    assert "Cancel run" not in body
+    polled = editor_client.get(f"/runs/{run.pk}/progress", headers={"HX-Request": "true"})
+    assert polled.status_code == 286 and "hx-trigger" not in polled.content.decode()
+    again = editor_client.post(f"/runs/{run.pk}/cancel")
+    assert (
+        again.status_code == 409
+        and f"Not cancelled: run #{run.pk} is already cancelled." in again.content.decode()
+    )
+
+
+@pytest.mark.parametrize("persona", ["moderator", "auditor"])
+def test_only_the_policy_team_cancels_runs(
+    client: Client,
+    request: pytest.FixtureRequest,
+    persona: str,
+    policy: Policy,
+    active_version: PolicyVersion,
+    engine_config: EngineConfig,
+) -> None:
+    golden_set_small(policy)
+    run = evaluations.evaluation_run_create(
+        version=active_version, actor=None, config=engine_config, enqueue=False
+    )
+    client.force_login(request.getfixturevalue(persona))
+    assert client.post(f"/runs/{run.pk}/cancel").status_code == 403
+    run.refresh_from_db()
+    assert run.status == EvaluationRun.Status.QUEUED
 
 
 def test_the_comparison_page_shows_deltas_and_flipped_items(
