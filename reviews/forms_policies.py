@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.utils.text import slugify
 
 from moderation.models import Policy, PolicyVersion, Source
@@ -104,8 +105,22 @@ class PolicySettingsForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         if self.instance.pk:
             self.fields["sources"].initial = list(self.instance.sources.all())
+        self.fields["funnel_target_recall"].help_text = (
+            "Share of violations the funnel tier must pass on to the reasoner or a human (0.5 to 1); empty: "
+            f"the deployment's default, {settings.SAFEGUARD_FUNNEL_TARGET_RECALL}."
+        )
 
-    def settings(self) -> dict[str, Any]:
+    FIELDSETS = (
+        ("Policy", ("name", "description")),
+        ("Routing", ("auto_action_violations", "auto_clear_min_confidence", "escalate_below_confidence")),
+        ("Quality", ("qa_sample_rate", "activation_tolerance", "funnel_target_recall")),
+        ("Content", ("sources",)),
+    )
+
+    def fieldsets(self) -> list[tuple[str, list[forms.BoundField]]]:
+        return [(title, [self[name] for name in names]) for title, names in self.FIELDSETS]
+
+    def policy_settings(self) -> dict[str, Any]:
         return {name: self.cleaned_data[name] for name in POLICY_SETTINGS}
 
 

@@ -85,4 +85,6 @@ def version_diff(a: PolicyVersion, b: PolicyVersion) -> list[DiffRow]:
 
 
 def run_results(run: EvaluationRun) -> list[EvaluationResult]:
-    return list(run.results.order_by("position")[:RESULTS_SHOWN])
+    """The judged items (a cancelled run leaves some unjudged), first RESULTS_SHOWN."""
+    judged = run.results.exclude(status=EvaluationResult.Status.PENDING)
+    return list(judged.order_by("position")[:RESULTS_SHOWN])

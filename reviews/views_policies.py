@@ -111,7 +111,10 @@ def policy_settings(request: AuthedRequest, slug: str) -> HttpResponse:
     form = PolicySettingsForm(request.POST or None, instance=Policy.objects.get(pk=policy.pk))
     if request.method == "POST" and form.is_valid():
         changed = moderation.policy_settings_update(
-            policy=policy, actor=request.user, settings=form.settings(), sources=form.cleaned_data["sources"]
+            policy=policy,
+            actor=request.user,
+            settings=form.policy_settings(),
+            sources=form.cleaned_data["sources"],
         )
         messages.success(
             request,
