@@ -24,8 +24,8 @@ What it does, in order:
                 clients' requests; decisions/s here is the machine's capacity: the headline decisions/s.
    Only requests that start after the warm-up and end inside the window are counted;
 4. checks that nothing was handed out twice (client side and in PostgreSQL's audit log and decisions),
-   stops gunicorn, then runs diagnostics: the claim query's EXPLAIN ANALYZE as it stands after the
-   run, the SQL statements one claim-next and one decide request send, moderation_case's table stats.
+   stops gunicorn, then runs diagnostics: EXPLAIN ANALYZE of the claim query and of the held-case check
+   after the run, the SQL statements one claim-next and one decide request send, moderation_case's stats.
 
 Latencies are client-side wall times on loopback: request sent until the (unfollowed) redirect arrives.
 
@@ -615,9 +615,9 @@ def checks(clients: list[ClientResult]) -> dict[str, Any]:
 
 # --- diagnostics -------------------------------------------------------------------------------------
 
-# Runs inside `manage.py shell -c` after the checks, as a fresh moderator of its own: the claim query
-# exactly as reviews.services.case_claim_next builds it (EXPLAIN ANALYZE in a rolled-back transaction),
-# and the SQL statements one claim-next and one decide request cost.
+# Runs inside `manage.py shell -c` after the checks, as a fresh moderator of its own: the claim query and
+# the held-case check exactly as reviews.services.case_claim_next builds them (EXPLAIN ANALYZE in a
+# rolled-back transaction), and the SQL statements one claim-next and one decide request cost.
 DIAGNOSTICS_CODE = """
 import json
 from django.contrib.auth.models import Group, User
@@ -636,12 +636,18 @@ with CaptureQueriesContext(connection) as claim:
         services.case_claim_next(moderator=user)
         transaction.set_rollback(True)
 claim_sql = next((q["sql"] for q in claim.captured_queries if "SKIP LOCKED" in q["sql"]), "")
-plan = {{}}
-if claim_sql:
+# The held-case check every claim and decide makes first (reviews.selectors.cases_claimed_by).
+held_sql = next((q["sql"] for q in claim.captured_queries
+                 if '"lease_owner_id" =' in q["sql"] and "SKIP LOCKED" not in q["sql"]), "")
+
+def explained(sql):
+    if not sql:
+        return {{}}
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + claim_sql)
-        plan = cursor.fetchone()[0][0]
+        cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql)
+        found = cursor.fetchone()[0][0]
         transaction.set_rollback(True)
+    return found
 
 def buffers(node):
     own = node.get("Shared Hit Blocks", 0) + node.get("Shared Read Blocks", 0)
@@ -675,12 +681,16 @@ with connection.cursor() as cursor:
                       "last_autovacuum"], cursor.fetchone()))
     cursor.execute("SELECT pg_relation_size('case_queue_idx') / 8192")
     table["case_queue_idx_pages"] = cursor.fetchone()[0]
-print("BENCH-DIAG " + json.dumps({{
-    "claim_query": {{
+def summary(plan):
+    return {{
         "planning_ms": plan.get("Planning Time"),
         "execution_ms": plan.get("Execution Time"),
         "scans": scans(plan.get("Plan", {{}})),
-    }},
+    }}
+
+print("BENCH-DIAG " + json.dumps({{
+    "claim_query": summary(explained(claim_sql)),
+    "held_case_query": summary(explained(held_sql)),
     "statements_per_request": counts,
     "moderation_case": table,
 }}))

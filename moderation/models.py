@@ -261,6 +261,13 @@ class Case(models.Model):
                 condition=Q(state__in=["pending_triage", "triaging"]),
             ),
             models.Index(fields=["lease_expires_at"], name="case_lease_idx", condition=Q(state="claimed")),
+            # A moderator's held case (every decide and claim asks). Without it PostgreSQL took case_lease_idx
+            # and checked the holder on every claimed row: O(moderators online) heap reads per request.
+            models.Index(
+                fields=["lease_owner", "lease_expires_at"],
+                name="case_holder_idx",
+                condition=Q(state="claimed"),
+            ),
         ]
 
     def __str__(self) -> str:
