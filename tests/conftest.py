@@ -43,15 +43,6 @@ def redis_test_db() -> redis.Redis:
     return client
 
 
-@pytest.fixture(autouse=True)
-def static_storage_plain(settings: Any) -> None:
-    """Pages render without a collectstatic manifest (production serves the hashed, compressed one)."""
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }
-
-
 @pytest.fixture
 def policy(db: None) -> Policy:
     policy = Policy.objects.create(slug="spam", name="Spam")

@@ -103,7 +103,10 @@ class _Process:
 def manage_env(**extra: str) -> dict[str, str]:
     """The environment of the stack's processes: the test's database and Redis db, production settings."""
     return django_env(
-        database=connection.settings_dict["NAME"], redis_url=settings.REDIS_URL, pool_max=4, **extra
+        database=connection.settings_dict["NAME"],
+        redis_url=settings.REDIS_URL,
+        pool_max=4,
+        **{"STATIC_MANIFEST": "1", **extra},  # as production serves static files (pytest's env turns it off)
     )
 
 
