@@ -89,35 +89,14 @@ class DecisionForm(forms.Form):
 ACTION_NAME = r"^[a-z_]+(\.[a-z_]+)*$"
 
 
-class ExportForm(forms.Form):
-    """What to export; the same checks serve the audit page and the export API."""
+class TimeRangeForm(forms.Form):
+    """A half-open time range [since, until), compared in UTC."""
 
-    kind = forms.ChoiceField(choices=Kind.choices, initial=Kind.EVENTS)
-    format = forms.ChoiceField(choices=Format.choices, initial=Format.CSV)
     since = forms.DateTimeField(
         required=False, label="From", widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
     )
     until = forms.DateTimeField(
         required=False, label="Until (excluded)", widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
-    )
-    policy = forms.ModelChoiceField(
-        queryset=Policy.objects.order_by("slug"),
-        to_field_name="slug",
-        required=False,
-        empty_label="All policies",
-    )
-    actor = forms.CharField(
-        required=False, max_length=200, help_text="A username, a source's slug, or 'system'."
-    )
-    action = forms.RegexField(
-        regex=ACTION_NAME,
-        required=False,
-        max_length=64,
-        help_text="Events: e.g. case.decided. Decisions: confirm, overturn or escalate.",
-        error_messages={"invalid": "Lower-case words joined by dots, e.g. case.decided."},
-    )
-    include_reasoning = forms.BooleanField(
-        required=False, label="Include the model's chain of thought (decisions)"
     )
 
     def _clean_instant(self, name: str) -> datetime | None:
@@ -141,6 +120,36 @@ class ExportForm(forms.Form):
         since, until = data.get("since"), data.get("until")
         if since and until and since >= until:
             self.add_error("until", "Must be later than the start of the range.")
+        return data
+
+
+class ExportForm(TimeRangeForm):
+    """What to export; the same checks serve the audit page and the export API."""
+
+    kind = forms.ChoiceField(choices=Kind.choices, initial=Kind.EVENTS)
+    format = forms.ChoiceField(choices=Format.choices, initial=Format.CSV)
+    policy = forms.ModelChoiceField(
+        queryset=Policy.objects.order_by("slug"),
+        to_field_name="slug",
+        required=False,
+        empty_label="All policies",
+    )
+    actor = forms.CharField(
+        required=False, max_length=200, help_text="A username, a source's slug, or 'system'."
+    )
+    action = forms.RegexField(
+        regex=ACTION_NAME,
+        required=False,
+        max_length=64,
+        help_text="Events: e.g. case.decided. Decisions: confirm, overturn or escalate.",
+        error_messages={"invalid": "Lower-case words joined by dots, e.g. case.decided."},
+    )
+    include_reasoning = forms.BooleanField(
+        required=False, label="Include the model's chain of thought (decisions)"
+    )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
         kind = data.get("kind")
         if kind == Kind.STATEMENTS:
             if data.get("format") == Format.CSV:
@@ -171,7 +180,7 @@ class ApiTokenForm(forms.Form):
     name = forms.CharField(max_length=100, help_text="What the token is for, e.g. 'quarterly DSA report'.")
 
 
-class AuditLogFilterForm(forms.Form):
+class AuditLogFilterForm(TimeRangeForm):
     action = forms.RegexField(
         regex=ACTION_NAME,
         required=False,
@@ -200,4 +209,6 @@ class AuditLogFilterForm(forms.Form):
             actor=(data.get("actor") or "").strip(),
             object_type=(data.get("object_type") or "").strip(),
             object_id=(data.get("object_id") or "").strip(),
+            since=data.get("since"),
+            until=data.get("until"),
         )

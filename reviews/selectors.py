@@ -235,6 +235,8 @@ class AuditFilters:
     actor: str = ""
     object_type: str = ""
     object_id: str = ""
+    since: datetime | None = None
+    until: datetime | None = None
 
 
 def audit_events_page(
@@ -250,6 +252,10 @@ def audit_events_page(
         events = events.filter(object_type=filters.object_type)
     if filters.object_id:
         events = events.filter(object_id=filters.object_id)
+    if filters.since:
+        events = events.filter(created_at__gte=filters.since)
+    if filters.until:
+        events = events.filter(created_at__lt=filters.until)
     if before_seq is not None:
         events = events.filter(seq__lt=before_seq)
     rows = list(events[: AUDIT_PAGE_SIZE + 1])

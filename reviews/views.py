@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -340,7 +341,8 @@ def audit_log(request: AuthedRequest) -> HttpResponse:
     events, older_than = selectors.audit_events_page(filters, before_seq=form.cleaned_data["before"])
     older_query = ""
     if older_than is not None:
-        older_query = urlencode({**{k: v for k, v in vars(filters).items() if v}, "before": older_than})
+        kept = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in vars(filters).items() if v}
+        older_query = urlencode({**kept, "before": older_than})
     context = {
         "form": form,
         "rows": [(e, json.dumps(e.payload, indent=2, ensure_ascii=False, sort_keys=True)) for e in events],

@@ -7,6 +7,7 @@ import re
 
 from django.contrib.auth.models import User
 from django.test import Client
+from django.utils import timezone
 
 from moderation.models import Policy
 from reviews import audit
@@ -62,6 +63,23 @@ def test_it_filters_by_action_actor_and_object(auditor: User, policy: Policy) ->
     assert len(seqs(html)) == 3
     _, html = get(client, action="nothing.here")
     assert "No events match these filters." in html
+
+
+def test_it_filters_by_a_time_range_and_keeps_it_on_older_pages(auditor: User, policy: Policy) -> None:
+    client = logged_in(auditor)
+    events_record(policy, 3)
+    middle = timezone.now()
+    events_record(policy, AUDIT_PAGE_SIZE + 2)
+    _, html = get(client, action="test.event", until=middle.isoformat())
+    assert len(seqs(html)) == 3
+    _, html = get(client, action="test.event", since=middle.isoformat())
+    assert len(seqs(html)) == AUDIT_PAGE_SIZE
+    older = re.search(r'href="\?([^"]+)">Older events', html)
+    assert older is not None and "since=" in older.group(1)
+    older_page = client.get("/audit/log/?" + older.group(1).replace("&amp;", "&")).content.decode()
+    assert len(seqs(older_page)) == 2  # not the 3 events before the range
+    status, html = get(client, since=middle.isoformat(), until=middle.isoformat())
+    assert status == 400 and "Must be later than the start of the range." in html
 
 
 def test_an_altered_event_is_called_out_on_the_page(auditor: User, policy: Policy) -> None:
