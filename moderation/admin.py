@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin
+from django.db import models
 
 from moderation.models import Policy, PolicyVersion, Source
 
@@ -11,6 +13,7 @@ class SourceAdmin(admin.ModelAdmin[Source]):
     readonly_fields = ("api_key_id",)
     exclude = ("api_key_hash", "hmac_secret")
     filter_horizontal = ("policies",)
+    formfield_overrides = {models.URLField: {"form_class": forms.URLField, "assume_scheme": "https"}}
 
 
 class PolicyVersionInline(admin.TabularInline[PolicyVersion, Policy]):
@@ -26,5 +29,17 @@ class PolicyVersionInline(admin.TabularInline[PolicyVersion, Policy]):
 
 @admin.register(Policy)
 class PolicyAdmin(admin.ModelAdmin[Policy]):
+    """Shown only: policies are created and their settings changed on the policy team's pages, which validate
+    and audit every change (/policies/new, /policies/<slug>/settings)."""
+
     list_display = ("name", "slug", "auto_action_violations", "auto_clear_min_confidence", "qa_sample_rate")
     inlines = (PolicyVersionInline,)
+
+    def has_add_permission(self, request: object) -> bool:
+        return False
+
+    def has_change_permission(self, request: object, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: object, obj: object = None) -> bool:
+        return False

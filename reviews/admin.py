@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin
+from django.db import models
 
 from reviews.models import ApiToken, CallbackDelivery, GoldenExample, QueueGrant, StatementOfReasonsMapping
 
@@ -28,6 +30,7 @@ class GoldenExampleAdmin(admin.ModelAdmin[GoldenExample]):
 class CallbackDeliveryAdmin(admin.ModelAdmin[CallbackDelivery]):
     list_display = ("decision", "attempt", "succeeded", "status_code", "error", "created_at")
     list_filter = ("succeeded",)
+    formfield_overrides = {models.URLField: {"form_class": forms.URLField, "assume_scheme": "https"}}
 
     # Written by the delivery task only: the record of what the platform was told cannot be forged or erased.
     def has_add_permission(self, request: object) -> bool:
@@ -46,6 +49,7 @@ class StatementOfReasonsMappingAdmin(admin.ModelAdmin[StatementOfReasonsMapping]
 
     list_display = ("policy", "decision_ground", "category", "source_type")
     list_filter = ("decision_ground", "category")
+    formfield_overrides = {models.URLField: {"form_class": forms.URLField, "assume_scheme": "https"}}
 
 
 @admin.register(ApiToken)

@@ -213,6 +213,9 @@ RULES["admin:reviews_callbackdelivery_add"] = staff_only(ok=403)
 RULES["admin:reviews_callbackdelivery_delete"] = staff_only(ok=403)
 # Golden examples are curated (and audited) on the policy pages; the admin only shows them.
 RULES["admin:reviews_goldenexample_add"] = staff_only(ok=403)
+# Policies are created and changed on the policy team's pages (validated, audited); the admin only shows them.
+RULES["admin:moderation_policy_add"] = staff_only(ok=403)
+RULES["admin:moderation_policy_delete"] = staff_only(ok=403)
 # API tokens are made (and shown once) by their owner on the audit page.
 RULES["admin:reviews_apitoken_add"] = staff_only(ok=403)
 
