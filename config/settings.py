@@ -60,6 +60,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "config.middleware.SessionIdleTimeoutMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -145,6 +146,9 @@ SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", SECURE_HSTS_SECONDS > 0)
+# Logged out after this long without a request of the user's own; polling (lease renewal, queue counters)
+# does not count (config/middleware.py). 0: off. Sessions still end SESSION_COOKIE_AGE after the last write.
+SESSION_IDLE_TIMEOUT_SECONDS = env_int("SESSION_IDLE_TIMEOUT_SECONDS", 2 * 60 * 60)
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_TLS_PROXY") else None
 
@@ -160,6 +164,11 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = INGEST_MAX_BODY_BYTES
 # Celery: Redis carries messages only; Postgres is the source of truth.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
 # kombu's Redis transport, except that a worker survives Redis going away (config/broker.py).
+# Metadata is shown to moderators on every case page: keys counted across all levels, nesting (never more than
+# 32 whatever this says), and the size of its compact UTF-8 JSON.
+INGEST_METADATA_MAX_KEYS = env_int("INGEST_METADATA_MAX_KEYS", 100)
+INGEST_METADATA_MAX_DEPTH = env_int("INGEST_METADATA_MAX_DEPTH", 8)
+INGEST_METADATA_MAX_BYTES = env_int("INGEST_METADATA_MAX_BYTES", 16 * 1024)
 CELERY_BROKER_TRANSPORT = "config.broker:Transport"
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

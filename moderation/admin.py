@@ -5,10 +5,13 @@ from django.contrib import admin
 from django.db import models
 
 from moderation.models import Policy, PolicyVersion, Source
+from reviews.admin_audit import AuditedModelAdmin
 
 
 @admin.register(Source)
-class SourceAdmin(admin.ModelAdmin[Source]):
+class SourceAdmin(AuditedModelAdmin[Source]):
+    """Every change (callback URL, signature requirement, budget, active, policies) is an audit event."""
+
     list_display = ("name", "slug", "is_active", "require_signature", "rate_limit_per_minute", "callback_url")
     readonly_fields = ("api_key_id",)
     exclude = ("api_key_hash", "hmac_secret")

@@ -187,7 +187,9 @@ def bad_items(request: HttpRequest, exc: _BadItems) -> HttpResponse:
 def items_create(request: HttpRequest) -> HttpResponse | dict[str, Any]:
     source: Source = request.auth  # type: ignore[attr-defined]
     items = _items_parse(request.body)
-    limit = source_rate_limit_take(source, len(items))
+    # Re-sent items are answered from what is stored and cost nothing: only new ones spend the budget.
+    stored = selectors.items_of_source(source).filter(external_id__in=[i.external_id for i in items]).count()
+    limit = source_rate_limit_take(source, len(items) - stored)
     if not limit.allowed:
         response = _error_response(request, 429, "rate limit exceeded for this source; retry later")
         response["Retry-After"] = str(limit.retry_after_seconds)

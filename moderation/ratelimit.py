@@ -22,7 +22,7 @@ class RateLimitVerdict:
 
 def source_rate_limit_take(source: Source, items: int) -> RateLimitVerdict:
     """Take `items` from the source's per-minute budget (fixed window); refused batches take nothing."""
-    if source.rate_limit_per_minute == 0:
+    if items <= 0 or source.rate_limit_per_minute == 0:
         return RateLimitVerdict(allowed=True, retry_after_seconds=0)
     now = time.time()
     window = int(now // WINDOW_SECONDS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from datetime import datetime
@@ -24,16 +25,20 @@ def _storable_text(value: str) -> str:
     return value
 
 
+# A hard ceiling whatever INGEST_METADATA_MAX_DEPTH says: the walk and the page stay bounded.
 METADATA_MAX_DEPTH = 32
 
 
-def _storable_json(value: Any) -> None:
-    """Walked without recursion: metadata nested a thousand levels deep must be a 400, not a crash."""
+def _storable_json(value: Any, *, max_depth: int = METADATA_MAX_DEPTH, max_keys: int | None = None) -> None:
+    """Walked without recursion: metadata nested a thousand levels deep must be a 400, not a crash. Keys are
+    counted across all levels and the walk stops at the first one over `max_keys`."""
+    max_depth = min(max_depth, METADATA_MAX_DEPTH)
+    keys = 0
     pending: list[tuple[Any, str, int]] = [(value, "", 0)]
     while pending:
         item, path, depth = pending.pop()
-        if depth > METADATA_MAX_DEPTH:
-            raise ValueError(f"{path}: nested deeper than {METADATA_MAX_DEPTH} levels")
+        if depth > max_depth:
+            raise ValueError(f"{path}: nested deeper than {max_depth} levels")
         if isinstance(item, str):
             try:
                 _storable_text(item)
@@ -42,6 +47,9 @@ def _storable_json(value: Any) -> None:
         elif isinstance(item, float) and not math.isfinite(item):
             raise ValueError(f"{path or 'value'}: NaN and infinite numbers are not JSON")
         elif isinstance(item, dict):
+            keys += len(item)
+            if max_keys is not None and keys > max_keys:
+                raise ValueError(f"has more than {max_keys} keys (counted across all levels)")
             for key, child in item.items():
                 where = f"{path}.{key}" if path else str(key)
                 try:
@@ -54,7 +62,20 @@ def _storable_json(value: Any) -> None:
 
 
 def _storable_metadata(value: dict[str, Any]) -> dict[str, Any]:
-    _storable_json(value)
+    _storable_json(
+        value, max_depth=settings.INGEST_METADATA_MAX_DEPTH, max_keys=settings.INGEST_METADATA_MAX_KEYS
+    )
+    # Keys and depth are bounded by now, so this costs at most the body the request was allowed to send.
+    size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+    if size > settings.INGEST_METADATA_MAX_BYTES:
+        raise ValueError(f"is larger than {settings.INGEST_METADATA_MAX_BYTES} bytes as JSON ({size})")
+    return value
+
+
+def _reachable_external_id(value: str) -> str:
+    # Clients and proxies normalise /items/. and /items/.. away: such an item could never be read back.
+    if value in {".", ".."}:
+        raise ValueError("external_id must not be '.' or '..'")
     return value
 
 
@@ -83,10 +104,11 @@ class ItemIn(Schema):
         },
     )
 
-    external_id: StorableStr = Field(
+    external_id: Annotated[StorableStr, AfterValidator(_reachable_external_id)] = Field(
         pattern=EXTERNAL_ID_PATTERN,
-        description="Your id for the item: 1-255 characters, no '/' or control characters. "
+        description="Your id for the item: 1-255 characters, no '/' or control characters, not '.' or '..'. "
         "Re-sending an id is idempotent.",
+        json_schema_extra={"not": {"enum": [".", ".."]}},
     )
     text: StorableStr | None = Field(
         default=None,
@@ -97,7 +119,11 @@ class ItemIn(Schema):
         default=None, min_length=1, max_length=500, description="A chat transcript, instead of text."
     )
     metadata: Annotated[dict[str, Any], AfterValidator(_storable_metadata)] = Field(
-        default_factory=dict, description="Anything JSON; shown to moderators."
+        default_factory=dict,
+        description="Anything JSON; shown to moderators. At most "
+        f"{settings.INGEST_METADATA_MAX_KEYS} keys counted across all levels, "
+        f"{min(settings.INGEST_METADATA_MAX_DEPTH, METADATA_MAX_DEPTH)} levels deep and "
+        f"{settings.INGEST_METADATA_MAX_BYTES} bytes as compact UTF-8 JSON.",
     )
 
     @field_validator("text")

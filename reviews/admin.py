@@ -4,17 +4,20 @@ from django import forms
 from django.contrib import admin
 from django.db import models
 
+from reviews.admin_audit import AuditedModelAdmin  # also registers the audited User and Group admins
 from reviews.models import ApiToken, CallbackDelivery, GoldenExample, QueueGrant, StatementOfReasonsMapping
 
 
 @admin.register(QueueGrant)
-class QueueGrantAdmin(admin.ModelAdmin[QueueGrant]):
+class QueueGrantAdmin(AuditedModelAdmin[QueueGrant]):
+    audit_name = "queue_grant"
     list_display = ("user", "policy", "created_at")
     list_filter = ("policy",)
 
 
 @admin.register(GoldenExample)
-class GoldenExampleAdmin(admin.ModelAdmin[GoldenExample]):
+class GoldenExampleAdmin(AuditedModelAdmin[GoldenExample]):
+    audit_name = "golden"  # only deletes are possible here
     list_display = ("policy", "expected_label", "origin", "status", "created_at")
     list_filter = ("policy", "status", "origin")
 
@@ -44,8 +47,10 @@ class CallbackDeliveryAdmin(admin.ModelAdmin[CallbackDelivery]):
 
 
 @admin.register(StatementOfReasonsMapping)
-class StatementOfReasonsMappingAdmin(admin.ModelAdmin[StatementOfReasonsMapping]):
+class StatementOfReasonsMappingAdmin(AuditedModelAdmin[StatementOfReasonsMapping]):
     """How each policy's restricting decisions read in the DSA statements-of-reasons export."""
+
+    audit_name = "statement_mapping"
 
     list_display = ("policy", "decision_ground", "category", "source_type")
     list_filter = ("decision_ground", "category")
@@ -53,8 +58,10 @@ class StatementOfReasonsMappingAdmin(admin.ModelAdmin[StatementOfReasonsMapping]
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin[ApiToken]):
+class ApiTokenAdmin(AuditedModelAdmin[ApiToken]):
     """Tokens are made by their owner on the audit page; here an admin can only see and revoke them."""
+
+    audit_name = "api_token"
 
     list_display = ("name", "user", "key_id", "created_at", "last_used_at", "revoked_at")
     list_filter = ("revoked_at",)

@@ -57,6 +57,18 @@ def cases_reviewable_by(user: User) -> QuerySet[Case]:
     return Case.objects.filter(policy_version__policy__in=policies_reviewable_by(user))
 
 
+def cases_viewable_by(user: User) -> QuerySet[Case]:
+    """The cases whose page the user may open: those of their queues, except that a QA second review is
+    blind. While they hold one, every other case of its item (the one it double-checks, and any whose
+    history would show that decision) is hidden from them until they have decided."""
+    held_reviews = Case.objects.filter(
+        state=Case.State.CLAIMED, lease_owner=user, lease_expires_at__gt=timezone.now(), qa_of__isnull=False
+    )
+    return cases_reviewable_by(user).filter(
+        ~Q(item_id__in=held_reviews.values("item_id")) | Q(pk__in=held_reviews.values("pk"))
+    )
+
+
 def case_states_claimable_by(user: User) -> list[str]:
     """Escalations and appeals wait for senior moderators."""
     if user_is_senior(user):
@@ -129,14 +141,30 @@ def cursor_encode(case: Case) -> str:
 
 
 CURSOR_PATTERN = re.compile(r"^(-?\d+)_(\d+\.\d+)_(\d+)$")
+# Case.priority is a smallint and ids are bigints: a cursor outside these never came from cursor_encode.
+PRIORITY_RANGE = range(-(2**15), 2**15)
+CASE_ID_RANGE = range(1, 2**63)
+
+
+class CursorOutOfRange(ValueError):
+    """A well-formed cursor whose numbers no case can have (the view answers 400)."""
 
 
 def cursor_decode(cursor: str) -> tuple[int, datetime, int] | None:
+    """None for no or a malformed cursor (the first page); CursorOutOfRange for impossible numbers."""
     match = CURSOR_PATTERN.match(cursor)
     if match is None:
         return None
-    priority, stamp, pk = match.groups()
-    return int(priority), datetime.fromtimestamp(float(stamp), tz=UTC), int(pk)
+    raw_priority, raw_stamp, raw_pk = match.groups()
+    try:
+        # int() refuses runs of over 4,300 digits (ValueError); fromtimestamp years past 9999 (Overflow/OS).
+        priority, pk = int(raw_priority), int(raw_pk)
+        stamp = datetime.fromtimestamp(float(raw_stamp), tz=UTC)
+    except (OverflowError, OSError, ValueError) as exc:
+        raise CursorOutOfRange("the queue cursor is out of range") from exc
+    if priority not in PRIORITY_RANGE or pk not in CASE_ID_RANGE:
+        raise CursorOutOfRange("the queue cursor is out of range")
+    return priority, stamp, pk
 
 
 def queue_counts(user: User) -> list[dict[str, Any]]:
@@ -177,15 +205,17 @@ def policy_lines(text: str, rule_ids: list[str], cited: list[str]) -> list[Polic
     return lines
 
 
-def case_detail(case: Case) -> dict[str, Any]:
-    """Everything the case view shows: the verdict and its reasoning, the policy, the item's history."""
+def case_detail(case: Case, viewer: User) -> dict[str, Any]:
+    """Everything the case view shows: the verdict and its reasoning, the policy, the item's history (the
+    cases of it the viewer may open: their queues only, and none while the case is their blind review)."""
     # A QA review shows the engine results of the case it double-checks.
     results = list(TriageResult.objects.filter(case_id=case.qa_of_id or case.pk).order_by("created_at", "id"))
     judged = [r for r in results if not r.error]
     latest = judged[-1] if judged else (results[-1] if results else None)
     version = case.policy_version
     history = (
-        Case.objects.filter(item_id=case.item_id)
+        cases_viewable_by(viewer)
+        .filter(item_id=case.item_id)
         .exclude(pk=case.pk)
         .select_related("policy_version__policy")
         .prefetch_related("decisions__moderator")

@@ -85,10 +85,11 @@ def case_claim_next(
 
 
 def case_lease_renew(*, case: Case, moderator: User) -> bool:
-    expires = timezone.now() + timedelta(minutes=LEASE_MINUTES)
-    renewed = Case.objects.filter(pk=case.pk, state=Case.State.CLAIMED, lease_owner=moderator).update(
-        lease_expires_at=expires, updated_at=timezone.now()
-    )
+    """Extend a lease that still runs: one that ran out is lost, whether or not the sweep freed it yet."""
+    now = timezone.now()
+    renewed = Case.objects.filter(
+        pk=case.pk, state=Case.State.CLAIMED, lease_owner=moderator, lease_expires_at__gt=now
+    ).update(lease_expires_at=now + timedelta(minutes=LEASE_MINUTES), updated_at=now)
     return renewed == 1
 
 
@@ -147,7 +148,13 @@ def case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> Decisio
         locked = (
             Case.objects.select_for_update(of=("self",))
             .select_related("item__source", "policy_version__policy")
-            .filter(pk=case.pk, state=Case.State.CLAIMED, lease_owner=moderator)
+            .filter(
+                pk=case.pk,
+                state=Case.State.CLAIMED,
+                lease_owner=moderator,
+                # A lease that ran out is lost even before the sweep frees it.
+                lease_expires_at__gt=timezone.now(),
+            )
             .first()
         )
         if locked is None:

@@ -10,7 +10,13 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseBase,
+    HttpResponseRedirect,
+)
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.cache import patch_vary_headers
@@ -18,6 +24,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
 
+from config.middleware import session_passive
 from inference_worker.selectors import funnel_calibrations_for_policies
 from moderation.models import Case
 from reviews import audit, exports, metrics, policy_selectors, selectors, services, tokens
@@ -87,7 +94,10 @@ def queue(request: AuthedRequest) -> HttpResponse:
     user = request.user
     form = QueueFilterForm(request.GET or None, policies=selectors.policies_reviewable_by(user))
     filters = form.filters() if form.is_valid() else selectors.QueueFilters()
-    page = selectors.queue_page(user, filters, cursor=request.GET.get("after", ""))
+    try:
+        page = selectors.queue_page(user, filters, cursor=request.GET.get("after", ""))
+    except selectors.CursorOutOfRange as exc:
+        return HttpResponseBadRequest(f"{exc}; start again from the first page of the queue.")
     context = {
         "form": form,
         "page": page,
@@ -110,6 +120,7 @@ def _query_without_cursor(request: AuthedRequest) -> str:
     return query.urlencode()
 
 
+@session_passive  # polled every 10 s by the queue page
 @require_GET
 @login_required
 def queue_counts(request: AuthedRequest) -> HttpResponse:
@@ -143,7 +154,7 @@ def case_next(request: AuthedRequest) -> HttpResponse:
 def case_detail(request: AuthedRequest, case_id: int) -> HttpResponse:
     _reviewer_required(request)
     case = get_object_or_404(
-        selectors.cases_reviewable_by(request.user).select_related(
+        selectors.cases_viewable_by(request.user).select_related(
             "item__source", "policy_version__policy", "lease_owner"
         ),
         pk=case_id,
@@ -161,7 +172,7 @@ def _case_page(
     notice: str = "",
 ) -> HttpResponse:
     context: dict[str, Any] = {
-        **selectors.case_detail(case),
+        **selectors.case_detail(case, request.user),
         "mine": form is not None,
         "form": form,
         "notice": notice,
@@ -206,7 +217,7 @@ def _decision_form_invalid(
             status=status,
         )
     full = get_object_or_404(
-        selectors.cases_reviewable_by(request.user).select_related(
+        selectors.cases_viewable_by(request.user).select_related(
             "item__source", "policy_version__policy", "lease_owner"
         ),
         pk=case.pk,
@@ -230,7 +241,7 @@ def case_decide(request: AuthedRequest, case_id: int) -> HttpResponse:
     _reviewer_required(request)
     # Any case the moderator may see: one whose hold they lost gets a 409 that says so, not a 404.
     case = get_object_or_404(
-        selectors.cases_reviewable_by(request.user).select_related("policy_version"),
+        selectors.cases_viewable_by(request.user).select_related("policy_version"),
         pk=case_id,
     )
     form = DecisionForm(request.POST, case=case)
@@ -266,6 +277,7 @@ def case_skip(request: AuthedRequest, case_id: int) -> HttpResponse:
     return _claim_next_and_go(request)
 
 
+@session_passive  # polled by the case page: an open tab is not activity
 @require_POST
 @login_required
 def case_renew(request: AuthedRequest, case_id: int) -> HttpResponse:

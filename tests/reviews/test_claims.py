@@ -314,3 +314,40 @@ def test_a_double_click_on_next_case_claims_one_case(policy: Policy) -> None:
     assert not errors, errors
     assert len(set(handed)) == 1, "one moderator ended up holding several cases"
     assert Case.objects.filter(state=Case.State.CLAIMED).count() == 1
+
+
+# Issue 14: a lease that ran out is lost at once, not when the sweep gets to it -------------------------
+
+
+def test_it_refuses_to_renew_an_expired_lease_the_sweep_has_not_freed_yet(
+    moderator: User, queued_cases: CasesFactory
+) -> None:
+    [case] = queued_cases()
+    services.case_claim_next(moderator=moderator)
+    ran_out = timezone.now() - timedelta(seconds=1)
+    Case.objects.filter(pk=case.pk).update(lease_expires_at=ran_out)
+
+    response = logged_in(moderator).post(f"/cases/{case.pk}/renew")
+
+    assert response.status_code == 409
+    case.refresh_from_db()
+    assert case.lease_expires_at == ran_out
+    assert services.leases_expire() == 1  # still the sweep's to free
+
+
+def test_it_refuses_a_decision_on_an_expired_lease_the_sweep_has_not_freed_yet(
+    moderator: User, queued_cases: CasesFactory
+) -> None:
+    [case] = queued_cases()
+    services.case_claim_next(moderator=moderator)
+    Case.objects.filter(pk=case.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+
+    response = logged_in(moderator).post(f"/cases/{case.pk}/decide", {"action": "confirm"})
+
+    assert response.status_code == 409
+    assert b"no longer yours" in response.content
+    assert not Decision.objects.exists()
+    with pytest.raises(services.LeaseLost):
+        services.case_decide(
+            case=case, moderator=moderator, decision=DecisionIn(action=Decision.Action.CONFIRM)
+        )

@@ -143,3 +143,29 @@ def test_it_lets_an_admin_review_every_queue_without_a_grant(admin: User, queued
     client = logged_in(admin)
     assert case_ids_in(client.get("/queue/").content) == [case.pk]
     assert client.post("/queue/next")["Location"] == f"/cases/{case.pk}/"
+
+
+def test_the_item_history_shows_only_cases_of_granted_policies(
+    moderator: User, queued_cases: CasesFactory, source: Any
+) -> None:
+    """Issue 14: another policy's decision on the same item, and who made it, are not the viewer's to see."""
+    from moderation import services as moderation_services
+    from moderation.models import Policy
+    from tests.conftest import POLICY_TEXT
+    from tests.reviews.helpers import user_create
+
+    [case] = queued_cases()
+    secret = Policy.objects.create(slug="secret-team", name="Secret team")
+    version = moderation_services.policy_version_create(policy=secret, text=POLICY_TEXT, activate=True)
+    hidden_moderator = user_create("hank", Role.MODERATOR, grants=[secret])
+    other = Case.objects.create(item=case.item, policy_version=version, state=Case.State.DECIDED)
+    Decision.objects.create(
+        case=other, moderator=hidden_moderator, action=Decision.Action.OVERTURN, final_label="safe"
+    )
+
+    page = logged_in(moderator).get(f"/cases/{case.pk}/").content.decode()
+    seen_by_hank = logged_in(hidden_moderator).get(f"/cases/{other.pk}/").content.decode()
+
+    assert f"/cases/{other.pk}/" not in page
+    assert "hank" not in page and "Secret team" not in page
+    assert f"/cases/{case.pk}/" not in seen_by_hank  # and the other way round

@@ -178,3 +178,27 @@ def test_it_hides_the_first_decision_from_the_second_reviewer_until_they_decide(
     )
     page = logged_in(other_moderator).get(f"/cases/{qa_case.pk}/").content.decode()
     assert f"safe by {moderator.get_username()}" in page
+
+
+# Issue 14: the second review stays blind even to a reviewer who types the original's URL ------------------
+
+
+def test_the_blind_reviewer_cannot_open_the_case_they_double_check(
+    sampled_policy: Policy, moderator: User, other_moderator: User, queued_cases: CasesFactory
+) -> None:
+    [case] = queued_cases(verdict="violates")
+    decide(moderator, DecisionIn(action=Decision.Action.OVERTURN, final_label="safe", note="satire, fine"))
+    client = logged_in(other_moderator)
+    assert client.get(f"/cases/{case.pk}/").status_code == 200  # before claiming the review: any case
+    qa_case = Case.objects.get(qa_of=case)
+    assert client.post("/queue/next")["Location"] == f"/cases/{qa_case.pk}/"
+
+    original = client.get(f"/cases/{case.pk}/")
+    page = client.get(f"/cases/{qa_case.pk}/").content.decode()
+
+    assert original.status_code == 404
+    assert f"/cases/{case.pk}/" not in page
+    assert "satire, fine" not in page and moderator.username not in page
+
+    client.post(f"/cases/{qa_case.pk}/decide", {"action": "confirm"})
+    assert client.get(f"/cases/{case.pk}/").status_code == 200  # decided: no longer blind

@@ -186,3 +186,23 @@ def test_it_escapes_untrusted_content(moderator: User, queued_cases: CasesFactor
         html = client.get(url).content
         assert b"<script>alert" not in html and b"<img src=x" not in html
         assert b"&lt;script&gt;alert" in html
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "1_99999999999999999999.0_1",  # year far past 9999: OverflowError (500) before issue 14
+        "1_1700000000.0_99999999999999999999",  # an id past bigint
+        "99999_1700000000.0_1",  # a priority past smallint
+        "1_1700000000.0_" + "9" * 5000,  # past int()'s digit limit
+    ],
+)
+def test_it_refuses_an_out_of_range_cursor_with_400(
+    moderator: User, queued_cases: CasesFactory, cursor: str
+) -> None:
+    queued_cases(1)
+
+    response = logged_in(moderator).get("/queue/", {"after": cursor})
+
+    assert response.status_code == 400
+    assert b"out of range" in response.content
