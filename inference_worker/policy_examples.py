@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(?P<title>.*?)\s*#*\s*$")
+# The title is the rest of the line, trimmed in Python: "(?P<title>.*?)\s*#*\s*$" backtracked cubically on a
+# heading followed by a long run of spaces.
+HEADING = re.compile(r"^\s{0,3}#{1,6}\s(?P<title>.*)")
 EXAMPLE = re.compile(
     r"""^\s*[-*]\s+["“](?P<text>.+)["”]\s*(?:->|→)\s*(?P<label>no\s+violation|violation)\s*(?:,(?P<rules>.*))?$""",
     re.IGNORECASE,
@@ -42,7 +44,8 @@ def policy_examples_parse(policy_text: str) -> PolicyExamples:
     for number, line in enumerate(policy_text.splitlines(), start=1):
         heading = HEADING.match(line)
         if heading:
-            in_section = heading["title"].lower().startswith("example")
+            title = heading["title"].strip().rstrip("#").rstrip()
+            in_section = title.lower().startswith("example")
             has_section = has_section or in_section
             continue
         if not in_section or not line.strip():
