@@ -1,19 +1,27 @@
-"""The funnel tier: throughput of batched encode + score, and cross-validated recall / clear rate.
+"""The funnel tier's recall guarantee on data it never saw, and its throughput by text length.
 
-    python bench/funnel.py [--datasets ../shared/datasets] [--folds 5] [--limit N] [--target-recall 0.98]
+    python bench/funnel.py [--datasets ../shared/datasets] [--splits 50] [--target-recall 0.98]
+                           [--confidence 0.95] [--also-target 0.95] [--skip-speed]
 
-Throughput: all items of both datasets, encoded in batches of SAFEGUARD_FUNNEL_BATCH_SIZE and scored, after
-one warm-up pass; the median of --passes timed passes (and the best) in items/s, and items per CPU second.
-It uses every core torch sees: on a shared machine the wall-clock figure is only as good as the machine is
-quiet.
+For each data set and each of --splits random 50/50 splits: one half becomes the policy's accepted golden set
+(plus the policy text's own examples), and the production code decides what it can promise
+(inference_worker.funnel: hold-out split, logistic regression, proven threshold or shadow mode). The other
+half plays new traffic: an item is auto-cleared when its score (highest window) is below the threshold.
+Per data set:
+- `splits`, `enabled_share`: share of splits on which the guarantee held, so auto-clear was on;
+- `enabled_met_target_share`: of those, share whose recall on the other half met the target (the promise:
+  at least the confidence level, up to sampling noise of the held-out half);
+- `pooled_recall`: violations of the other halves not cleared / all their violations, enabled splits pooled;
+- `clear_rate`: safe items of the other halves cleared, all splits pooled (shadow splits clear nothing).
+`--also-target` repeats this at a lower target (a smaller golden set can prove it) under `at_target_<t>`.
 
-Datasets are read at run time (never copied into the repository; see each SOURCE.md for licence):
-- XSTest (`xstest/normalized.jsonl`: text, label 1 = unsafe) under bench/policies/harmful_request.md;
-- DICES-350 (`dices350/normalized_350_expert.jsonl`: context, response, label 1 = unsafe reply) under
-  bench/policies/unsafe_reply.md; the item is the chatbot's reply.
-For each fold, the training data is the policy's own examples plus the other folds as its golden set; the
-threshold is calibrated on them exactly as in production, and recall of violations / share of safe items
-cleared are measured on the held-out fold. Needs no database. Prints one JSON line.
+Speed: encode_windows + classifier per text-length bucket (`items_per_second_by_length`), interleaved with
+the old path (sentence-transformers encode, truncated at 256 word pieces) as the same-run baseline.
+
+Data sets are read at run time, never copied into the repository (see each SOURCE.md for its licence):
+XSTest (`xstest/normalized.jsonl`) under bench/policies/harmful_request.md, DICES-350
+(`dices350/normalized_350_expert.jsonl`, the bot's reply) under bench/policies/unsafe_reply.md.
+Needs no database. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -22,7 +30,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -49,116 +56,163 @@ def xstest(datasets: Path) -> list[tuple[str, int]]:
 
 
 def dices(datasets: Path) -> list[tuple[str, int]]:
-    # The funnel embeds the reply alone: with the last user turn in front, cross-validated clear rates were
-    # a third of this (the embedding then mostly says what the user talked about).
+    # The funnel embeds the reply alone: with the conversation in front the embedding mostly says what the
+    # user talked about.
     rows = [json.loads(line) for line in (datasets / "dices350" / "normalized_350_expert.jsonl").open()]
     return [(f"BOT: {r['response']}", int(r["label"])) for r in rows]
 
 
-def cross_validated(
-    policy_text: str, items: list[tuple[str, int]], folds: int, target_recall: float
+class Embedded:
+    """Every text of a data set embedded once: one vector per text (training) and every window (scoring)."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.index = {text: n for n, text in enumerate(texts)}
+        self.single = funnel.training_vectors(texts)
+        self.windows, self.owner = embeddings.encode_windows(texts)
+
+    def windows_of(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
+        wanted = {self.index[t]: k for k, t in enumerate(texts)}
+        rows = np.flatnonzero(np.isin(self.owner, list(wanted)))
+        owner = np.array([wanted[int(o)] for o in self.owner[rows]], dtype=np.int64)
+        return self.windows[rows], owner, len(texts)
+
+
+def one_split(
+    policy_text: str,
+    items: list[tuple[str, int]],
+    golden_half: np.ndarray,
+    new_half: np.ndarray,
+    embedded: Embedded,
+    policy_vectors: dict[str, np.ndarray],
+    target: float,
+    confidence: float,
 ) -> dict[str, Any]:
-    """k-fold: calibrate on the policy examples + k-1 folds (the golden set), measure on the held-out fold."""
-    policy_examples = funnel.training_examples(policy_text, [])
-    policy_vectors = funnel.training_vectors([e.text for e in policy_examples])
-    policy_labels = np.array([1 if e.violation else 0 for e in policy_examples])
-    vectors = funnel.training_vectors([text for text, _ in items])
-    labels = np.array([label for _, label in items])
-    order = np.random.default_rng(0).permutation(len(items))
-    caught = violations = cleared = safe = 0
-    thresholds, methods = [], set()
-    for fold in range(folds):
-        held_out = order[fold::folds]
-        train = np.setdiff1d(order, held_out)
-        train_vectors = np.vstack([policy_vectors, vectors[train]])
-        train_labels = np.concatenate([policy_labels, labels[train]])
-        calibration = funnel.calibrate(train_vectors, train_labels, target_recall)
-        examples = policy_examples + [
-            funnel.TrainingExample(items[i][0], bool(labels[i]), "golden") for i in train
-        ]
-        row = FunnelCalibration(pk=0, method=calibration.method, threshold=calibration.threshold, note="")
-        fitted = funnel.fit(examples, train_vectors, row)
-        assert fitted.threshold is not None, calibration.note
-        scores = fitted.scores(vectors[held_out])
-        passed_on = scores >= fitted.threshold
-        truth = labels[held_out] == 1
-        caught += int((passed_on & truth).sum())
-        violations += int(truth.sum())
-        cleared += int((~passed_on & ~truth).sum())
-        safe += int((~truth).sum())
-        thresholds.append(round(fitted.threshold, 4))
-        methods.add(fitted.method)
+    golden = [(items[i][0], "violates" if items[i][1] else "safe") for i in golden_half]
+    examples = funnel.training_examples(policy_text, golden)
+    split = funnel.calibration_split(examples, target, confidence)
+    train = [examples[i] for i in split.train]
+
+    def vector(text: str) -> np.ndarray:
+        return embedded.single[embedded.index[text]] if text in embedded.index else policy_vectors[text]
+
+    train_vectors = np.stack([vector(e.text) for e in train])
+    labels = np.array([1 if e.violation else 0 for e in train], dtype=np.int64)
+    calibration = funnel.calibrate(
+        train_vectors,
+        labels,
+        embedded.windows_of([examples[i].text for i in split.held_out_violations]),
+        embedded.windows_of([examples[i].text for i in split.held_out_safe]),
+        target=target,
+        confidence=confidence,
+        violations_needed=split.violations_needed,
+    )
+    truth = np.array([items[i][1] for i in new_half]) == 1
+    if calibration.threshold is None:
+        return {"enabled": False, "violations": int(truth.sum()), "safe": int((~truth).sum()), "cleared": 0}
+    row = FunnelCalibration(
+        pk=0,
+        method=calibration.method,
+        threshold=calibration.threshold,
+        note="",
+        recall_lower_bound=calibration.recall_lower_bound,
+        held_out_violations=calibration.held_out_violations,
+        violations_needed=calibration.violations_needed,
+        confidence=confidence,
+    )
+    fitted = funnel.fit(train, train_vectors, row)
+    vectors, owner, n = embedded.windows_of([items[i][0] for i in new_half])
+    scores = funnel.max_per_text(fitted.scores(vectors), owner, n)
+    cleared = scores < calibration.threshold
     return {
-        "items": len(items),
-        "recall": round(caught / violations, 4),
-        "clear_rate": round(cleared / safe, 4),
-        "violations_missed": violations - caught,
-        "safe_cleared": cleared,
-        "thresholds": thresholds,
-        "method": sorted(methods),
+        "enabled": True,
+        "violations": int(truth.sum()),
+        "missed": int((cleared & truth).sum()),
+        "safe": int((~truth).sum()),
+        "cleared": int((cleared & ~truth).sum()),
+        "recall": 1 - float((cleared & truth).sum()) / max(1, int(truth.sum())),
+        "bound": calibration.recall_lower_bound,
+        "held_out": calibration.held_out_violations,
     }
 
 
-def throughput(policy_text: str, items: list[tuple[str, int]], passes: int) -> list[tuple[float, float]]:
-    """Items per wall-clock second and per CPU second (all threads) of the production scoring path
-    (batched encode, classifier, nearest examples), per pass."""
-    golden = [(text, "violates" if label else "safe") for text, label in items[:200]]
-    examples = funnel.training_examples(policy_text, golden)
-    vectors = funnel.training_vectors([e.text for e in examples])
-    labels = np.array([1 if e.violation else 0 for e in examples])
-    calibration = funnel.calibrate(vectors, labels, 0.98)
-    row = FunnelCalibration(pk=0, method=calibration.method, threshold=calibration.threshold, note="")
-    fitted = funnel.fit(examples, vectors, row)
-    texts = [text for text, _ in items]
-    embeddings.encode(texts)  # warm-up: oneDNN prepares kernels for each new batch shape
-    rates = []
-    for _ in range(passes):
-        started, cpu_started = time.perf_counter(), time.process_time()
-        queries = embeddings.encode(texts)
-        fitted.scores(queries)
-        for similarities in queries @ fitted.vectors.T:
-            fitted.nearest(similarities)
-        wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-        rates.append((len(texts) / wall, len(texts) / cpu))
-    return rates
+def guarantee_on_splits(
+    policy_text: str, items: list[tuple[str, int]], splits: int, target: float, confidence: float
+) -> dict[str, Any]:
+    embedded = Embedded([text for text, _ in items])
+    policy_examples = funnel.training_examples(policy_text, [])
+    policy_vectors = dict(
+        zip(
+            [e.text for e in policy_examples],
+            funnel.training_vectors([e.text for e in policy_examples]),
+            strict=True,
+        )
+    )
+    rng = np.random.default_rng(2026)
+    outcomes = []
+    for _ in range(splits):
+        order = rng.permutation(len(items))
+        half = len(items) // 2
+        outcomes.append(
+            one_split(
+                policy_text,
+                items,
+                order[:half],
+                order[half:],
+                embedded,
+                policy_vectors,
+                target,
+                confidence,
+            )
+        )
+    enabled = [o for o in outcomes if o["enabled"]]
+    violations = sum(o["violations"] for o in enabled)
+    return {
+        "items": len(items),
+        "splits": splits,
+        "enabled_share": round(len(enabled) / splits, 4),
+        "enabled_met_target_share": round(sum(o["recall"] >= target for o in enabled) / len(enabled), 4)
+        if enabled
+        else None,
+        "pooled_recall": round(1 - sum(o["missed"] for o in enabled) / violations, 4) if violations else None,
+        "clear_rate": round(sum(o["cleared"] for o in outcomes) / sum(o["safe"] for o in outcomes), 4),
+        "median_recall_lower_bound": float(np.median([o["bound"] for o in enabled])) if enabled else None,
+        "median_held_out_violations": float(np.median([o["held_out"] for o in enabled])) if enabled else None,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", type=Path, default=ROOT.parent / "shared" / "datasets")
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--limit", type=int, default=0, help="items per dataset (0 = all); for smoke runs")
+    parser.add_argument("--splits", type=int, default=50)
     parser.add_argument("--target-recall", type=float, default=0.98)
-    parser.add_argument("--passes", type=int, default=3, help="timed scoring passes (median reported)")
+    parser.add_argument("--confidence", type=float, default=0.95)
+    parser.add_argument("--also-target", type=float, default=0.95, help="a second, lower target (0: none)")
+    parser.add_argument("--skip-speed", action="store_true")
     args = parser.parse_args()
 
-    rng = np.random.default_rng(1)
     datasets = {
         "xstest": ((POLICIES / "harmful_request.md").read_text(), xstest(args.datasets)),
         "dices350": ((POLICIES / "unsafe_reply.md").read_text(), dices(args.datasets)),
     }
-    if args.limit:
-        datasets = {
-            name: (policy, [items[i] for i in sorted(rng.permutation(len(items))[: args.limit])])
-            for name, (policy, items) in datasets.items()
-        }
-    all_items = [item for _, items in datasets.values() for item in items]
     result: dict[str, Any] = {
         "bench": "funnel",
         "model": embeddings.model_name(),
         "precision": "bf16" if embeddings.uses_bf16() else "fp32",
         "cpus": os.cpu_count(),
         "target_recall": args.target_recall,
-        "folds": args.folds,
+        "confidence": args.confidence,
     }
-    rates = sorted(throughput(datasets["xstest"][0], all_items, args.passes))
-    result["items_per_second"] = round(rates[len(rates) // 2][0], 1)
-    result["items_per_second_best"] = round(rates[-1][0], 1)
-    # Less sensitive to other processes than wall-clock time: on an idle machine with N cores the
-    # wall-clock rate approaches N times this (torch uses every core for a batch).
-    result["items_per_cpu_second"] = round(sorted(cpu for _, cpu in rates)[len(rates) // 2], 1)
     for name, (policy_text, items) in datasets.items():
-        result[name] = cross_validated(policy_text, items, args.folds, args.target_recall)
+        result[name] = guarantee_on_splits(policy_text, items, args.splits, args.target_recall, args.confidence)
+    if args.also_target:
+        result[f"at_target_{args.also_target}"] = {
+            name: guarantee_on_splits(policy_text, items, args.splits, args.also_target, args.confidence)
+            for name, (policy_text, items) in datasets.items()
+        }
+    if not args.skip_speed:
+        from bench.funnel_speed import speed_figures
+
+        result.update(speed_figures())
     print(json.dumps(result))
 
 

@@ -1,14 +1,16 @@
 """The funnel tier: a fast classifier on sentence embeddings that clears obviously safe items.
 
 Training data per policy version: the labelled examples in the policy text plus the policy's accepted golden
-set. With at least MIN_PER_CLASS_FOR_LOGISTIC labels of each class the classifier is a logistic regression,
-below that a similarity-weighted vote of the nearest labelled examples. Either way p(violation) comes with the
-nearest labelled examples as its explanation.
+set. With at least MIN_PER_CLASS_FOR_LOGISTIC training labels of each class the classifier is a logistic
+regression, below that a similarity-weighted vote of the nearest labelled examples. Either way p(violation)
+comes with the nearest labelled examples as its explanation. A text longer than the embedding model's window
+is scored on every window (overlapping); its score is the highest, so harmless padding cannot lower it.
 
-The threshold is calibrated for a target recall of violations on cross-validated scores of the training
-data (out-of-fold for the regression, leave-one-out for the neighbours): items scoring below it are cleared,
-the rest go on to the reasoner (or to humans). With fewer than MIN_PER_CLASS_FOR_CALIBRATION labels of a
-class there is nothing to calibrate on, and the funnel clears nothing.
+Auto-clear is a promise, so the threshold must be proven (inference_worker/guarantee.py): part of the golden
+violations is held out (chosen by a hash of the text, never by score), the regression trains without them,
+and the threshold is the highest one whose misses among them still give P(recall >= target) >= confidence.
+Until the golden set holds enough violations for that (149 held out at 0.98 / 0.95), and always in
+nearest-neighbour mode, the funnel runs in shadow mode: it scores and orders, and clears nothing.
 
 Database work (fingerprints, training data, calibration rows) happens in `funnel_prepare`; `works_score`
 only encodes and scores, so the triage pump runs it in a thread while it keeps saving engine results.
@@ -20,6 +22,7 @@ import concurrent.futures
 import hashlib
 import math
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -27,13 +30,11 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 
-from inference_worker import embeddings
+from inference_worker import autoclear, embeddings, guarantee
 from inference_worker.models import FunnelCalibration
 from inference_worker.policy_examples import policy_examples_parse
-from moderation.models import Policy
 from reviews import audit
 from reviews.models import Decision, GoldenExample
 
@@ -42,10 +43,15 @@ if TYPE_CHECKING:
 
     from inference_worker.services import CaseWork
 
-MIN_PER_CLASS_FOR_CALIBRATION = 2
-# Below this many labels of either class a regression overfits 384 dimensions; neighbours do better.
+# Below this many labels of either class there is nothing to score with.
+MIN_PER_CLASS_FOR_SCORING = 2
+# Below this many training labels of either class a regression overfits 384 dimensions; neighbours do better
+# (and never clear).
 MIN_PER_CLASS_FOR_LOGISTIC = 8
-CV_FOLDS = 5
+# Share of golden violations held out to prove the threshold (more when the guarantee needs more), and of
+# golden safe examples held out to measure the clear rate honestly.
+HELD_OUT_SHARE = 0.5
+HELD_OUT_SAFE_SHARE = 0.3
 LOGISTIC_C = 4.0
 NEIGHBOURS = 5
 # Similarity differences of a few hundredths matter between MiniLM embeddings; this sharpens the vote.
@@ -68,10 +74,15 @@ class TrainingExample:
 @dataclass(frozen=True)
 class Calibration:
     method: str
-    threshold: float | None
-    measured_recall: float | None
-    clear_rate: float | None
-    violations: int
+    threshold: float | None  # None: shadow mode
+    measured_recall: float | None  # on the held-out violations
+    recall_lower_bound: float | None
+    clear_rate: float | None  # on the held-out safe examples
+    held_out_violations: int
+    held_out_misses: int
+    held_out_safe: int
+    violations_needed: int
+    violations: int  # trained on
     safe: int
     note: str
 
@@ -84,14 +95,32 @@ class FittedFunnel:
     method: str
     threshold: float | None
     note: str
+    recall_lower_bound: float | None
+    held_out_violations: int
+    violations_needed: int
+    confidence: float
     examples: list[TrainingExample]
     vectors: np.ndarray
     labels: np.ndarray
     regression: LogisticRegression | None
+    # Set per batch (autoclear.funnel_blocks): why it may not clear now although proven ("" if it may).
+    clear_block: str = ""
 
     @property
-    def calibrated(self) -> bool:
-        return self.threshold is not None
+    def scoring(self) -> bool:
+        return self.method != FunnelCalibration.Method.UNCALIBRATED
+
+    @property
+    def may_clear(self) -> bool:
+        return self.threshold is not None and not self.clear_block
+
+    @property
+    def mode(self) -> str:
+        if not self.scoring:
+            return "off"
+        if self.threshold is None:
+            return "shadow"
+        return "blocked" if self.clear_block else "clearing"
 
     def scores(self, vectors: np.ndarray) -> np.ndarray:
         if self.regression is not None:
@@ -123,6 +152,14 @@ class FunnelScore:
     note: str
     nearest: list[dict[str, Any]]
     latency_ms: int
+    mode: str = "off"  # FittedFunnel.mode
+    recall_lower_bound: float | None = None
+    held_out_violations: int = 0
+    violations_needed: int = 0
+    confidence: float = 0.0
+    windows: int = 1
+    # Why an item below the threshold was passed on anyway (injection, switch off, suspended).
+    held_back: str = ""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -132,33 +169,37 @@ class FunnelScore:
             "calibration_id": self.calibration_id,
             "note": self.note,
             "nearest": self.nearest,
+            "mode": self.mode,
+            "recall_lower_bound": self.recall_lower_bound,
+            "held_out_violations": self.held_out_violations,
+            "violations_needed": self.violations_needed,
+            "confidence": self.confidence,
+            "windows": self.windows,
+            "held_back": self.held_back,
         }
 
     @property
     def explanation(self) -> str:
-        if self.p_violation is None or self.threshold is None:
+        if self.p_violation is None:
             return f"funnel passed it on: {self.note}"
+        if self.threshold is None:
+            return f"p(violation) {self.p_violation:.3f}; {self.note}: passed on"
         if not self.cleared and self.p_violation < self.threshold:
             return (
-                f"p(violation) {self.p_violation:.3f} is below the calibrated threshold "
-                f"{self.threshold:.3f}, "
-                "but the item looks like a prompt-injection attempt: passed on"
-            )
+                f"p(violation) {self.p_violation:.3f} is below the proven threshold {self.threshold:.3f}, "
+                f"but {self.held_back}: passed on"
+            )[:500]
         where = "below" if self.cleared else "at or above"
-        return f"p(violation) {self.p_violation:.3f} is {where} the calibrated threshold {self.threshold:.3f}"
+        return f"p(violation) {self.p_violation:.3f} is {where} the proven threshold {self.threshold:.3f}"
 
 
 # --- scoring and calibration (pure numpy / scikit-learn) ------------------------------------------------
 
 
-def neighbour_scores(
-    train: np.ndarray, labels: np.ndarray, queries: np.ndarray, *, leave_one_out: bool = False
-) -> np.ndarray:
+def neighbour_scores(train: np.ndarray, labels: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """p(violation) as a similarity-weighted vote of the NEIGHBOURS most similar labelled examples."""
     similarities = queries @ train.T
-    if leave_one_out:
-        np.fill_diagonal(similarities, -np.inf)
-    k = min(NEIGHBOURS, train.shape[0] - (1 if leave_one_out else 0))
+    k = min(NEIGHBOURS, train.shape[0])
     nearest = np.argpartition(-similarities, k - 1, axis=1)[:, :k]
     chosen = np.take_along_axis(similarities, nearest, axis=1)
     weights = np.exp((chosen - chosen.max(axis=1, keepdims=True)) / NEIGHBOUR_TEMPERATURE)
@@ -171,62 +212,135 @@ def logistic_fit(vectors: np.ndarray, labels: np.ndarray) -> LogisticRegression:
     return LogisticRegression(C=LOGISTIC_C, class_weight="balanced", max_iter=2000).fit(vectors, labels)
 
 
-def cross_validated_scores(vectors: np.ndarray, labels: np.ndarray, method: str) -> np.ndarray:
-    """Each example scored by a classifier that never saw it."""
-    if method == FunnelCalibration.Method.NEAREST_NEIGHBOURS:
-        return neighbour_scores(vectors, labels, vectors, leave_one_out=True)
-    from sklearn.model_selection import StratifiedKFold
-
-    folds = min(CV_FOLDS, int(labels.sum()), int((1 - labels).sum()))
-    scores = np.zeros(len(labels))
-    for train, held_out in StratifiedKFold(folds, shuffle=True, random_state=0).split(vectors, labels):
-        scores[held_out] = logistic_fit(vectors[train], labels[train]).predict_proba(vectors[held_out])[:, 1]
-    return scores
-
-
-def threshold_for_recall(
-    scores: np.ndarray, labels: np.ndarray, target_recall: float
-) -> tuple[float, float, float]:
-    """The highest threshold that passes on target_recall of the violations (score >= threshold), with one
-    miss held in reserve.
-
-    A threshold that misses exactly the allowed share of these cross-validated scores meets the target on
-    new items only about half the time: 5-fold on XSTest / DICES-350 it held out 0.975 / 0.977 at a 0.98
-    target; one miss fewer gave 0.980 / 0.989 (clear rates 0.404 -> 0.356 and 0.109 -> 0.074).
-    Returns (threshold, measured recall, share of safe examples cleared).
-    """
-    violating = np.sort(scores[labels == 1])
-    misses_allowed = max(0, math.floor((1 - target_recall) * len(violating) + 1e-9) - 1)
-    threshold = float(violating[misses_allowed])
-    recall = float((violating >= threshold).mean())
-    safe = scores[labels == 0]
-    return threshold, recall, float((safe < threshold).mean())
+def max_per_text(window_scores: np.ndarray, owner: np.ndarray, texts: int) -> np.ndarray:
+    """A text's score is its highest window's."""
+    best = np.full(texts, -np.inf)
+    np.maximum.at(best, owner, window_scores)
+    return best
 
 
 def method_for(violations: int, safe: int) -> str:
-    if min(violations, safe) < MIN_PER_CLASS_FOR_CALIBRATION:
+    if min(violations, safe) < MIN_PER_CLASS_FOR_SCORING:
         return FunnelCalibration.Method.UNCALIBRATED
     if min(violations, safe) < MIN_PER_CLASS_FOR_LOGISTIC:
         return FunnelCalibration.Method.NEAREST_NEIGHBOURS
     return FunnelCalibration.Method.LOGISTIC_REGRESSION
 
 
-def calibrate(vectors: np.ndarray, labels: np.ndarray, target_recall: float) -> Calibration:
-    violations, safe = int(labels.sum()), int(len(labels) - labels.sum())
+def _hold_out_order(key: str) -> str:
+    # A hash of the text, not its score or its age: the held-out violations stay exchangeable with new ones.
+    return hashlib.sha256(f"funnel-hold-out:{key}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CalibrationSplit:
+    """Indexes into the training examples: what the classifier trains on, and what proves it."""
+
+    train: list[int]
+    held_out_violations: list[int]
+    held_out_safe: list[int]
+    violations_needed: int
+
+
+def calibration_split(examples: list[TrainingExample], target: float, confidence: float) -> CalibrationSplit:
+    """Hold out HELD_OUT_SHARE of the golden violations (at least as many as the guarantee needs) while
+    MIN_PER_CLASS_FOR_LOGISTIC violations remain to train on; else hold out nothing (shadow mode). The
+    policy text's own examples always train: they were written with the policy, not sampled."""
+    needed = guarantee.violations_needed(target, confidence)
+    golden = sorted(
+        (i for i, e in enumerate(examples) if e.origin == "golden"),
+        key=lambda i: _hold_out_order(examples[i].text),
+    )
+    golden_violations = [i for i in golden if examples[i].violation]
+    golden_safe = [i for i in golden if not examples[i].violation]
+    policy_violations = sum(1 for e in examples if e.origin == "policy" and e.violation)
+    policy_safe = sum(1 for e in examples if e.origin == "policy" and not e.violation)
+    trainable = len(golden_violations) + policy_violations - MIN_PER_CLASS_FOR_LOGISTIC
+    held = min(max(math.ceil(HELD_OUT_SHARE * len(golden_violations)), needed), trainable)
+    if held < needed:
+        return CalibrationSplit(list(range(len(examples))), [], [], needed)
+    held_safe = math.floor(HELD_OUT_SAFE_SHARE * len(golden_safe))
+    if len(golden_safe) - held_safe + policy_safe < MIN_PER_CLASS_FOR_LOGISTIC:
+        held_safe = 0
+    out = set(golden_violations[:held]) | set(golden_safe[:held_safe])
+    return CalibrationSplit(
+        [i for i in range(len(examples)) if i not in out],
+        golden_violations[:held],
+        golden_safe[:held_safe],
+        needed,
+    )
+
+
+def calibrate(
+    train_vectors: np.ndarray,
+    train_labels: np.ndarray,
+    violation_windows: tuple[np.ndarray, np.ndarray, int],
+    safe_windows: tuple[np.ndarray, np.ndarray, int],
+    *,
+    target: float,
+    confidence: float,
+    violations_needed: int,
+) -> Calibration:
+    """Fit on the training part; prove a threshold on the held-out violations (windows, owner, texts).
+
+    Only a logistic regression with enough held-out violations gets a threshold: nearest neighbours (no
+    held-out scores to speak of with so few labels) and thin golden sets run in shadow mode.
+    """
+    violations, safe = int(train_labels.sum()), int(len(train_labels) - train_labels.sum())
     method = method_for(violations, safe)
+    held_v, held_s = violation_windows[2], safe_windows[2]
+
+    def shadow(note: str) -> Calibration:
+        return Calibration(
+            method, None, None, None, None, held_v, 0, held_s, violations_needed, violations, safe, note
+        )
+
     if method == FunnelCalibration.Method.UNCALIBRATED:
-        note = (
-            f"not calibrated: needs at least {MIN_PER_CLASS_FOR_CALIBRATION} labelled violations and "
-            f"{MIN_PER_CLASS_FOR_CALIBRATION} safe examples (policy Examples or accepted golden set); "
+        return shadow(
+            f"not scoring: needs at least {MIN_PER_CLASS_FOR_SCORING} labelled violations and "
+            f"{MIN_PER_CLASS_FOR_SCORING} safe examples (policy Examples or accepted golden set); "
             f"has {violations} and {safe}"
         )
-        return Calibration(method, None, None, None, violations, safe, note)
-    scores = cross_validated_scores(vectors, labels, method)
-    threshold, recall, clear_rate = threshold_for_recall(scores, labels, target_recall)
-    return Calibration(method, threshold, recall, clear_rate, violations, safe, "")
+    if method == FunnelCalibration.Method.NEAREST_NEIGHBOURS:
+        return shadow(
+            f"shadow mode: nearest neighbours never auto-clear; a regression needs "
+            f"{MIN_PER_CLASS_FOR_LOGISTIC} of each class to train on"
+        )
+    if held_v < violations_needed:
+        return shadow(
+            f"shadow mode: proving recall >= {target:.2f} at {confidence:.0%} confidence needs "
+            f"{violations_needed} labelled violations held out from training, and "
+            f"{MIN_PER_CLASS_FOR_LOGISTIC} more to train on"
+        )
+    regression = logistic_fit(train_vectors, train_labels)
+    vectors, owner, texts = violation_windows
+    scores = max_per_text(regression.predict_proba(vectors)[:, 1], owner, texts)
+    proven = guarantee.threshold_with_guarantee(scores, target, confidence)
+    if proven is None:  # cannot happen with held_v >= needed; kept as the safe answer
+        return shadow("shadow mode: the held-out violations do not prove the target")
+    clear_rate = None
+    if held_s:
+        safe_vectors, safe_owner, _ = safe_windows
+        safe_scores = max_per_text(regression.predict_proba(safe_vectors)[:, 1], safe_owner, held_s)
+        clear_rate = float((safe_scores < proven.threshold).mean())
+    return Calibration(
+        method,
+        proven.threshold,
+        1 - proven.misses / proven.n,
+        proven.recall_lower_bound,
+        clear_rate,
+        proven.n,
+        proven.misses,
+        held_s,
+        violations_needed,
+        violations,
+        safe,
+        "",
+    )
 
 
 def fit(examples: list[TrainingExample], vectors: np.ndarray, calibration: FunnelCalibration) -> FittedFunnel:
+    """The deployed classifier: the same training part, so the same model the calibration proved."""
     labels = np.array([1 if e.violation else 0 for e in examples], dtype=np.int64)
     regression = None
     if calibration.method == FunnelCalibration.Method.LOGISTIC_REGRESSION:
@@ -236,6 +350,10 @@ def fit(examples: list[TrainingExample], vectors: np.ndarray, calibration: Funne
         method=calibration.method,
         threshold=calibration.threshold,
         note=calibration.note,
+        recall_lower_bound=calibration.recall_lower_bound,
+        held_out_violations=calibration.held_out_violations,
+        violations_needed=calibration.violations_needed,
+        confidence=calibration.confidence,
         examples=examples,
         vectors=vectors,
         labels=labels,
@@ -298,10 +416,7 @@ def golden_fingerprints(policy_ids: list[int]) -> dict[int, str]:
     return {pk: found.get(pk, EMPTY_GOLDEN_FINGERPRINT) for pk in policy_ids}
 
 
-def target_recall_for(policy: Policy) -> float:
-    if policy.funnel_target_recall is not None:
-        return policy.funnel_target_recall
-    return settings.SAFEGUARD_FUNNEL_TARGET_RECALL
+target_recall_for = autoclear.target_recall_for
 
 
 def training_examples(policy_text: str, golden: list[tuple[str, str]]) -> list[TrainingExample]:
@@ -314,8 +429,69 @@ def training_examples(policy_text: str, golden: list[tuple[str, str]]) -> list[T
     return list(by_text.values())
 
 
+# A sentence ends at . ! ? (and their full-width forms) before whitespace, or at a line break.
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?\u3002\uff01\uff1f])\s+|\n+")
+
+
+def text_segments(text: str) -> list[str]:
+    """What is scored of a text: the whole of it and, when it has several, each sentence on its own.
+
+    A mean-pooled embedding of a window is an average: a threat inside 200 word pieces of garden-club notes
+    scores like the notes. Each sentence scored alone keeps its own score, so padding cannot lower an item's
+    score below its worst sentence's (the item's score is the highest of all its windows)."""
+    sentences = [piece.strip() for piece in _SENTENCE_BREAK.split(text) if piece.strip()]
+    return [text, *sentences] if len(sentences) > 1 else [text]
+
+
+def scoring_windows(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of every window of every segment of every text, and the index of the text of each row."""
+    segments: list[str] = []
+    segment_owner: list[int] = []
+    for n, text in enumerate(texts):
+        for segment in text_segments(text):
+            segments.append(segment)
+            segment_owner.append(n)
+    if not segments:
+        return np.zeros((0, embeddings.DIMENSIONS), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    vectors, owner = embeddings.encode_windows(segments)
+    return vectors, np.asarray(segment_owner, dtype=np.int64)[owner]
+
+
+def _windows(texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
+    vectors, owner = scoring_windows(texts)
+    return vectors, owner, len(texts)
+
+
+def calibration_measure(
+    examples: list[TrainingExample], target: float, confidence: float
+) -> tuple[list[TrainingExample], np.ndarray, Calibration]:
+    """Split, embed, fit and prove. Returns the training part, its vectors and the calibration."""
+    split = calibration_split(examples, target, confidence)
+    train = [examples[i] for i in split.train]
+    labels = np.array([1 if e.violation else 0 for e in train], dtype=np.int64)
+    scoring = (
+        method_for(int(labels.sum()), int(len(labels) - labels.sum()))
+        != FunnelCalibration.Method.UNCALIBRATED
+    )
+    vectors = (
+        training_vectors([e.text for e in train])
+        if scoring
+        else np.zeros((len(train), embeddings.DIMENSIONS), dtype=np.float32)
+    )
+    calibration = calibrate(
+        vectors,
+        labels,
+        _windows([examples[i].text for i in split.held_out_violations]),
+        _windows([examples[i].text for i in split.held_out_safe]),
+        target=target,
+        confidence=confidence,
+        violations_needed=split.violations_needed,
+    )
+    return train, vectors, calibration
+
+
 def _fitted_build(
-    policy_version_id: int, policy_id: int, policy_text: str, target: float
+    policy_version_id: int, policy_id: int, policy_text: str, target: float, confidence: float
 ) -> tuple[str, FittedFunnel]:
     """Load the training data, reuse or compute the calibration, fit. Returns (fingerprint, fitted)."""
     golden_rows = list(
@@ -329,109 +505,143 @@ def _fitted_build(
         "policy_version_id": policy_version_id,
         "golden_fingerprint": fingerprint,
         "target_recall": target,
+        "confidence": confidence,
         "embedding_model": embeddings.model_name(),
     }
-    labels = np.array([1 if e.violation else 0 for e in examples], dtype=np.int64)
-    method = method_for(int(labels.sum()), int(len(labels) - labels.sum()))
-    vectors = (
-        training_vectors([e.text for e in examples])
-        if method != FunnelCalibration.Method.UNCALIBRATED
-        else np.zeros((len(examples), embeddings.DIMENSIONS), dtype=np.float32)
-    )
     stored = FunnelCalibration.objects.filter(**key).first()
-    if stored is None:
-        measured = calibrate(vectors, labels, target)
-        try:
-            with transaction.atomic():
-                stored = FunnelCalibration.objects.create(
-                    **key,
-                    method=measured.method,
-                    threshold=measured.threshold,
-                    measured_recall=measured.measured_recall,
-                    clear_rate=measured.clear_rate,
-                    policy_examples=sum(1 for e in examples if e.origin == "policy"),
-                    golden_examples=sum(1 for e in examples if e.origin == "golden"),
-                    violations=measured.violations,
-                    safe=measured.safe,
-                    note=measured.note[:300],
-                )
-                audit.record(
-                    "funnel.calibrated",
-                    actor=None,
-                    obj=stored,
-                    payload={
-                        "policy_version": policy_version_id,
-                        "golden_fingerprint": fingerprint,
-                        "method": stored.method,
-                        "threshold": stored.threshold,
-                        "measured_recall": stored.measured_recall,
-                        "clear_rate": stored.clear_rate,
-                        "target_recall": target,
-                    },
-                )
-        except IntegrityError:  # another worker calibrated the same state first; same data, same result
-            stored = FunnelCalibration.objects.get(**key)
-    return fingerprint, fit(examples, vectors, stored)
+    if stored is not None:
+        # Same examples, same split, same deterministic fit: the model the stored calibration proved.
+        split = calibration_split(examples, target, confidence)
+        train = [examples[i] for i in split.train]
+        vectors = (
+            training_vectors([e.text for e in train])
+            if stored.method != FunnelCalibration.Method.UNCALIBRATED
+            else np.zeros((len(train), embeddings.DIMENSIONS), dtype=np.float32)
+        )
+        return fingerprint, fit(train, vectors, stored)
+    train, vectors, measured = calibration_measure(examples, target, confidence)
+    try:
+        with transaction.atomic():
+            stored = FunnelCalibration.objects.create(
+                **key,
+                method=measured.method,
+                threshold=measured.threshold,
+                measured_recall=measured.measured_recall,
+                recall_lower_bound=measured.recall_lower_bound,
+                held_out_violations=measured.held_out_violations,
+                held_out_misses=measured.held_out_misses,
+                violations_needed=measured.violations_needed,
+                clear_rate=measured.clear_rate,
+                held_out_safe=measured.held_out_safe,
+                policy_examples=sum(1 for e in examples if e.origin == "policy"),
+                golden_examples=sum(1 for e in examples if e.origin == "golden"),
+                violations=measured.violations,
+                safe=measured.safe,
+                note=measured.note[:300],
+            )
+            audit.record(
+                "funnel.calibrated",
+                actor=None,
+                obj=stored,
+                payload={
+                    "policy_version": policy_version_id,
+                    "golden_fingerprint": fingerprint,
+                    "method": stored.method,
+                    "threshold": stored.threshold,
+                    "recall_lower_bound": stored.recall_lower_bound,
+                    "held_out_violations": stored.held_out_violations,
+                    "held_out_misses": stored.held_out_misses,
+                    "clear_rate": stored.clear_rate,
+                    "target_recall": target,
+                    "confidence": confidence,
+                },
+            )
+    except IntegrityError:  # another worker calibrated the same state first; same data, same result
+        stored = FunnelCalibration.objects.get(**key)
+    return fingerprint, fit(train, vectors, stored)
 
 
 def funnel_prepare(works: list[CaseWork]) -> dict[int, FittedFunnel]:
-    """The fitted funnel of each policy version in the batch, retrained when its golden set changed."""
+    """The fitted funnel of each policy version in the batch, retrained when its golden set changed, with
+    this batch's switches and suspensions applied."""
     versions = {w.policy_version_id: w for w in works}
     if not versions:
         return {}
     fingerprints = golden_fingerprints(sorted({w.policy.pk for w in versions.values()}))
+    blocks = autoclear.funnel_blocks({pk: w.policy for pk, w in versions.items()})
     model = (os.getpid(), embeddings.model_path())
     fitted: dict[int, FittedFunnel] = {}
     for version_id, work in versions.items():
-        target = target_recall_for(work.policy)
-        key = (*model, version_id, fingerprints[work.policy.pk], target)
+        target, confidence = target_recall_for(work.policy), work.policy.recall_confidence
+        key = (*model, version_id, fingerprints[work.policy.pk], target, confidence)
         with _cache_lock:
             cached = _fitted.get(key)
         if cached is None:
-            fingerprint, cached = _fitted_build(version_id, work.policy.pk, work.policy_text, target)
+            fingerprint, cached = _fitted_build(
+                version_id, work.policy.pk, work.policy_text, target, confidence
+            )
             with _cache_lock:
-                _fitted[(*model, version_id, fingerprint, target)] = cached
+                _fitted[(*model, version_id, fingerprint, target, confidence)] = cached
                 while len(_fitted) > FITTED_CACHE_SIZE:
                     _fitted.popitem(last=False)
-        fitted[version_id] = cached
+        fitted[version_id] = replace(cached, clear_block=blocks[version_id])
     return fitted
 
 
 def works_score(works: list[CaseWork], fitted: dict[int, FittedFunnel]) -> list[CaseWork]:
-    """The works with their funnel scores attached: one batched encode, no database access."""
+    """The works with their funnel scores attached: one batched encode of every window, no database access.
+
+    An item's score is its highest window's, so a violation anywhere in a long text (or transcript) counts.
+    """
     started = time.monotonic()
-    scorable = [w for w in works if fitted[w.policy_version_id].calibrated]
-    vectors = embeddings.encode([w.content for w in scorable])
-    row = {w.case_id: n for n, w in enumerate(scorable)}
+    scorable = [w for w in works if fitted[w.policy_version_id].scoring]
+    vectors, owner = scoring_windows([w.content for w in scorable]) if scorable else (None, None)
     p_violation: dict[int, float] = {}
     nearest: dict[int, list[dict[str, Any]]] = {}
+    windows: dict[int, int] = {}
     for version_id, funnel in fitted.items():
-        mine = [w for w in scorable if w.policy_version_id == version_id]
-        if not mine:
+        mine = [n for n, w in enumerate(scorable) if w.policy_version_id == version_id]
+        if not mine or vectors is None or owner is None:
             continue
-        queries = vectors[[row[w.case_id] for w in mine]]
-        similarities = queries @ funnel.vectors.T
-        for work, score, sims in zip(mine, funnel.scores(queries), similarities, strict=True):
-            p_violation[work.case_id] = round(float(score), 4)
-            nearest[work.case_id] = funnel.nearest(sims)
+        rows = np.flatnonzero(np.isin(owner, mine))
+        window_scores = funnel.scores(vectors[rows])
+        for n in mine:
+            own = np.flatnonzero(owner[rows] == n)
+            best = own[int(np.argmax(window_scores[own]))]
+            work = scorable[n]
+            p_violation[work.case_id] = round(float(window_scores[best]), 4)
+            nearest[work.case_id] = funnel.nearest(funnel.vectors @ vectors[rows[best]])
+            windows[work.case_id] = len(own)
     latency_ms = round((time.monotonic() - started) * 1000 / max(1, len(scorable)))
     scored = []
     for work in works:
         funnel = fitted[work.policy_version_id]
         p = p_violation.get(work.case_id)
         threshold = funnel.threshold
+        below = p is not None and threshold is not None and p < threshold
         # A likely injection attempt goes on to the reasoner (and then a human) whatever its score: the
         # funnel judges what the text is about, not what it tries to make a model do.
-        cleared = p is not None and threshold is not None and p < threshold and not work.injection_signals
+        held_back = ""
+        if below and work.injection_signals:
+            held_back = "the item looks like a prompt-injection attempt"
+        elif below and funnel.clear_block:
+            held_back = funnel.clear_block
         score = FunnelScore(
             p_violation=p,
             threshold=round(threshold, 4) if threshold is not None else None,
-            cleared=cleared,
+            cleared=below and not held_back,
             method=funnel.method,
             calibration_id=funnel.calibration_id,
             note=funnel.note,
             nearest=nearest.get(work.case_id, []),
             latency_ms=latency_ms if p is not None else 0,
+            mode=funnel.mode,
+            recall_lower_bound=funnel.recall_lower_bound,
+            held_out_violations=funnel.held_out_violations,
+            violations_needed=funnel.violations_needed,
+            confidence=funnel.confidence,
+            windows=windows.get(work.case_id, 1),
+            held_back=held_back,
         )
         scored.append(replace(work, funnel=score))
     return scored

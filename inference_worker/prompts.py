@@ -194,8 +194,9 @@ def _message_text(message: Message) -> str:
 
 
 def token_count(text: str) -> int:
-    """o200k tokens in ``text``; special-token look-alikes count as plain text."""
-    return len(harmony_encoding().encode(text, disallowed_special=()))
+    """o200k tokens in ``text``; special-token look-alikes count as plain text. Long runs of one character are
+    counted in slices, as content is encoded: BPE is quadratic on them (policy text is typed by people)."""
+    return len(content_token_ids(text))
 
 
 def stop_token_ids() -> list[int]:

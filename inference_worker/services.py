@@ -20,7 +20,7 @@ import re
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -30,13 +30,17 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from inference_worker import embeddings, funnel, verdicts
+from inference_worker import autoclear, embeddings, funnel, verdicts
 from inference_worker.breaker import CircuitBreaker
 from inference_worker.engine import (
+    DEFAULT_MAX_REPLY_BYTES,
+    DEFAULT_MAX_TEXT_CHARS,
+    MUST_PROPAGATE,
     EngineError,
     EngineReply,
     EngineRequest,
     EngineUnavailable,
+    ReplyLimits,
     Transport,
     engine_judge,
     engine_session,
@@ -46,11 +50,14 @@ from moderation.models import Case, Policy, TriageResult, Verdict
 from moderation.routing import (
     REASON_ENGINE_UNAVAILABLE,
     REASON_NO_ENGINE,
+    REASONER_CLEAR_UNPROVEN,
+    AutoClear,
     Route,
     case_route,
     route_appeal,
     route_funnel_cleared,
     route_injection_guard,
+    route_no_engine,
     route_not_triaged,
     triage_needs_escalation,
 )
@@ -66,6 +73,11 @@ PUMP_SECONDS = 300.0
 REFILL_IDLE_SECONDS = 0.25
 RETRY_MAX_DELAY_SECONDS = 300.0
 CIRCUIT_OPEN = "circuit open: the engine has been failing"
+# A case waits at most this long for a failing engine (its own attempt failed, or the breaker holds it back)
+# before it goes to humans untriaged: with the engine timeout, the bound on how late a human sees it.
+DEFAULT_GIVE_UP_AFTER_SECONDS = 120.0
+# A case held back by the breaker is looked at again no sooner than this, whatever the breaker says.
+HOLD_MIN_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -84,6 +96,9 @@ class EngineConfig:
     retry_base_seconds: float
     # Score with the funnel tier before the engine (without an engine the funnel always runs).
     funnel: bool = False
+    max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
+    max_reasoning_chars: int = DEFAULT_MAX_TEXT_CHARS
+    give_up_after_seconds: float = DEFAULT_GIVE_UP_AFTER_SECONDS
 
     @classmethod
     def from_settings(cls) -> EngineConfig:
@@ -101,7 +116,14 @@ class EngineConfig:
             max_attempts=settings.SAFEGUARD_MAX_ATTEMPTS,
             retry_base_seconds=settings.SAFEGUARD_RETRY_BASE_SECONDS,
             funnel=settings.SAFEGUARD_FUNNEL_ENABLED and embeddings.model_available(),
+            max_reply_bytes=settings.SAFEGUARD_MAX_REPLY_BYTES,
+            max_reasoning_chars=settings.SAFEGUARD_MAX_REASONING_CHARS,
+            give_up_after_seconds=settings.SAFEGUARD_GIVE_UP_AFTER_SECONDS,
         )
+
+    @property
+    def reply_limits(self) -> ReplyLimits:
+        return ReplyLimits(max_bytes=self.max_reply_bytes, max_text_chars=self.max_reasoning_chars)
 
     def tiers(self, *, is_appeal: bool) -> list[tuple[str, str, str]]:
         """(tier, model, effort) in the order they are tried. Appeals start at escalation."""
@@ -170,7 +192,9 @@ class EngineRunner:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.pid = os.getpid()
-        self.transport: Transport = transport_build(config.transport, config.base_url, config.api_key)
+        self.transport: Transport = transport_build(
+            config.transport, config.base_url, config.api_key, config.reply_limits
+        )
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="engine-runner", daemon=True)
         self._thread.start()
@@ -230,17 +254,25 @@ async def case_judge(
         )
         try:
             reply = await engine_judge(transport, session, request)
+            verdict = verdicts.verdict_parse(reply.final_text, policy_rule_ids=work.rule_ids)
         except EngineUnavailable as exc:
             outcome.calls.append(EngineCall(tier, model, effort, None, None, str(exc)))
             if outcome.verdict is None:
                 outcome.unavailable = str(exc)
             return outcome
-        except EngineError as exc:
-            outcome.calls.append(EngineCall(tier, model, effort, None, None, str(exc)))
+        except BaseException as exc:
+            # EngineError, and anything else a reply made our code (or native code under it: a tokenizer
+            # panic is a BaseException) raise: this case's failed attempt, never the pump's death.
+            # Cancellation and interpreter exit still go through.
+            if isinstance(exc, MUST_PROPAGATE):
+                raise
+            if not isinstance(exc, EngineError):
+                logger.exception("engine reply for case %s could not be handled", work.case_id)
+            error = str(exc) if isinstance(exc, EngineError) else _unexpected(exc)
+            outcome.calls.append(EngineCall(tier, model, effort, None, None, error))
             if outcome.verdict is None:
-                outcome.failed = str(exc)
+                outcome.failed = error
             return outcome
-        verdict = verdicts.verdict_parse(reply.final_text, policy_rule_ids=work.rule_ids)
         outcome.calls.append(EngineCall(tier, model, effort, reply, verdict))
         if not triage_needs_escalation(
             work.policy, verdict=verdict.label, confidence=verdict.confidence or ""
@@ -249,38 +281,89 @@ async def case_judge(
     return outcome
 
 
+def _unexpected(exc: BaseException) -> str:
+    return f"engine reply could not be handled ({type(exc).__name__}: {str(exc)[:200]})"
+
+
 # --- the database side -----------------------------------------------------------------------------
 
+# The attempt is counted here, when a case is claimed to be sent: a case the breaker holds back is not
+# claimed (see _cases_hold), so waiting for a failing engine uses no attempt. A case that has used all its
+# attempts (its worker died on the last one), or has waited give_up_after for an engine that is failing
+# (its own last attempt failed, or the breaker is not closed), is claimed without a new attempt and goes to
+# humans (`give_up`).
 CLAIM_SQL = """
-    UPDATE moderation_case SET state = 'triaging', triage_attempts = triage_attempts + 1, updated_at = now()
-    WHERE id IN (
-        SELECT id FROM moderation_case
+    UPDATE moderation_case AS c SET state = 'triaging', updated_at = now(),
+        triage_attempts = c.triage_attempts + CASE WHEN due.give_up THEN 0 ELSE 1 END
+    FROM (
+        SELECT id, ({give_up}) AS give_up FROM moderation_case
         WHERE state = 'pending_triage' AND {where}
           AND (triage_not_before IS NULL OR triage_not_before <= now())
         ORDER BY id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
-    )
-    RETURNING id
+    ) AS due
+    WHERE c.id = due.id
+    RETURNING c.id, due.give_up
 """
+GIVE_UP_SQL = """
+    triage_attempts >= %(max_attempts)s
+    OR (created_at < clock_timestamp() - %(give_up_after)s * interval '1 second'
+        AND (triage_attempts > 0 OR %(engine_failing)s))
+"""
+
+
+@dataclass(frozen=True)
+class Claimed:
+    to_send: list[CaseWork]
+    # Claimed without an attempt, to be routed to humans: the engine had its chances (see CLAIM_SQL).
+    to_give_up: list[CaseWork]
 
 
 def cases_claim_for_triage(*, case_ids: list[int] | None, limit: int) -> list[CaseWork]:
     """Move pending cases to triaging in one statement: what it returns belongs to this caller alone."""
+    return _cases_claim(case_ids=case_ids, limit=limit, config=None).to_send
+
+
+def _cases_claim(
+    *,
+    case_ids: list[int] | None,
+    limit: int,
+    config: EngineConfig | None,
+    engine_failing: bool = False,
+    give_up_only: bool = False,
+) -> Claimed:
+    """Claim due pending cases (these ids, else any); with a config, those the engine had its chances with
+    are claimed to be given up (``give_up_only``: only those)."""
     if limit <= 0:
-        return []
-    params: dict[str, Any]
-    if case_ids is None:
-        sql, params = CLAIM_SQL.format(where="TRUE"), {"limit": limit}
-    else:
-        sql, params = CLAIM_SQL.format(where="id = ANY(%(ids)s)"), {"limit": limit, "ids": case_ids}
+        return Claimed([], [])
+    params: dict[str, Any] = {"limit": limit, "ids": case_ids}
+    give_up = "FALSE"
+    if config is not None:
+        give_up = GIVE_UP_SQL
+        params.update(
+            max_attempts=config.max_attempts,
+            give_up_after=config.give_up_after_seconds,
+            engine_failing=engine_failing,
+        )
+    where = "TRUE" if case_ids is None else "id = ANY(%(ids)s)"
+    if give_up_only:
+        where = f"{where} AND ({give_up})"
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        claimed = [row[0] for row in cursor.fetchall()]
+        cursor.execute(CLAIM_SQL.format(where=where, give_up=give_up), params)
+        claimed = {row[0]: bool(row[1]) for row in cursor.fetchall()}
     if not claimed:
-        return []
+        return Claimed([], [])
+    works = _works_load(list(claimed))
+    return Claimed(
+        to_send=[w for w in works if not claimed[w.case_id]],
+        to_give_up=[w for w in works if claimed[w.case_id]],
+    )
+
+
+def _works_load(case_ids: list[int]) -> list[CaseWork]:
     cases = (
-        Case.objects.filter(pk__in=claimed)
+        Case.objects.filter(pk__in=case_ids)
         .select_related("item", "policy_version__policy")
         .only(
             "id",
@@ -309,6 +392,27 @@ def cases_claim_for_triage(*, case_ids: list[int] | None, limit: int) -> list[Ca
     ]
 
 
+# Held back by the breaker: the case waits (no attempt used) until a request may start again, but not past
+# the moment it has waited give_up_after (then the next claim gives it to humans).
+HOLD_SQL = """
+    UPDATE moderation_case AS c SET updated_at = now(), route_reason = %(reason)s,
+        triage_not_before = LEAST(
+            now() + %(delay)s * interval '1 second',
+            GREATEST(
+                c.created_at + %(give_up_after)s * interval '1 second',
+                now() + %(min_delay)s * interval '1 second'
+            )
+        )
+    WHERE c.id IN (
+        SELECT id FROM moderation_case
+        WHERE id = ANY(%(ids)s) AND state = 'pending_triage'
+          AND (triage_not_before IS NULL OR triage_not_before <= now())
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING c.id, c.triage_not_before
+"""
+
+
 @dataclass(frozen=True)
 class CaseUpdate:
     case_id: int
@@ -318,15 +422,17 @@ class CaseUpdate:
     verdict: str
     confidence: str
     not_before: datetime | None
+    cleared_by: str = ""
 
 
 UPDATE_SQL = """
     UPDATE moderation_case AS c SET
         state = v.state, priority = v.priority, route_reason = v.reason, verdict = v.verdict,
-        confidence = v.confidence, triage_not_before = v.not_before, updated_at = now(),
-        queued_at = CASE WHEN v.state = 'queued' THEN now() ELSE c.queued_at END
-    FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[], %s::text[], %s::timestamptz[])
-        AS v(id, state, priority, reason, verdict, confidence, not_before)
+        confidence = v.confidence, triage_not_before = v.not_before, cleared_by = v.cleared_by,
+        updated_at = now(), queued_at = CASE WHEN v.state = 'queued' THEN now() ELSE c.queued_at END
+    FROM unnest(
+        %s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[]
+    ) AS v(id, state, priority, reason, verdict, confidence, not_before, cleared_by)
     WHERE c.id = v.id AND c.state = %s
     RETURNING c.id
 """
@@ -347,6 +453,7 @@ def _cases_update(updates: list[CaseUpdate], *, from_state: str) -> set[int]:
                 [u.verdict for u in updates],
                 [u.confidence for u in updates],
                 [u.not_before for u in updates],
+                [u.cleared_by for u in updates],
                 from_state,
             ],
         )
@@ -410,7 +517,9 @@ def retry_delay_seconds(attempts: int, base: float) -> float:
     return delay / 2 + random.random() * delay / 2
 
 
-def _outcome_update(outcome: CaseOutcome, config: EngineConfig, now: datetime) -> CaseUpdate:
+def _outcome_update(
+    outcome: CaseOutcome, config: EngineConfig, now: datetime, reasoner: AutoClear = REASONER_CLEAR_UNPROVEN
+) -> CaseUpdate:
     work = outcome.work
     verdict = outcome.verdict
     if verdict is None and outcome.unavailable and work.attempts < config.max_attempts:
@@ -427,13 +536,15 @@ def _outcome_update(outcome: CaseOutcome, config: EngineConfig, now: datetime) -
             verdict=verdict.label,
             confidence=verdict.confidence or "",
             hallucinated_rule_ids=list(verdict.hallucinated_rule_ids),
+            reasoner=reasoner,
         )
     elif not outcome.unavailable and not outcome.failed:
-        # No engine call was made: the funnel cleared the item, or there is no engine to ask.
+        # No engine call was made: the funnel cleared the item, or there is no engine to ask (then the
+        # funnel's score, if any, orders the human queue).
         if work.funnel is not None and work.funnel.cleared:
             route = route_funnel_cleared(work.policy, case_id=work.case_id)
         else:
-            route = route_not_triaged(REASON_NO_ENGINE)
+            route = route_no_engine(work.funnel.p_violation if work.funnel is not None else None)
     else:
         failure = (
             REASON_ENGINE_UNAVAILABLE
@@ -449,7 +560,9 @@ def _outcome_update(outcome: CaseOutcome, config: EngineConfig, now: datetime) -
     if verdict is None and work.funnel is not None and work.funnel.cleared:
         label = Verdict.SAFE
     confidence = (verdict.confidence or "") if verdict is not None else ""
-    return CaseUpdate(work.case_id, route.state, route.priority, route.reason, label, confidence, None)
+    return CaseUpdate(
+        work.case_id, route.state, route.priority, route.reason, label, confidence, None, route.cleared_by
+    )
 
 
 def triage_outcomes_save(outcomes: list[CaseOutcome], config: EngineConfig) -> None:
@@ -458,7 +571,14 @@ def triage_outcomes_save(outcomes: list[CaseOutcome], config: EngineConfig) -> N
 
     now = timezone.now()
     engine = config.transport
-    updates = {o.work.case_id: _outcome_update(o, config, now) for o in outcomes}
+    judged = {o.work.policy_version_id: o.work.policy for o in outcomes if o.verdict is not None}
+    reasoner = autoclear.reasoner_clearances(judged, model=config.model) if judged else {}
+    updates = {
+        o.work.case_id: _outcome_update(
+            o, config, now, reasoner.get(o.work.policy_version_id, REASONER_CLEAR_UNPROVEN)
+        )
+        for o in outcomes
+    }
     with transaction.atomic():
         TriageResult.objects.bulk_create(
             [
@@ -500,41 +620,35 @@ def triage_outcomes_save(outcomes: list[CaseOutcome], config: EngineConfig) -> N
 
 
 def cases_route_without_engine(*, case_ids: list[int] | None) -> int:
-    """No safeguard endpoint configured: pending cases go straight to humans, saying why."""
-    route = route_not_triaged(REASON_NO_ENGINE)
-    appeal = route_appeal(route)
-    where = "TRUE" if case_ids is None else "id = ANY(%(ids)s)"
-    sql = f"""
-        UPDATE moderation_case SET
-            state = CASE WHEN appeal_of_id IS NOT NULL THEN %(appeal_state)s ELSE %(state)s END,
-            priority = CASE WHEN appeal_of_id IS NOT NULL THEN %(appeal_priority)s ELSE %(priority)s END,
-            route_reason = CASE WHEN appeal_of_id IS NOT NULL THEN %(appeal_reason)s ELSE %(reason)s END,
-            verdict = %(verdict)s, queued_at = now(), updated_at = now()
-        WHERE state = 'pending_triage' AND {where}
-        RETURNING id
-    """  # noqa: S608 - `where` is one of two constants
+    """No engine and no funnel model: pending cases go straight to humans, saying why (an item flagged as a
+    likely injection at the injection priority, with that reason)."""
+    pending = Case.objects.filter(state=Case.State.PENDING_TRIAGE)
+    if case_ids is not None:
+        pending = pending.filter(pk__in=case_ids)
     with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute(
-                sql,
-                {
-                    "state": route.state,
-                    "priority": route.priority,
-                    "reason": route.reason,
-                    "appeal_state": appeal.state,
-                    "appeal_priority": appeal.priority,
-                    "appeal_reason": appeal.reason,
-                    "verdict": Verdict.UNDETERMINED,
-                    "ids": case_ids,
-                },
+        rows = list(
+            pending.select_for_update(of=("self",), skip_locked=True).values_list(
+                "pk", "appeal_of_id", "item__injection_signals"
             )
-            routed = [row[0] for row in cursor.fetchall()]
+        )
+        updates = []
+        for pk, appeal_of_id, signals in rows:
+            route = route_not_triaged(REASON_NO_ENGINE)
+            if signals:
+                route = route_injection_guard(route, tuple(signals))
+            if appeal_of_id is not None:
+                route = route_appeal(route)
+            updates.append(
+                CaseUpdate(pk, route.state, route.priority, route.reason, Verdict.UNDETERMINED, "", None)
+            )
+        routed = _cases_update(updates, from_state=Case.State.PENDING_TRIAGE)
+        by_id = {u.case_id: u for u in updates}
         audit.record_many(
             "case.triaged",
             actor=None,
             objects=[
-                (Case(pk=pk), {"state": route.state, "reason": route.reason, "engine_calls": 0})
-                for pk in routed
+                (Case(pk=pk), {"state": by_id[pk].state, "reason": by_id[pk].reason, "engine_calls": 0})
+                for pk in sorted(routed)
             ],
         )
     return len(routed)
@@ -563,6 +677,11 @@ def cases_triage(*, case_ids: list[int], config: EngineConfig | None = None) -> 
 
     With the funnel on, each claimed batch is scored in one batched encode on the funnel thread; what it
     clears is saved with the engine results, the rest is sent to the engine.
+
+    The pump claims as many cases as the circuit breaker lets start (an attempt is counted per case
+    claimed to be sent), and keeps claiming until a claim finds nothing claimable. The cases this message
+    named that it could not claim (the breaker held them back, or the pump's time was up) are settled
+    before it returns: held until the breaker lets requests through, given to humans, or re-enqueued.
     """
     config = config or EngineConfig.from_settings()
     if not config.base_url:
@@ -574,28 +693,32 @@ def cases_triage(*, case_ids: list[int], config: EngineConfig | None = None) -> 
     scoring: dict[concurrent.futures.Future[list[CaseWork]], list[CaseWork]] = {}
     deadline = time.monotonic() + PUMP_SECONDS
     next_refill = 0.0
-    first = True
+    named = list(case_ids)  # claimed before any other pending case
     unsaved: list[CaseOutcome] = []
 
     while True:
+        idle = not in_flight and not scoring
         room = config.max_in_flight - len(in_flight) - sum(len(w) for w in scoring.values())
         now = time.monotonic()
-        if room > 0 and now < deadline and (first or now >= next_refill):
+        found = False
+        # With nothing in flight, claim at once: the pump ends only when a claim finds nothing.
+        if room > 0 and now < deadline and (idle or now >= next_refill):
             allowance = breaker.allowance()
-            if first:
-                # The cases this message named are settled now, breaker or not (deferred if open).
-                works = cases_claim_for_triage(case_ids=case_ids, limit=min(room, len(case_ids)))
-                first = False
-            else:
-                works = cases_claim_for_triage(case_ids=None, limit=int(min(room, allowance)))
-                if len(works) < room:
-                    next_refill = now + REFILL_IDLE_SECONDS
-            sendable = len(works) if allowance == math.inf else int(allowance)
-            if works[sendable:]:
-                triage_outcomes_save(
-                    [CaseOutcome(work=w, unavailable=CIRCUIT_OPEN) for w in works[sendable:]], config
-                )
-            to_send = works[:sendable]
+            limit = int(min(room, allowance))
+            claimed = _cases_claim(
+                case_ids=named or None, limit=limit, config=config, engine_failing=allowance != math.inf
+            )
+            count = len(claimed.to_send) + len(claimed.to_give_up)
+            found = count > 0
+            if named and limit > 0:
+                taken = {w.case_id for w in (*claimed.to_send, *claimed.to_give_up)}
+                named = [] if count < limit else [pk for pk in named if pk not in taken]
+            elif count < limit:
+                next_refill = now + REFILL_IDLE_SECONDS
+            if claimed.to_give_up:
+                triage_outcomes_save([_given_up(w, config) for w in claimed.to_give_up], config)
+                stats.saved += len(claimed.to_give_up)
+            to_send = claimed.to_send
             appeals = [w for w in to_send if w.is_appeal]  # appeals skip the funnel: a human sees them
             to_score = [w for w in to_send if not w.is_appeal] if config.funnel else []
             if to_score:
@@ -603,7 +726,7 @@ def cases_triage(*, case_ids: list[int], config: EngineConfig | None = None) -> 
                 scoring[funnel.funnel_executor().submit(funnel.works_score, to_score, fitted)] = to_score
             for work in appeals if config.funnel else to_send:
                 in_flight[runner.submit(work)] = work
-            stats.claimed += len(works)
+            stats.claimed += count
             stats.max_in_flight = max(stats.max_in_flight, len(in_flight))
         if unsaved:
             # Saved after the refill above, not before: the engine is already working on the
@@ -611,16 +734,16 @@ def cases_triage(*, case_ids: list[int], config: EngineConfig | None = None) -> 
             triage_outcomes_save(unsaved, config)
             stats.saved += len(unsaved)
             unsaved = []
-        if not in_flight and not scoring:
+        if not in_flight and not scoring and not found:
             break
         waiting: list[concurrent.futures.Future[Any]] = [*in_flight, *scoring]
+        if not waiting:
+            continue
         done, _ = concurrent.futures.wait(waiting, timeout=REFILL_IDLE_SECONDS, return_when="FIRST_COMPLETED")
         if not done:
             continue
         judged = [future for future in in_flight if future in done]
-        unsaved = [future.result() for future in judged]
-        for future in judged:
-            del in_flight[future]
+        unsaved = [_judged_outcome(future, in_flight.pop(future), config) for future in judged]
         for scored in [future for future in scoring if future in done]:
             unsaved.extend(_scored_route(scored, scoring.pop(scored), runner, in_flight))
             stats.max_in_flight = max(stats.max_in_flight, len(in_flight))
@@ -628,7 +751,92 @@ def cases_triage(*, case_ids: list[int], config: EngineConfig | None = None) -> 
         engine_outcomes = [o for o in unsaved if o.calls or o.unavailable]
         successes = sum(1 for o in engine_outcomes if o.verdict is not None)
         breaker.record(successes=successes, failures=sum(1 for o in engine_outcomes if o.unavailable))
+    stats.saved += _cases_hold(named, breaker, config)
     return stats
+
+
+def _judged_outcome(
+    future: concurrent.futures.Future[CaseOutcome], work: CaseWork, config: EngineConfig
+) -> CaseOutcome:
+    """The engine's outcome for ``work``; whatever the call raised is that case's failed attempt."""
+    try:
+        return future.result()
+    except concurrent.futures.CancelledError:
+        # The runner's loop was stopped under the call (a settings change): no answer, try again later.
+        return CaseOutcome(work=work, unavailable="engine call cancelled")
+    except BaseException as exc:
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        logger.exception("engine call for case %s failed", work.case_id)
+        tier, model, effort = config.tiers(is_appeal=work.is_appeal)[0]
+        error = _unexpected(exc)
+        return CaseOutcome(
+            work=work, calls=[EngineCall(tier, model, effort, None, None, error)], failed=error
+        )
+
+
+def _given_up(work: CaseWork, config: EngineConfig) -> CaseOutcome:
+    """A case the engine had its chances with: to humans as "engine unavailable", no new attempt used.
+
+    Routed as a case whose attempts are used up (that is what _outcome_update reads); the attempts stored
+    on the case stay what was really sent.
+    """
+    waited = f"{config.give_up_after_seconds:g} s"
+    return CaseOutcome(
+        work=replace(work, attempts=max(work.attempts, config.max_attempts)),
+        unavailable=f"gave up: the engine has been failing and the case waited over {waited}",
+    )
+
+
+def _cases_hold(case_ids: list[int], breaker: CircuitBreaker, config: EngineConfig) -> int:
+    """Settle named cases the pump did not claim; returns how many went to humans.
+
+    While the breaker holds requests back, each waits (no attempt used) until a request may start again,
+    and one that has already waited give_up_after goes to humans. With the breaker closed (the pump's
+    time ran out) they are simply re-enqueued.
+    """
+    from inference_worker import tasks
+
+    if not case_ids:
+        return 0
+    delay = breaker.seconds_until_retry()
+    if delay <= 0:
+        tasks.triage_enqueue(case_ids=case_ids)
+        return 0
+    given_up = _cases_claim(
+        case_ids=case_ids, limit=len(case_ids), config=config, engine_failing=True, give_up_only=True
+    ).to_give_up
+    if given_up:
+        triage_outcomes_save([_given_up(w, config) for w in given_up], config)
+    now = timezone.now()
+    reason = f"waiting for the engine ({CIRCUIT_OPEN}); no attempt used"
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                HOLD_SQL,
+                {
+                    "ids": case_ids,
+                    "reason": reason,
+                    "delay": max(delay, HOLD_MIN_SECONDS),
+                    "give_up_after": config.give_up_after_seconds,
+                    "min_delay": HOLD_MIN_SECONDS,
+                },
+            )
+            held = dict(cursor.fetchall())
+        audit.record_many(
+            "case.triaged",
+            actor=None,
+            objects=[
+                (Case(pk=pk), {"state": Case.State.PENDING_TRIAGE, "reason": reason, "engine_calls": 0})
+                for pk in sorted(held)
+            ],
+        )
+        wake_ups: dict[int, list[int]] = defaultdict(list)
+        for pk, not_before in held.items():
+            wake_ups[max(0, math.ceil((not_before - now).total_seconds()))].append(pk)
+        for countdown, pks in wake_ups.items():
+            transaction.on_commit(partial(tasks.triage_enqueue, case_ids=sorted(pks), countdown=countdown))
+    return len(given_up)
 
 
 def _scored_route(

@@ -61,6 +61,20 @@ class Policy(models.Model):
         validators=[MinValueValidator(0.5), MaxValueValidator(1.0)],
         help_text="Share of violations the funnel tier must pass on; empty: SAFEGUARD_FUNNEL_TARGET_RECALL.",
     )
+    # How sure the product must be that an auto-clear meets its recall target (inference_worker/guarantee).
+    recall_confidence = models.FloatField(
+        default=0.95,
+        validators=[MinValueValidator(0.5), MaxValueValidator(0.999)],
+        help_text="Probability that recall on new items meets the target before any tier may auto-clear.",
+    )
+    # Per-tier switches. On means "may clear while its guarantee holds": a tier without a proven threshold,
+    # or suspended by QA monitoring, clears nothing either way.
+    funnel_auto_clear = models.BooleanField(
+        default=True, help_text="The funnel tier may clear items below its proven threshold."
+    )
+    reasoner_auto_clear = models.BooleanField(
+        default=True, help_text="Safe verdicts at a proven confidence may be cleared without a human."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -232,6 +246,10 @@ class Case(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     sla_due_at = models.DateTimeField(null=True, blank=True)
     queued_at = models.DateTimeField(null=True, blank=True)
+    # The tier that auto-cleared the case, or would have for a QA sample: QA decisions on these measure
+    # each tier's live miss rate (inference_worker/autoclear.py).
+    # (A database default too: ingestion and benchmarks insert cases set-based.)
+    cleared_by = models.CharField(max_length=16, blank=True, default="", db_default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -267,6 +285,12 @@ class Case(models.Model):
                 fields=["lease_owner", "lease_expires_at"],
                 name="case_holder_idx",
                 condition=Q(state="claimed"),
+            ),
+            # QA monitoring of auto-clears counts only these (a small share of all cases).
+            models.Index(
+                fields=["policy_version", "cleared_by"],
+                name="case_cleared_by_idx",
+                condition=~Q(cleared_by=""),
             ),
         ]
 
@@ -312,3 +336,42 @@ class TriageResult(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tier} {self.verdict} for case {self.case_id}"
+
+
+class AutoClearSuspension(models.Model):
+    """Auto-clear of one tier turned off for one policy version because QA samples found too many misses.
+
+    Open while `resumed_at` is empty; only an explicit, audited action (with a reason) resumes it, and QA
+    monitoring then counts afresh from that moment.
+    """
+
+    class Tier(models.TextChoices):
+        FUNNEL = "funnel", "funnel tier"
+        SAFEGUARD = "safeguard", "reasoner"
+
+    policy_version = models.ForeignKey(
+        PolicyVersion, on_delete=models.PROTECT, related_name="auto_clear_suspensions"
+    )
+    tier = models.CharField(max_length=16, choices=Tier.choices)
+    reason = models.CharField(max_length=300)
+    qa_samples = models.PositiveIntegerField()
+    qa_misses = models.PositiveIntegerField()
+    miss_rate_upper_bound = models.FloatField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    resumed_at = models.DateTimeField(null=True, blank=True)
+    resumed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    resume_reason = models.TextField(blank=True)
+
+    class Meta:
+        constraints: ClassVar = [
+            models.UniqueConstraint(
+                fields=["policy_version", "tier"],
+                condition=Q(resumed_at__isnull=True),
+                name="auto_clear_one_open_suspension",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_tier_display()} auto-clear suspended for policy version {self.policy_version_id}"

@@ -19,7 +19,7 @@ from inference_worker.policy_rules import policy_rule_ids_parse
 from inference_worker.prompts import token_count
 from moderation.injection import injection_signals
 from moderation.models import Case, ContentItem, Policy, PolicyVersion, Source
-from reviews import audit
+from reviews import audit, callbacks
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +187,7 @@ def source_create(
         source.rate_limit_per_minute = rate_limit_per_minute
     api_key = source.api_key_issue()
     source.full_clean()
+    callbacks.callback_url_validate(callback_url)
     source.save()
     source.policies.set(policies)
     audit.record(
@@ -320,6 +321,9 @@ POLICY_SETTINGS = (
     "qa_sample_rate",
     "activation_tolerance",
     "funnel_target_recall",
+    "recall_confidence",
+    "funnel_auto_clear",
+    "reasoner_auto_clear",
 )
 
 

@@ -94,11 +94,21 @@ class PolicySettingsForm(forms.ModelForm):
             "auto_action_violations": "Act on violations without a human",
             "auto_clear_min_confidence": "Auto-clear from confidence",
             "escalate_below_confidence": "Escalate below confidence",
-            "funnel_target_recall": "Funnel target recall",
+            "funnel_target_recall": "Target recall",
+            "recall_confidence": "Confidence of the recall guarantee",
+            "funnel_auto_clear": "Funnel tier may auto-clear",
+            "reasoner_auto_clear": "Reasoner may auto-clear",
         }
         help_texts = {
             "auto_action_violations": "Off (recommended): every violation goes to a moderator.",
-            "auto_clear_min_confidence": "Safe verdicts at least this confident are cleared without a human.",
+            "auto_clear_min_confidence": "Safe verdicts at least this confident may be cleared without a "
+            "human, once evaluation runs prove that level (the policy page says which level is proven).",
+            "recall_confidence": "Probability (0.5 to 0.999) that an auto-clear tier meets the target recall "
+            "on new items; 0.95 needs 149 labelled violations at a 0.98 target.",
+            "funnel_auto_clear": "Only while its threshold is proven on held-out golden violations and QA "
+            "has not suspended it.",
+            "reasoner_auto_clear": "Only while an evaluation run on the golden set proves the confidence "
+            "level and QA has not suspended it.",
         }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -106,14 +116,24 @@ class PolicySettingsForm(forms.ModelForm):
         if self.instance.pk:
             self.fields["sources"].initial = list(self.instance.sources.all())
         self.fields["funnel_target_recall"].help_text = (
-            "Share of violations the funnel tier must pass on to the reasoner or a human (0.5 to 1); empty: "
-            f"the deployment's default, {settings.SAFEGUARD_FUNNEL_TARGET_RECALL}."
+            "Share of violations every auto-clear tier must pass on to the reasoner or a human (0.5 to 1); "
+            f"empty: the deployment's default, {settings.SAFEGUARD_FUNNEL_TARGET_RECALL}."
         )
 
     FIELDSETS = (
         ("Policy", ("name", "description")),
         ("Routing", ("auto_action_violations", "auto_clear_min_confidence", "escalate_below_confidence")),
-        ("Quality", ("qa_sample_rate", "activation_tolerance", "funnel_target_recall")),
+        (
+            "Auto-clear",
+            (
+                "funnel_auto_clear",
+                "reasoner_auto_clear",
+                "funnel_target_recall",
+                "recall_confidence",
+                "qa_sample_rate",
+            ),
+        ),
+        ("Quality", ("activation_tolerance",)),
         ("Content", ("sources",)),
     )
 

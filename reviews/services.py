@@ -142,6 +142,7 @@ def text_hash(text: str) -> str:
 
 def case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> Decision:
     """Record a moderator's call; the case is settled, escalated or double-checked, never twice decided."""
+    from inference_worker import tasks as inference_tasks
     from reviews import tasks
 
     with transaction.atomic():
@@ -211,6 +212,15 @@ def case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> Decisio
         Case.objects.filter(pk=locked.pk).update(
             state=Case.State.DECIDED, lease_owner=None, lease_expires_at=None, updated_at=timezone.now()
         )
+        # A QA sample of an auto-clear: the tier's live miss rate may now say it must stop clearing.
+        if locked.cleared_by:
+            transaction.on_commit(
+                partial(
+                    inference_tasks.autoclear_monitor_enqueue,
+                    policy_version_id=locked.policy_version_id,
+                    tier=locked.cleared_by,
+                )
+            )
         # A QA review only measures agreement: the platform and the golden set already have the outcome.
         if not is_qa:
             _golden_candidate_from_decision(locked, made)

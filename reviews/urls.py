@@ -51,6 +51,11 @@ urlpatterns = [
         name="golden_curate",
     ),
     path("policies/<slug:slug>/runs", views_policies.evaluation_run_new, name="evaluation_run_new"),
+    path(
+        "policies/<slug:slug>/auto-clear/<int:suspension_id>/resume",
+        views_policies.autoclear_resume,
+        name="autoclear_resume",
+    ),
     path("runs/compare", views_policies.evaluation_runs_compare, name="evaluation_runs_compare"),
     path("runs/<int:run_id>/", views_policies.evaluation_run, name="evaluation_run"),
     path(

@@ -25,7 +25,7 @@ from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
 
 from config.middleware import session_passive
-from inference_worker.selectors import funnel_calibrations_for_policies
+from inference_worker.selectors import funnel_calibrations_for_policies, suspensions_open_for_policies
 from moderation.models import Case
 from reviews import audit, exports, metrics, policy_selectors, selectors, services, tokens
 from reviews.api import stream_response
@@ -297,6 +297,7 @@ def metrics_page(request: AuthedRequest) -> HttpResponse:
     context = {
         "metrics": metrics.metrics_compute(policies),
         "funnel_calibrations": funnel_calibrations_for_policies(policies.order_by("name")),
+        "suspensions": suspensions_open_for_policies(policies),
         "engine_configured": bool(settings.SAFEGUARD_BASE_URL),
     }
     return _page(request, "reviews/metrics.html", context)

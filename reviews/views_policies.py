@@ -14,9 +14,10 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from inference_worker import autoclear
 from inference_worker.selectors import funnel_calibration_for_policy
 from moderation import services as moderation
-from moderation.models import Policy, PolicyVersion
+from moderation.models import AutoClearSuspension, Policy, PolicyVersion
 from moderation.policy_lint import SWEET_SPOT, policy_lint
 from reviews import evaluations, golden, policy_selectors
 from reviews.forms_policies import (
@@ -137,6 +138,7 @@ def _policy_page(
     context = {
         **policy_selectors.policy_overview(policy),
         "funnel": funnel_calibration_for_policy(policy),
+        "can_resume": True,
         "run_form": run_form or RunForm(policy=policy),
         "activate_form": activate_form or ActivateForm(),
         "error": error,
@@ -495,6 +497,30 @@ def evaluation_run_progress(request: AuthedRequest, run_id: int) -> HttpResponse
     run = _run(request, run_id)
     status = HTMX_STOP_POLLING if run.is_finished else 200
     return render(request, "reviews/policies/run.html#run-body", _run_context(run), status=status)
+
+
+@require_POST
+@login_required
+def autoclear_resume(request: AuthedRequest, slug: str, suspension_id: int) -> HttpResponse:
+    """Turn a tier's auto-clear back on after QA suspended it: a person's explicit, audited call."""
+    policy = _policy(request, slug)
+    suspension = get_object_or_404(
+        AutoClearSuspension.objects.select_related("policy_version"),
+        pk=suspension_id,
+        policy_version__policy=policy,
+    )
+    try:
+        autoclear.autoclear_resume(
+            suspension=suspension, actor=request.user, reason=request.POST.get("reason", "")
+        )
+    except autoclear.ResumeRefused as exc:
+        return _policy_page(request, policy, status=400, error=f"Auto-clear not turned back on: {exc}.")
+    messages.success(
+        request,
+        f"{suspension.get_tier_display().capitalize()} auto-clear is back on for "
+        f"v{suspension.policy_version.number}; QA monitoring starts afresh.",
+    )
+    return _redirect(request, reverse("reviews:policy_detail", args=[policy.slug]))
 
 
 @require_POST

@@ -24,7 +24,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from inference_worker.testing.fixtures import engine_config_for
-from moderation.models import Case, Policy
+from moderation.models import AutoClearSuspension, Case, Policy
 from moderation.services import policy_draft_create
 from reviews.evaluations import ExampleIn, evaluation_run_create
 from reviews.models import (
@@ -178,6 +178,8 @@ RULES: dict[str, Rule] = {
     "reviews:evaluation_run_cancel": page("POST", POLICY_EDITORS, ok=302),  # back to the cancelled run
     "reviews:policy_create": page("GET", POLICY_EDITORS),
     "reviews:policy_settings": page("GET", POLICY_EDITORS),
+    # Without a reason the suspension stays (400 for those allowed to lift it).
+    "reviews:autoclear_resume": page("POST", POLICY_EDITORS, ok=400),
     # The ingestion API.
     "api:openapi-json": everyone("GET", 200),
     "api:api-root": everyone("GET", 404),
@@ -288,6 +290,8 @@ class World:
                 values[name] = "accept"
             elif name == "run_id":
                 values[name] = str(self.objects["run"].pk)
+            elif name == "suspension_id":
+                values[name] = str(self.objects["suspension"].pk)
             elif name == "token_id":
                 values[name] = str(self.objects["reviews_apitoken"].pk)
             elif name == "url":
@@ -359,6 +363,14 @@ def world(policy: Policy) -> World:
     _, objects["moderator_token"] = api_token_create(user=users["moderator"], name="not an auditor")
     objects["reviews_statementofreasonsmapping"] = StatementOfReasonsMapping.objects.create(policy=policy)
     objects["draft"] = policy_draft_create(policy=policy, author=users["policy_editor"])
+    objects["suspension"] = AutoClearSuspension.objects.create(
+        policy_version=case.policy_version,
+        tier="funnel",
+        reason="QA found misses",
+        qa_samples=2,
+        qa_misses=1,
+        miss_rate_upper_bound=0.9,
+    )
     objects["run"] = evaluation_run_create(
         version=objects["draft"],
         actor=users["policy_editor"],

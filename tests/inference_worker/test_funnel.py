@@ -7,7 +7,6 @@ import hashlib
 import io
 from typing import Any
 
-import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
@@ -56,10 +55,25 @@ VIOLATING_ITEM = "I will kill you and your whole family tonight."
 
 
 @pytest.fixture
-def threats(db: None) -> Policy:
+def threats_unproven(db: None) -> Policy:
+    """The policy text's examples only (5 of each class): enough to score, never to clear."""
     policy = Policy.objects.create(slug="threats", name="Threats", qa_sample_rate=0)
     moderation_services.policy_version_create(policy=policy, text=THREATS_POLICY, activate=True)
     return policy
+
+
+@pytest.fixture
+def threats(threats_unproven: Policy) -> Policy:
+    """With a golden set of 12 + 12 and a loose promise (recall >= 0.8 at 50% confidence needs 4 held-out
+    violations), so tests can watch the funnel clear; the real default (0.98 at 95%) needs 149."""
+    for text in VIOLATIONS:
+        golden(threats_unproven, text, "violates", GoldenExample.Status.ACCEPTED)
+    for text in SAFE:
+        golden(threats_unproven, text, "safe", GoldenExample.Status.ACCEPTED)
+    threats_unproven.funnel_target_recall = 0.8
+    threats_unproven.recall_confidence = 0.5
+    threats_unproven.save()
+    return threats_unproven
 
 
 @pytest.fixture
@@ -109,7 +123,8 @@ def test_without_an_engine_it_clears_a_safe_item_and_gives_a_threat_to_humans(
     safe, violating = triage(cases_for(threats, SAFE_ITEM, VIOLATING_ITEM), no_engine)
     assert (safe.state, safe.verdict) == (Case.State.AUTO_CLEARED, "safe")
     assert (violating.state, violating.verdict) == (Case.State.QUEUED, "undetermined")
-    assert violating.route_reason == REASON_NO_ENGINE
+    assert violating.route_reason.startswith(REASON_NO_ENGINE + "; funnel p(violation)")
+    assert safe.cleared_by == "funnel"
 
     cleared = TriageResult.objects.get(case=safe)
     passed = TriageResult.objects.get(case=violating)
@@ -121,11 +136,12 @@ def test_without_an_engine_it_clears_a_safe_item_and_gives_a_threat_to_humans(
     )
     clear_score, pass_score = cleared.funnel or {}, passed.funnel or {}
     assert clear_score["p_violation"] < clear_score["threshold"] <= pass_score["p_violation"]
-    assert clear_score["method"] == "nearest neighbours"
+    assert clear_score["method"] == "logistic regression"
+    assert clear_score["recall_lower_bound"] is not None and clear_score["held_out_violations"] == 6
     assert cleared.model and cleared.engine == "sentence-transformers" and cleared.latency_ms is not None
     # The explanation: the most similar labelled examples, most similar first.
     nearest = pass_score["nearest"]
-    assert len(nearest) == 3 and nearest[0]["label"] == "violation" and nearest[0]["origin"] == "policy"
+    assert len(nearest) == 3 and nearest[0]["label"] == "violation"
     assert nearest[0]["similarity"] >= nearest[1]["similarity"] >= nearest[2]["similarity"]
     assert "below" in cleared.rationale and "at or above" in passed.rationale
 
@@ -141,6 +157,7 @@ def test_a_likely_injection_attempt_is_passed_on_to_the_reasoner_whatever_its_sc
     scored = TriageResult.objects.get(case=case, tier="funnel")
     assert scored.funnel is not None and scored.funnel["p_violation"] < scored.funnel["threshold"]
     assert "prompt-injection attempt: passed on" in scored.rationale
+    assert case.cleared_by == ""
     assert case.state == Case.State.QUEUED and case.route_reason.startswith("likely prompt-injection attempt")
 
 
@@ -150,9 +167,10 @@ def test_it_sends_a_sampled_share_of_funnel_clears_to_qa(threats: Policy, no_eng
     [case] = triage(cases_for(threats, SAFE_ITEM), no_engine)
     assert (case.state, case.route_reason, case.verdict) == (
         Case.State.QUEUED,
-        "QA sample of an auto-clear",
+        "QA sample of a funnel auto-clear",
         "safe",
     )
+    assert case.cleared_by == "funnel"
 
 
 def test_with_an_engine_only_what_the_funnel_cannot_clear_reaches_the_reasoner(
@@ -165,8 +183,8 @@ def test_with_an_engine_only_what_the_funnel_cannot_clear_reaches_the_reasoner(
     assert list(TriageResult.objects.filter(case=safe).values_list("tier", flat=True)) == ["funnel"]
     tiers = list(TriageResult.objects.filter(case=violating).order_by("id").values_list("tier", flat=True))
     assert tiers == ["funnel", "safeguard"]
-    # The reasoner had the last word on the case the funnel passed on.
-    assert violating.verdict == "safe" and violating.state == Case.State.AUTO_CLEARED
+    # The reasoner had the last word on the case the funnel passed on (its "safe" is not proven: a human).
+    assert violating.verdict == "safe" and violating.state == Case.State.QUEUED
 
 
 def test_the_pump_scores_every_claimed_batch_and_sends_the_engine_only_the_rest(
@@ -181,9 +199,11 @@ def test_the_pump_scores_every_claimed_batch_and_sends_the_engine_only_the_rest(
     assert not Case.objects.filter(state__in=[Case.State.PENDING_TRIAGE, Case.State.TRIAGING]).exists()
     assert TriageResult.objects.filter(tier="funnel").count() == 200
     engine_calls = TriageResult.objects.filter(tier="safeguard").count()
-    funnel_only = Case.objects.filter(state=Case.State.AUTO_CLEARED).exclude(triage_results__tier="safeguard")
+    funnel_only = Case.objects.filter(cleared_by="funnel", state=Case.State.AUTO_CLEARED)
     assert engine_calls == engine_simulator.stats.requests_total == 200 - funnel_only.count()
-    assert funnel_only.count() == 100  # every safe post, and no threat
+    # No threat, and nearly every safe post (a sentence like "(#7)" scored alone can look odd: passed on).
+    assert not funnel_only.filter(item__text__startswith=VIOLATING_ITEM).exists()
+    assert funnel_only.count() >= 90
 
 
 def test_appeals_skip_the_funnel(threats: Policy, no_engine: EngineConfig) -> None:
@@ -205,7 +225,7 @@ def test_a_policy_without_labelled_examples_is_never_cleared_blind(
     result = TriageResult.objects.get(case=case)
     details = result.funnel or {}
     assert (result.tier, result.verdict, details["p_violation"]) == ("funnel", "undetermined", None)
-    assert details["note"].startswith("not calibrated")
+    assert details["note"].startswith("not scoring")
     calibration = FunnelCalibration.objects.get()
     assert (calibration.method, calibration.threshold) == ("uncalibrated", None)
 
@@ -252,22 +272,55 @@ HELD_OUT_SAFE = [
 ]
 
 
-def test_calibration_meets_its_recall_target_on_a_labelled_set() -> None:
-    vectors = funnel.training_vectors(VIOLATIONS + SAFE)
-    labels = np.array([1] * len(VIOLATIONS) + [0] * len(SAFE))
-    calibration = funnel.calibrate(vectors, labels, target_recall=0.98)
-    assert calibration.method == FunnelCalibration.Method.LOGISTIC_REGRESSION
-    assert calibration.measured_recall is not None and calibration.measured_recall >= 0.98
-    assert calibration.clear_rate is not None and calibration.clear_rate > 0.5
+def examples_of(violations: list[str], safe: list[str]) -> list[funnel.TrainingExample]:
+    return [funnel.TrainingExample(t, True, "golden") for t in violations] + [
+        funnel.TrainingExample(t, False, "golden") for t in safe
+    ]
 
-    texts = VIOLATIONS + SAFE
-    examples = [funnel.TrainingExample(t, bool(y), "golden") for t, y in zip(texts, labels, strict=True)]
-    fitted = funnel.fit(examples, vectors, FunnelCalibration(pk=1, **dataclasses.asdict(calibration)))
-    assert fitted.threshold is not None
-    held_out = fitted.scores(funnel.training_vectors(HELD_OUT_VIOLATIONS + HELD_OUT_SAFE))
+
+def test_the_threshold_rests_only_on_violations_the_classifier_never_saw() -> None:
+    examples = examples_of(VIOLATIONS, SAFE)
+    split = funnel.calibration_split(examples, 0.5, 0.5)
+    held = {examples[i].text for i in split.held_out_violations}
+    trained = {examples[i].text for i in split.train}
+    # Half would be 6, but a regression needs 8 violations to train on: 4 of the 12 prove.
+    assert len(held) == 4 and not held & trained
+    assert len(split.held_out_safe) == 3
+
+    train, vectors, calibration = funnel.calibration_measure(examples, 0.5, 0.5)
+    assert [e.text for e in train] == [examples[i].text for i in split.train]
+    assert calibration.method == FunnelCalibration.Method.LOGISTIC_REGRESSION
+    assert (calibration.held_out_violations, calibration.violations_needed) == (4, 1)
+    assert calibration.threshold is not None and calibration.recall_lower_bound is not None
+    assert calibration.recall_lower_bound >= 0.5
+
+    # The fitted classifier is the calibrated one: the same training part, refitted deterministically.
+    row = FunnelCalibration(pk=1, **dataclasses.asdict(calibration))
+    fitted = funnel.fit(train, vectors, row)
+    held_scores = fitted.scores(funnel.training_vectors(sorted(held)))
+    assert (held_scores < calibration.threshold).sum() == calibration.held_out_misses
+    unseen = fitted.scores(funnel.training_vectors(HELD_OUT_VIOLATIONS + HELD_OUT_SAFE))
     n = len(HELD_OUT_VIOLATIONS)
-    assert (held_out[:n] >= fitted.threshold).all()  # every unseen threat goes on to the reasoner
-    assert (held_out[n:] < fitted.threshold).sum() >= 2  # and unseen safe posts are cleared
+    assert (unseen[:n] >= calibration.threshold).all()  # unseen threats go on to the reasoner
+    assert (unseen[n:] < calibration.threshold).sum() >= 2  # and unseen safe posts are cleared
+
+
+def test_below_the_violations_the_guarantee_needs_it_runs_in_shadow_mode() -> None:
+    examples = examples_of(VIOLATIONS, SAFE)
+    # 0.98 at 95% needs 149 held-out violations; 12 golden violations cannot even start.
+    split = funnel.calibration_split(examples, 0.98, 0.95)
+    assert (split.held_out_violations, split.violations_needed) == ([], 149)
+    _, _, calibration = funnel.calibration_measure(examples, 0.98, 0.95)
+    assert calibration.threshold is None
+    assert calibration.method == FunnelCalibration.Method.LOGISTIC_REGRESSION  # it still scores
+    assert calibration.note.startswith("shadow mode: proving recall >= 0.98 at 95% confidence needs 149")
+
+
+def test_nearest_neighbours_never_clear() -> None:
+    examples = examples_of(VIOLATIONS[:5], SAFE[:5])
+    _, _, calibration = funnel.calibration_measure(examples, 0.5, 0.5)
+    assert calibration.method == FunnelCalibration.Method.NEAREST_NEIGHBOURS
+    assert calibration.threshold is None and "nearest neighbours never auto-clear" in calibration.note
 
 
 def test_bfloat16_embeddings_keep_every_verdict_of_float32(settings: Any) -> None:
@@ -277,26 +330,62 @@ def test_bfloat16_embeddings_keep_every_verdict_of_float32(settings: Any) -> Non
     settings.SAFEGUARD_FUNNEL_PRECISION = "bf16"
     assert embeddings.uses_bf16()
     fast = embeddings.encode(texts)
-    assert float((exact * fast).sum(axis=1).min()) > 0.9995
+    assert float((exact * fast).sum(axis=1).min()) > 0.999
 
-    n = len(VIOLATIONS) + len(SAFE)
-    labels = np.array([1] * len(VIOLATIONS) + [0] * len(SAFE))
-    calibration = funnel.calibrate(exact[:n], labels, target_recall=0.98)
-    examples = [funnel.TrainingExample(t, bool(y), "golden") for t, y in zip(texts[:n], labels, strict=True)]
-    fitted = funnel.fit(examples, exact[:n], FunnelCalibration(pk=1, **dataclasses.asdict(calibration)))
+    settings.SAFEGUARD_FUNNEL_PRECISION = "fp32"
+    train, vectors, calibration = funnel.calibration_measure(examples_of(VIOLATIONS, SAFE), 0.5, 0.5)
+    fitted = funnel.fit(train, vectors, FunnelCalibration(pk=1, **dataclasses.asdict(calibration)))
     assert fitted.threshold is not None
+    n = len(VIOLATIONS) + len(SAFE)
     passed_on = fitted.scores(exact[n:]) >= fitted.threshold
     assert (fitted.scores(fast[n:]) >= fitted.threshold).tolist() == passed_on.tolist()
 
 
-def test_the_threshold_keeps_the_recall_asked_for_with_one_miss_in_reserve() -> None:
-    scores = np.concatenate([np.linspace(0.01, 1.0, 100), np.linspace(0.0, 0.5, 50)])
-    labels = np.array([1] * 100 + [0] * 50)
-    threshold, recall, clear_rate = funnel.threshold_for_recall(scores, labels, 0.95)
-    # 0.95 allows 5 of 100 violations below the threshold; one is held in reserve, so the 5th lowest passes
-    assert recall == 0.96
-    assert threshold == pytest.approx(0.01 + 4 * 0.01)
-    assert clear_rate == pytest.approx((scores[100:] < threshold).mean())
+HARMLESS_PADDING = (
+    "Garden club notes: the spring plant swap went well and we thank everyone who brought seedlings. "
+    "Tomatoes, basil and marigolds were the most popular, and the compost workshop is on the second "
+    "Saturday of the month. Please return borrowed tools to the shed and sign the watering rota. "
+) * 7
+
+
+@pytest.mark.parametrize("where", ["after", "before"])
+def test_harmless_padding_does_not_hide_a_threat(threats: Policy, where: str) -> None:
+    assert len(HARMLESS_PADDING) > 1900
+    padded = (
+        HARMLESS_PADDING + VIOLATING_ITEM if where == "after" else VIOLATING_ITEM + " " + HARMLESS_PADDING
+    )
+    plain, harmless, hidden = (score(threats, t) for t in (VIOLATING_ITEM, HARMLESS_PADDING, padded))
+    assert not plain.cleared and harmless.cleared  # the test can fail: padding alone is cleared
+    assert not hidden.cleared and hidden.windows > 1
+    assert hidden.p_violation is not None and plain.p_violation is not None
+    assert hidden.p_violation >= plain.p_violation - 0.15
+
+
+def test_nothing_is_cleared_at_the_default_promise_until_the_golden_set_can_prove_it(
+    threats: Policy, no_engine: EngineConfig
+) -> None:
+    threats.funnel_target_recall = None
+    threats.recall_confidence = 0.95
+    threats.save()
+    safe, violating = triage(cases_for(threats, SAFE_ITEM, VIOLATING_ITEM), no_engine)
+    assert (safe.state, violating.state) == (Case.State.QUEUED, Case.State.QUEUED)
+    # Shadow mode still scores, and the score orders the human queue.
+    safe_score = TriageResult.objects.get(case=safe).funnel or {}
+    violating_score = TriageResult.objects.get(case=violating).funnel or {}
+    assert safe_score["mode"] == "shadow" and safe_score["threshold"] is None
+    assert safe_score["p_violation"] < violating_score["p_violation"]
+    assert safe.priority < violating.priority
+    calibration = FunnelCalibration.objects.get(pk=safe_score["calibration_id"])
+    assert (calibration.violations_needed, calibration.violations_missing) == (149, 149)
+
+
+def test_the_policy_switch_turns_funnel_auto_clear_off(threats: Policy, no_engine: EngineConfig) -> None:
+    threats.funnel_auto_clear = False
+    threats.save()
+    [case] = triage(cases_for(threats, SAFE_ITEM), no_engine)
+    assert case.state == Case.State.QUEUED
+    result = TriageResult.objects.get(case=case)
+    assert "funnel auto-clear is off for this policy: passed on" in result.rationale
 
 
 def test_retraining_follows_accepts_and_rejects_in_the_golden_set(threats: Policy) -> None:
@@ -310,6 +399,9 @@ def test_retraining_follows_accepts_and_rejects_in_the_golden_set(threats: Polic
         "Beautiful photos from our beach trip, the sea looks lovely.",
         "Lovely beach trip pictures, the sea is so beautiful.",
         "Such beautiful photos from the beach trip, look at that sea.",
+        "Our beach holiday photos are up, the sea was gorgeous.",
+        "Pictures from the seaside trip: what a beautiful sea.",
+        "Gorgeous sea in these photos from our beach day.",
     ]
     candidates = [golden(threats, t, "violates", GoldenExample.Status.CANDIDATE) for t in paraphrases]
     added = GoldenExample.objects.filter(pk__in=[c.pk for c in candidates])
@@ -318,10 +410,10 @@ def test_retraining_follows_accepts_and_rejects_in_the_golden_set(threats: Polic
     added.update(status=GoldenExample.Status.ACCEPTED)
     after = score(threats, lookalike)
     assert after.calibration_id != before.calibration_id
-    assert not after.cleared and after.p_violation is not None and after.p_violation > 0.9
-    assert [n["origin"] for n in after.nearest] == ["golden"] * 3
+    assert not after.cleared and after.p_violation is not None and before.p_violation is not None
+    assert after.p_violation > before.p_violation + 0.2
     retrained = FunnelCalibration.objects.get(pk=after.calibration_id)
-    assert (retrained.golden_examples, retrained.violations, retrained.safe) == (3, 8, 5)
+    assert retrained.golden_examples == 30 and retrained.held_out_violations == 9
 
     added.update(status=GoldenExample.Status.REJECTED)
     rejected = score(threats, lookalike)
@@ -329,20 +421,22 @@ def test_retraining_follows_accepts_and_rejects_in_the_golden_set(threats: Polic
     assert AuditEvent.objects.filter(action="funnel.calibrated").count() == 2
 
 
-def test_a_policy_may_ask_for_a_different_recall(threats: Policy) -> None:
-    default = score(threats, SAFE_ITEM)
-    threats.funnel_target_recall = 0.5
+def test_a_policy_may_ask_for_a_different_recall_and_confidence(threats: Policy) -> None:
+    loose = score(threats, SAFE_ITEM)
+    threats.funnel_target_recall = None
+    threats.recall_confidence = 0.9
     threats.save()
-    looser = score(threats, SAFE_ITEM)
-    calibrations = FunnelCalibration.objects.filter(pk__in=[default.calibration_id, looser.calibration_id])
-    assert sorted(calibrations.values_list("target_recall", flat=True)) == [0.5, 0.98]
+    strict = score(threats, SAFE_ITEM)
+    calibrations = FunnelCalibration.objects.filter(pk__in=[loose.calibration_id, strict.calibration_id])
+    assert sorted(calibrations.values_list("target_recall", "confidence")) == [(0.8, 0.5), (0.98, 0.9)]
+    assert loose.cleared and not strict.cleared
 
 
-def test_the_sql_fingerprint_matches_the_one_computed_from_loaded_rows(threats: Policy) -> None:
-    rows = [golden(threats, f"text {n}", "safe", GoldenExample.Status.ACCEPTED) for n in range(3)]
-    golden(threats, "not accepted", "safe", GoldenExample.Status.CANDIDATE)
+def test_the_sql_fingerprint_matches_the_one_computed_from_loaded_rows(threats_unproven: Policy) -> None:
+    rows = [golden(threats_unproven, f"text {n}", "safe", GoldenExample.Status.ACCEPTED) for n in range(3)]
+    golden(threats_unproven, "not accepted", "safe", GoldenExample.Status.CANDIDATE)
     expected = funnel.golden_fingerprint([(g.pk, g.text_hash, g.expected_label) for g in rows])
-    assert funnel.golden_fingerprints([threats.pk]) == {threats.pk: expected}
+    assert funnel.golden_fingerprints([threats_unproven.pk]) == {threats_unproven.pk: expected}
 
 
 def test_it_prepares_and_saves_a_scored_batch_in_a_constant_number_of_queries(

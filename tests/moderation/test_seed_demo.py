@@ -28,9 +28,11 @@ def test_seed_demo_gives_each_demo_policy_an_accepted_golden_set_once(db: None) 
 
 
 @pytest.mark.usefixtures("sentence_model")
-def test_without_an_engine_the_demo_funnel_clears_safe_posts_and_keeps_every_violation(
+def test_without_an_engine_the_demo_funnel_scores_in_shadow_mode_and_clears_nothing(
     db: None, engine_config: EngineConfig
 ) -> None:
+    """16 labelled examples prove no recall at 0.98 / 95%: the demo funnel orders the queue and clears
+    nothing, and says how many labelled violations it still needs."""
     call_command("seed_demo", "--admin-password", "a long demo password", stdout=StringIO())
     cases = list(Case.objects.select_related("item", "policy_version__policy"))
     services.cases_triage(
@@ -39,21 +41,11 @@ def test_without_an_engine_the_demo_funnel_clears_safe_posts_and_keeps_every_vio
 
     calibrations = FunnelCalibration.objects.filter(policy_version__policy__slug__in=["spam", "harassment"])
     assert {c.method for c in calibrations} == {FunnelCalibration.Method.LOGISTIC_REGRESSION}
-    cleared = {
-        (c.policy_version.policy.slug, c.item.external_id)
-        for c in Case.objects.filter(state=Case.State.AUTO_CLEARED).select_related(
-            "item", "policy_version__policy"
-        )
+    assert {c.violations_missing for c in calibrations} == {149}
+    assert not Case.objects.filter(state=Case.State.AUTO_CLEARED).exists()
+    # The score orders the human queue: a demo violation waits ahead of a plain question.
+    by_item = {
+        (c.policy_version.policy.slug, c.item.external_id): c.priority
+        for c in Case.objects.select_related("item", "policy_version__policy")
     }
-    # The demo's violations (and its prompt-injection attempt) are never cleared; a plain question is.
-    violating = {
-        ("spam", "demo-2"),
-        ("spam", "demo-6"),
-        ("spam", "demo-9"),
-        ("harassment", "demo-4"),
-        ("harassment", "demo-7"),
-        ("spam", "demo-12"),
-        ("harassment", "demo-12"),
-    }
-    assert not cleared & violating
-    assert {("spam", "demo-1"), ("harassment", "demo-1")} <= cleared
+    assert by_item[("spam", "demo-2")] > by_item[("spam", "demo-1")]

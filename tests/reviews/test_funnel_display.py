@@ -12,8 +12,8 @@ from inference_worker import services
 from inference_worker.services import EngineConfig
 from moderation import services as moderation_services
 from moderation.models import Case, Policy
-from reviews.models import Role
-from tests.inference_worker.test_funnel import THREATS_POLICY, VIOLATING_ITEM
+from reviews.models import GoldenExample, Role
+from tests.inference_worker.test_funnel import SAFE, THREATS_POLICY, VIOLATING_ITEM, VIOLATIONS, golden
 from tests.inference_worker.test_triage import cases_for
 from tests.reviews.helpers import user_create
 
@@ -24,9 +24,15 @@ UNTRUSTED_EXAMPLE = '- "<script>alert(1)</script> I will kill you and your famil
 
 @pytest.fixture
 def threats(db: None) -> Policy:
-    policy = Policy.objects.create(slug="threats", name="Threats", qa_sample_rate=0)
+    policy = Policy.objects.create(
+        slug="threats", name="Threats", qa_sample_rate=0, funnel_target_recall=0.8, recall_confidence=0.5
+    )
     text = THREATS_POLICY.replace("## Examples\n", "## Examples\n" + UNTRUSTED_EXAMPLE)
     moderation_services.policy_version_create(policy=policy, text=text, activate=True)
+    for text in VIOLATIONS:
+        golden(policy, text, "violates", GoldenExample.Status.ACCEPTED)
+    for text in SAFE:
+        golden(policy, text, "safe", GoldenExample.Status.ACCEPTED)
     return policy
 
 
@@ -43,7 +49,7 @@ def logged_in(user: User) -> Client:
     return client
 
 
-def test_the_case_view_shows_the_funnel_score_and_its_nearest_examples_escaped(
+def test_the_case_view_shows_the_funnel_score_its_bound_and_its_nearest_examples_escaped(
     threats: Policy, funnel_case: Case
 ) -> None:
     moderator = user_create("mona", Role.MODERATOR, grants=[threats])
@@ -51,34 +57,55 @@ def test_the_case_view_shows_the_funnel_score_and_its_nearest_examples_escaped(
     score = funnel_case.triage_results.get().funnel or {}
     assert "no reasoning engine configured" in page
     assert f"p(violation) <strong>{score['p_violation']:.3f}</strong>" in page
-    assert f"calibrated threshold {score['threshold']:.3f}" in page
-    assert "at or above the threshold: passed on" in page
+    assert f"at or above the proven threshold {score['threshold']:.3f}: passed on" in page
+    assert (
+        f'Funnel recall &ge; <span class="recall-bound">{score["recall_lower_bound"]:.3f}</span> '
+        f'(0.50 confidence, <span class="bound-count">{score["held_out_violations"]} held-out violations'
+    ) in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt; I will kill you" in page
     assert "<script>alert(1)" not in page
 
 
-def test_the_metrics_page_shows_each_policys_calibration(
+def test_the_metrics_page_shows_each_policys_bound_and_what_the_rest_still_need(
     threats: Policy, policy: Policy, funnel_case: Case, engine_config: EngineConfig
 ) -> None:
-    [uncalibrated] = cases_for(policy, "hello")
-    services.cases_triage(case_ids=[uncalibrated.pk], config=dataclasses.replace(engine_config, base_url=""))
+    [unscored] = cases_for(policy, "hello")
+    services.cases_triage(case_ids=[unscored.pk], config=dataclasses.replace(engine_config, base_url=""))
     admin = user_create("ada", Role.ADMIN)
     page = logged_in(admin).get("/metrics/").content.decode()
     calibration = funnel_case.policy_version.funnel_calibrations.get()
-    assert "Funnel tier calibration" in page
-    assert f"p(violation) &lt; {calibration.threshold:.3f} is auto-cleared" in page
-    assert f"{calibration.measured_recall:.3f} of violations passed on (target 0.98)" in page
-    assert "11 examples (6 violating, 5 safe; 11 from the policy text, 0 from the golden set)" in page
-    assert "Measured on 6 violations only: a rough estimate" in page
-    assert "not calibrated: needs at least 2 labelled violations" in page
+    assert calibration.recall_lower_bound is not None and calibration.threshold is not None
+    assert "Auto-clear guarantees" in page
+    assert f'Recall &ge; <strong class="recall-bound">{calibration.recall_lower_bound:.3f}</strong>' in page
+    assert '<span class="bound-count">6 held-out violations</span>' in page
+    assert f"p(violation) &lt; {calibration.threshold:.3f} may be auto-cleared" in page
+    assert "1.000 of violations" not in page  # never a bare measured recall
+    assert "not scoring: needs at least 2 labelled violations" in page
+    # No evaluation run yet: the reasoner's safe verdicts go to humans, and the page says so.
+    assert "reasoner auto-clear not proven: no finished evaluation run" in page
 
 
-def test_the_policy_page_shows_the_calibration_of_the_active_version(
+def test_the_policy_page_shows_the_guarantee_of_the_active_version(
     threats: Policy, funnel_case: Case
 ) -> None:
     editor = user_create("pat", Role.POLICY_EDITOR)
     page = logged_in(editor).get(f"/policies/{threats.slug}/").content.decode()
     calibration = funnel_case.policy_version.funnel_calibrations.get()
-    assert "<h2>Funnel tier</h2>" in page
-    assert f"p(violation) &lt; {calibration.threshold:.3f} is auto-cleared" in page
-    assert f"{calibration.clear_rate:.3f} of safe examples auto-cleared" in page
+    assert "<h2>Auto-clear</h2>" in page
+    assert '<span class="badge state-on">clearing</span>' in page
+    cleared = calibration.held_out_safe_cleared
+    assert f"{cleared} of 3 held-out safe examples ({calibration.clear_rate:.2f})" in page
+
+
+def test_in_shadow_mode_the_policy_page_says_how_many_violations_it_still_needs(
+    threats: Policy, engine_config: EngineConfig
+) -> None:
+    threats.funnel_target_recall = None
+    threats.recall_confidence = 0.95
+    threats.save()
+    [case] = cases_for(threats, VIOLATING_ITEM)
+    services.cases_triage(case_ids=[case.pk], config=dataclasses.replace(engine_config, base_url=""))
+    editor = user_create("pat", Role.POLICY_EDITOR)
+    page = logged_in(editor).get(f"/policies/{threats.slug}/").content.decode()
+    assert "shadow mode" in page
+    assert 'It needs <strong class="violations-missing">149</strong> more labelled violations' in page

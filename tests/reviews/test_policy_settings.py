@@ -30,10 +30,12 @@ def settings_post(policy: Policy, **changes: object) -> dict[str, object]:
         "qa_sample_rate": policy.qa_sample_rate,
         "activation_tolerance": policy.activation_tolerance,
         "funnel_target_recall": policy.funnel_target_recall or "",
+        "recall_confidence": policy.recall_confidence,
         "sources": [s.pk for s in policy.sources.all()],
     }
-    if policy.auto_action_violations:
-        data["auto_action_violations"] = "on"
+    for switch in ("auto_action_violations", "funnel_auto_clear", "reasoner_auto_clear"):
+        if getattr(policy, switch):
+            data[switch] = "on"
     data.update(changes)
     return {k: v for k, v in data.items() if v is not None}
 
@@ -134,6 +136,19 @@ def test_settings_change_routing_and_record_only_what_changed(
     assert AuditEvent.objects.filter(action="policy.settings_changed").count() == 1
 
 
+def test_auto_clear_switches_and_confidence_are_audited_as_before_and_after(
+    editor_client: Client, policy: Policy
+) -> None:
+    data = settings_post(policy, recall_confidence="0.99")
+    del data["funnel_auto_clear"]  # an unticked box
+    response = editor_client.post("/policies/spam/settings", data)
+    assert response.status_code == 302
+    policy.refresh_from_db()
+    assert (policy.funnel_auto_clear, policy.reasoner_auto_clear, policy.recall_confidence) == (False, True, 0.99)
+    event = AuditEvent.objects.get(action="policy.settings_changed")
+    assert event.payload["changes"] == {"recall_confidence": [0.95, 0.99], "funnel_auto_clear": [True, False]}
+
+
 def test_linking_a_source_sends_its_new_items_to_the_policy(
     editor_client: Client, policy: Policy, source: ApiClient
 ) -> None:
@@ -162,6 +177,7 @@ def test_linking_a_source_sends_its_new_items_to_the_policy(
         ("qa_sample_rate", "1.5", "Ensure this value is less than or equal to 1.0."),
         ("activation_tolerance", "-0.1", "Ensure this value is greater than or equal to 0.0."),
         ("funnel_target_recall", "0.3", "Ensure this value is greater than or equal to 0.5."),
+        ("recall_confidence", "1", "Ensure this value is less than or equal to 0.999."),
         ("auto_clear_min_confidence", "certain", "Select a valid choice."),
         ("name", "", "This field is required."),
     ],

@@ -15,6 +15,7 @@ from reviews import services, tasks
 from reviews.models import AuditEvent, Decision, GoldenExample
 from reviews.services import DecisionIn
 from tests.conftest import ApiClient
+from tests.inference_worker.autoclear_helpers import reasoner_proven
 from tests.reviews.conftest import CasesFactory
 
 
@@ -117,6 +118,7 @@ def test_a_sampled_auto_clear_reaches_a_human_who_checks_the_model(
     other_moderator: User,
     engine_config: EngineConfig,
 ) -> None:
+    reasoner_proven(sampled_policy)
     response = source.post_items(
         {
             "items": [
@@ -134,7 +136,7 @@ def test_a_sampled_auto_clear_reaches_a_human_who_checks_the_model(
         assert (case.state, case.verdict, case.route_reason) == (
             "queued",
             "safe",
-            "QA sample of an auto-clear",
+            "QA sample of a reasoner auto-clear",
         )
 
     agreeing = decide(moderator, DecisionIn(action=Decision.Action.CONFIRM))

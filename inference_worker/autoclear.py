@@ -1,0 +1,295 @@
+"""Whether each tier may clear items unseen, per policy version, and the QA monitoring that revokes it.
+
+A tier clears only while three things hold: the policy's switch for it is on, its threshold is proven on
+labelled violations it never trained on (inference_worker/guarantee.py; the funnel's in funnel.py, the
+reasoner's from evaluation runs here), and QA samples of its auto-clears have not shown it missing more
+than the target allows. When they do, an AutoClearSuspension opens (audited) and only an explicit, audited
+resume with a reason closes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from inference_worker import guarantee
+from moderation.models import AutoClearSuspension, Case, Policy, PolicyVersion
+from moderation.routing import AutoClear
+from reviews import audit
+from reviews.models import Decision, EvaluationResult, EvaluationRun
+
+Tier = AutoClearSuspension.Tier
+
+
+def target_recall_for(policy: Policy) -> float:
+    if policy.funnel_target_recall is not None:
+        return policy.funnel_target_recall
+    return float(settings.SAFEGUARD_FUNNEL_TARGET_RECALL)
+
+
+# --- the reasoner's proven confidence cut-off ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReasonerGuarantee:
+    """What the latest evaluation run of a version proves about clearing its "safe" verdicts."""
+
+    run: EvaluationRun | None
+    cutoff: guarantee.ConfidenceCutoff | None
+    target_recall: float
+    confidence: float
+    violations_needed: int
+
+    @property
+    def proven(self) -> bool:
+        return self.cutoff is not None and bool(self.cutoff.min_confidence)
+
+    @property
+    def violations_missing(self) -> int:
+        n = self.cutoff.n if self.cutoff is not None else 0
+        return max(0, self.violations_needed - n)
+
+    @property
+    def summary(self) -> str:
+        """One line for route reasons and pages."""
+        if self.run is None:
+            return (
+                "reasoner auto-clear not proven: no finished evaluation run of this version on the golden set"
+            )
+        assert self.cutoff is not None
+        if self.proven:
+            return (
+                f"safe at {self.cutoff.min_confidence} confidence or above is cleared: recall >= "
+                f"{self.cutoff.recall_lower_bound:.3f} ({self.confidence:.0%} confidence, "
+                f"{self.cutoff.n} labelled violations)"
+            )
+        if self.violations_missing:
+            return (
+                f"reasoner auto-clear not proven: run {self.run.pk} had {self.cutoff.n} labelled violations, "
+                f"needs {self.violations_needed}"
+            )
+        return f"reasoner auto-clear not proven: it called too many of run {self.run.pk}'s violations safe"
+
+
+def _latest_golden_run(version: PolicyVersion, model: str) -> EvaluationRun | None:
+    return (
+        EvaluationRun.objects.filter(
+            policy_version=version,
+            dataset=EvaluationRun.Dataset.GOLDEN,
+            policy_text_hash=version.content_hash,
+            status=EvaluationRun.Status.FINISHED,
+            model=model,
+        )
+        .order_by("-finished_at", "-pk")
+        .first()
+    )
+
+
+def reasoner_guarantee(version: PolicyVersion, *, model: str | None = None) -> ReasonerGuarantee:
+    """From the latest finished golden-set run of this exact text with the configured model."""
+    policy = version.policy
+    target, confidence = target_recall_for(policy), policy.recall_confidence
+    needed = guarantee.violations_needed(target, confidence)
+    run = _latest_golden_run(version, model if model is not None else settings.SAFEGUARD_MODEL)
+    if run is None:
+        return ReasonerGuarantee(None, None, target, confidence, needed)
+    rows = EvaluationResult.objects.filter(run=run, expected_label=Decision.Label.VIOLATES).values_list(
+        "verdict", "confidence", "hallucinated_rule_ids"
+    )
+    # A verdict citing invented rules is never cleared (moderation/routing.case_route), so it is no miss.
+    pairs = [(verdict, conf) for verdict, conf, invented in rows if not invented]
+    pairs += [("violates", "") for _, _, invented in rows if invented]
+    cutoff = guarantee.confidence_cutoff_with_guarantee(pairs, target, confidence)
+    return ReasonerGuarantee(run, cutoff, target, confidence, needed)
+
+
+# --- suspensions (QA monitoring) ------------------------------------------------------------------------
+
+
+def suspensions_open(version_ids: Iterable[int]) -> dict[tuple[int, str], AutoClearSuspension]:
+    return {
+        (s.policy_version_id, s.tier): s
+        for s in AutoClearSuspension.objects.filter(
+            policy_version_id__in=list(version_ids), resumed_at__isnull=True
+        )
+    }
+
+
+def reasoner_clearances(versions: dict[int, Policy], *, model: str) -> dict[int, AutoClear]:
+    """Per policy version in a triage batch: may the reasoner clear, and from which confidence."""
+    suspended = suspensions_open(versions)
+    by_id = PolicyVersion.objects.select_related("policy").in_bulk(list(versions))
+    clearances = {}
+    for version_id, policy in versions.items():
+        if not policy.reasoner_auto_clear:
+            clearances[version_id] = AutoClear(False, "reasoner auto-clear is off for this policy")
+        elif (version_id, Tier.SAFEGUARD) in suspended:
+            clearances[version_id] = AutoClear(
+                False, "reasoner auto-clear suspended: QA samples found misses"
+            )
+        else:
+            proof = reasoner_guarantee(by_id[version_id], model=model)
+            clearances[version_id] = (
+                AutoClear(True, "", proof.cutoff.min_confidence)
+                if proof.proven and proof.cutoff is not None
+                else AutoClear(False, proof.summary)
+            )
+    return clearances
+
+
+def funnel_blocks(versions: dict[int, Policy]) -> dict[int, str]:
+    """Why the funnel may not clear for a version now, beyond its own calibration ("" where it may)."""
+    suspended = suspensions_open(versions)
+    blocks = {}
+    for version_id, policy in versions.items():
+        if not policy.funnel_auto_clear:
+            blocks[version_id] = "funnel auto-clear is off for this policy"
+        elif (version_id, Tier.FUNNEL) in suspended:
+            blocks[version_id] = "funnel auto-clear suspended: QA samples found misses"
+        else:
+            blocks[version_id] = ""
+    return blocks
+
+
+@dataclass(frozen=True)
+class QaMonitor:
+    """QA samples of one tier's auto-clears for one version since it was last (re)enabled."""
+
+    tier: str
+    samples: int
+    misses: int
+    target_recall: float
+    confidence: float
+    since: datetime | None
+
+    @property
+    def tier_label(self) -> str:
+        return AutoClearSuspension.Tier(self.tier).label
+
+    @property
+    def miss_allowance(self) -> float:
+        return 1 - self.target_recall
+
+    @property
+    def miss_rate_upper_bound(self) -> float:
+        return guarantee.miss_rate_upper_bound(self.misses, self.samples, self.confidence)
+
+    @property
+    def miss_rate_lower_bound(self) -> float:
+        return guarantee.miss_rate_lower_bound(self.misses, self.samples, self.confidence)
+
+    @property
+    def samples_needed(self) -> int:
+        """From this many samples the upper bound can show the target; below, only misses count."""
+        return guarantee.violations_needed(self.target_recall, self.confidence)
+
+    @property
+    def tripped(self) -> bool:
+        """The bound passed 1 - target: once there are samples enough for it to be informative, or at
+        any count when the misses alone prove the target broken (lower bound above it)."""
+        allowed = 1 - self.target_recall
+        if self.miss_rate_lower_bound > allowed:
+            return True
+        return self.samples >= self.samples_needed and self.miss_rate_upper_bound > allowed
+
+
+def qa_monitor(version: PolicyVersion, tier: str) -> QaMonitor:
+    policy = version.policy
+    since = AutoClearSuspension.objects.filter(policy_version=version, tier=tier).aggregate(
+        at=Max("resumed_at")
+    )["at"]
+    decisions = Decision.objects.filter(
+        case__policy_version=version,
+        case__cleared_by=tier,
+        case__state=Case.State.DECIDED,
+        final_label__in=[Decision.Label.VIOLATES, Decision.Label.SAFE],
+    )
+    if since is not None:
+        decisions = decisions.filter(created_at__gt=since)
+    labels = list(decisions.values_list("final_label", flat=True))
+    return QaMonitor(
+        tier=tier,
+        samples=len(labels),
+        misses=sum(1 for label in labels if label == Decision.Label.VIOLATES),
+        target_recall=target_recall_for(policy),
+        confidence=policy.recall_confidence,
+        since=since,
+    )
+
+
+def autoclear_monitor_check(*, policy_version_id: int, tier: str) -> AutoClearSuspension | None:
+    """After a QA decision on an auto-clear: suspend that tier for that version if QA shows it missing
+    more than the target allows. Safe to run twice (one open suspension per version and tier)."""
+    version = PolicyVersion.objects.select_related("policy").get(pk=policy_version_id)
+    monitor = qa_monitor(version, tier)
+    if not monitor.tripped:
+        return None
+    reason = (
+        f"QA found {monitor.misses} violation{'s' if monitor.misses != 1 else ''} in {monitor.samples} "
+        f"auto-cleared sample{'s' if monitor.samples != 1 else ''}: miss rate up to "
+        f"{monitor.miss_rate_upper_bound:.3f} ({monitor.confidence:.0%} confidence), target at most "
+        f"{1 - monitor.target_recall:.3f}"
+    )
+    try:
+        with transaction.atomic():
+            suspension = AutoClearSuspension.objects.create(
+                policy_version=version,
+                tier=tier,
+                reason=reason[:300],
+                qa_samples=monitor.samples,
+                qa_misses=monitor.misses,
+                miss_rate_upper_bound=monitor.miss_rate_upper_bound,
+            )
+            audit.record(
+                "autoclear.suspended",
+                actor=None,
+                obj=suspension,
+                payload={
+                    "policy_version": version.pk,
+                    "tier": tier,
+                    "qa_samples": monitor.samples,
+                    "qa_misses": monitor.misses,
+                    "miss_rate_upper_bound": round(monitor.miss_rate_upper_bound, 4),
+                    "target_recall": monitor.target_recall,
+                    "confidence": monitor.confidence,
+                },
+            )
+    except IntegrityError:  # already suspended
+        return None
+    return suspension
+
+
+class ResumeRefused(Exception):
+    pass
+
+
+def autoclear_resume(*, suspension: AutoClearSuspension, actor: User, reason: str) -> AutoClearSuspension:
+    """Turn a suspended tier back on for its version, on a person's word; QA monitoring restarts."""
+    reason = reason.strip()
+    if not reason:
+        raise ResumeRefused("a reason is required to turn auto-clear back on")
+    with transaction.atomic():
+        updated = AutoClearSuspension.objects.filter(pk=suspension.pk, resumed_at__isnull=True).update(
+            resumed_at=timezone.now(), resumed_by=actor, resume_reason=reason
+        )
+        if updated != 1:
+            raise ResumeRefused("this suspension was already lifted")
+        audit.record(
+            "autoclear.resumed",
+            actor=actor,
+            obj=suspension,
+            payload={
+                "policy_version": suspension.policy_version_id,
+                "tier": suspension.tier,
+                "reason": reason,
+            },
+        )
+    suspension.refresh_from_db()
+    return suspension
