@@ -93,7 +93,28 @@ _HOMOGLYPHS = {
     **dict.fromkeys("“”„‟«»", '"'),
     **dict.fromkeys("‐‑‒–—―", "-"),
 }
-_TABLE: dict[int, str | None] = {**_deletions(), **{ord(k): v for k, v in _HOMOGLYPHS.items()}}
+# Letters NFKC leaves alone but a reader sees as Latin ones: small capitals (ɪɢɴᴏʀᴇ), modifier letters,
+# regional-indicator letters (🇮🇬🇳). Found by their Unicode names, so every such letter is covered.
+_LATIN_LOOKALIKE_NAME = re.compile(
+    r"LATIN LETTER SMALL CAPITAL ([A-Z])|MODIFIER LETTER (?:SMALL |CAPITAL )?([A-Z])"
+    r"|REGIONAL INDICATOR SYMBOL LETTER ([A-Z])"
+)
+
+
+def _latin_lookalikes() -> dict[int, str]:
+    found = {}
+    for point in (*range(0x0250, 0x2C80), *range(0xA700, 0xA800), *range(0x1F1E6, 0x1F200)):
+        match = _LATIN_LOOKALIKE_NAME.fullmatch(unicodedata.name(chr(point), ""))
+        if match:
+            found[point] = next(g for g in match.groups() if g).lower()
+    return found
+
+
+_TABLE: dict[int, str | None] = {
+    **_deletions(),
+    **_latin_lookalikes(),
+    **{ord(k): v for k, v in _HOMOGLYPHS.items()},
+}
 _WHITESPACE = re.compile(r"\s+")
 
 
