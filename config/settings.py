@@ -211,6 +211,13 @@ SAFEGUARD_MAX_ATTEMPTS = env_int("SAFEGUARD_MAX_ATTEMPTS", 6)
 SAFEGUARD_RETRY_BASE_SECONDS = env_float("SAFEGUARD_RETRY_BASE_SECONDS", 2.0)
 SAFEGUARD_BREAKER_FAILURES = env_int("SAFEGUARD_BREAKER_FAILURES", 20)
 SAFEGUARD_BREAKER_COOLDOWN_SECONDS = env_float("SAFEGUARD_BREAKER_COOLDOWN_SECONDS", 30.0)
+# Engine replies are untrusted: at most this many bytes are read (more fails that attempt), and at most this
+# many characters of chain of thought and of final text are kept (the rest cut, with a marker saying so).
+SAFEGUARD_MAX_REPLY_BYTES = env_int("SAFEGUARD_MAX_REPLY_BYTES", 2 * 1024 * 1024)
+SAFEGUARD_MAX_REASONING_CHARS = env_int("SAFEGUARD_MAX_REASONING_CHARS", 100_000)
+# A case waits at most this long for a failing engine (its attempt failed, or the breaker holds it back)
+# before going to humans untriaged; with one engine timeout on top, the bound on how late a human sees it.
+SAFEGUARD_GIVE_UP_AFTER_SECONDS = env_float("SAFEGUARD_GIVE_UP_AFTER_SECONDS", SAFEGUARD_TIMEOUT_SECONDS)
 TRIAGE_STUCK_AFTER_SECONDS = env_int("TRIAGE_STUCK_AFTER_SECONDS", 600)
 
 # The funnel tier: sentence embeddings on CPU (all-MiniLM-L6-v2, packaged on PyPI for offline use) and a

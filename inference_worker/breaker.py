@@ -82,3 +82,22 @@ class CircuitBreaker:
         except redis.RedisError:
             return 0.0
         return max(0.0, float(open_until) - time.time()) if open_until else 0.0
+
+    def seconds_until_retry(self) -> float:
+        """How long until a request may start: until it half-opens, or until the probe in flight ends.
+
+        0 when closed. A probe holds its slot for at most the cooldown (the key expires), so a case held
+        back now is worth trying again after this long, not before.
+        """
+        client = redis_client()
+        try:
+            open_until = client.get(self._open_until_key)
+            if open_until is None:
+                return 0.0
+            remaining = float(open_until) - time.time()
+            if remaining > 0:
+                return remaining
+            probe_ttl_ms = client.pttl(self._probe_key)
+        except redis.RedisError:
+            return 0.0
+        return max(0.0, probe_ttl_ms / 1000) if isinstance(probe_ttl_ms, int) else 0.0

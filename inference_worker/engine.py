@@ -11,6 +11,12 @@ Two transports:
 Errors are ``EngineUnavailable`` when trying again later may work and
 ``EngineError`` when it will not. Their messages are shown to moderators.
 
+A reply is untrusted input: its body is read up to ``ReplyLimits.max_bytes``
+(more is refused), the reasoning and final text it carries are cut to
+``ReplyLimits.max_text_chars`` with a visible marker, re-encoding its text is
+linear in its length, and anything native code raises while decoding it
+(a tokenizer panic is a ``BaseException``) becomes an ``EngineError``.
+
 The HTTP client is aiohttp: at 128+ keep-alive requests in flight per process
 it costs about 1 ms of client CPU per request, where httpx cost about 14 ms and
 capped one worker process well below what the engine could serve.
@@ -18,10 +24,14 @@ capped one worker process well below what the engine could serve.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import functools
 import json
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, TypeGuard
 
@@ -29,6 +39,7 @@ import aiohttp
 
 from inference_worker.prompts import (
     completion_parse,
+    content_token_ids,
     harmony_encoding,
     prompt_token_ids,
     stop_token_ids,
@@ -43,6 +54,27 @@ _CONNECT_TIMEOUT_SECONDS = 10.0
 _KEEPALIVE_SECONDS = 4.0
 # The chat APIs name the reasoning field differently by server and version.
 _CHAT_REASONING_FIELDS = ("reasoning", "reasoning_content", "thinking")
+# A legitimate reply is tens of kB (8k tokens as ids and text); the defaults leave room for far more.
+DEFAULT_MAX_REPLY_BYTES = 2 * 1024 * 1024
+DEFAULT_MAX_TEXT_CHARS = 100_000
+_READ_CHUNK_BYTES = 64 * 1024
+# Exceptions that end the program or cancel a task: never turned into an engine error.
+MUST_PROPAGATE: tuple[type[BaseException], ...] = (
+    KeyboardInterrupt,
+    SystemExit,
+    GeneratorExit,
+    asyncio.CancelledError,
+)
+# Harmony's special tokens as text (<|start|>, <|message|>, <|reserved_200000|>, ...) in a completion's text.
+_SPECIAL_TOKEN_TEXT = re.compile(r"<\|[A-Za-z0-9_]{1,40}\|>")
+
+
+@dataclass(frozen=True)
+class ReplyLimits:
+    """How much of an engine reply is read (bytes) and kept (characters of reasoning and of final text)."""
+
+    max_bytes: int = DEFAULT_MAX_REPLY_BYTES
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
 
 
 @dataclass(frozen=True)
@@ -89,9 +121,10 @@ class Transport(Protocol):
 class CompletionsTransport:
     """vLLM's ``/v1/completions`` with harmony token ids in and out."""
 
-    def __init__(self, base_url: str, api_key: str) -> None:
+    def __init__(self, base_url: str, api_key: str, limits: ReplyLimits | None = None) -> None:
         self.url = f"{_api_root(base_url)}/v1/completions"
         self.api_key = api_key
+        self.limits = limits or ReplyLimits()
 
     async def complete(self, session: aiohttp.ClientSession, request: EngineRequest) -> EngineReply:
         payload = {
@@ -106,14 +139,15 @@ class CompletionsTransport:
             "return_token_ids": True,
             "skip_special_tokens": False,
         }
-        body, latency_ms = await _post_json(session, self.url, self.api_key, payload)
+        body, latency_ms = await _post_json(session, self.url, self.api_key, payload, self.limits.max_bytes)
         choice = _first_choice(body)
         finish_reason = _optional_str(choice.get("finish_reason"))
-        parsed = completion_parse(_completion_token_ids(choice, finish_reason))
+        with _native_errors_as_engine_errors():
+            parsed = completion_parse(_completion_token_ids(choice, finish_reason))
         usage = _usage_counts(body)
         return EngineReply(
-            final_text=parsed.final_text,
-            reasoning=parsed.reasoning,
+            final_text=_optional_cut(parsed.final_text, self.limits.max_text_chars),
+            reasoning=text_cut(parsed.reasoning, self.limits.max_text_chars),
             finish_reason=finish_reason,
             prompt_tokens=usage.prompt_tokens,
             cached_prompt_tokens=usage.cached_prompt_tokens,
@@ -137,9 +171,10 @@ class ChatTransport:
     Older vLLM renders it as a second system message, still before the content.
     """
 
-    def __init__(self, base_url: str, api_key: str) -> None:
+    def __init__(self, base_url: str, api_key: str, limits: ReplyLimits | None = None) -> None:
         self.url = f"{_api_root(base_url)}/v1/chat/completions"
         self.api_key = api_key
+        self.limits = limits or ReplyLimits()
 
     async def complete(self, session: aiohttp.ClientSession, request: EngineRequest) -> EngineReply:
         payload = {
@@ -153,15 +188,15 @@ class ChatTransport:
             "temperature": request.temperature,
             "top_p": request.top_p,
         }
-        body, latency_ms = await _post_json(session, self.url, self.api_key, payload)
+        body, latency_ms = await _post_json(session, self.url, self.api_key, payload, self.limits.max_bytes)
         choice = _first_choice(body)
         message = choice.get("message")
         if not isinstance(message, Mapping):
             raise EngineError("engine response has no message")
         usage = _usage_counts(body)
         return EngineReply(
-            final_text=_optional_str(message.get("content")),
-            reasoning=_chat_reasoning(message),
+            final_text=_optional_cut(_optional_str(message.get("content")), self.limits.max_text_chars),
+            reasoning=text_cut(_chat_reasoning(message), self.limits.max_text_chars),
             finish_reason=_optional_str(choice.get("finish_reason")),
             prompt_tokens=usage.prompt_tokens,
             cached_prompt_tokens=usage.cached_prompt_tokens,
@@ -186,11 +221,11 @@ def engine_session(*, timeout_seconds: float, max_connections: int) -> aiohttp.C
     )
 
 
-def transport_build(kind: str, base_url: str, api_key: str) -> Transport:
+def transport_build(kind: str, base_url: str, api_key: str, limits: ReplyLimits | None = None) -> Transport:
     if kind == "completions":
-        return CompletionsTransport(base_url, api_key)
+        return CompletionsTransport(base_url, api_key, limits)
     if kind == "chat":
-        return ChatTransport(base_url, api_key)
+        return ChatTransport(base_url, api_key, limits)
     raise ValueError(f"unknown engine transport {kind!r}: expected 'completions' or 'chat'")
 
 
@@ -226,10 +261,40 @@ def _api_root(base_url: str) -> str:
     return root.removesuffix("/v1")
 
 
+def text_cut(text: str, limit: int) -> str:
+    """``text`` up to ``limit`` characters, with a visible marker saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}\u2026 [cut: {len(text) - limit} more characters]"
+
+
+def _optional_cut(text: str | None, limit: int) -> str | None:
+    return None if text is None else text_cut(text, limit)
+
+
+@contextlib.contextmanager
+def _native_errors_as_engine_errors() -> Iterator[None]:
+    """Decoding a reply runs native code (tokenizer, harmony parser): whatever it raises is the reply's fault.
+
+    pyo3's ``PanicException`` derives from ``BaseException``, so ``except Exception`` misses it; it
+    becomes an ``EngineError`` here, and only what must end the program or cancel the task goes through.
+    """
+    try:
+        yield
+    except BaseException as exc:
+        if isinstance(exc, (EngineError, *MUST_PROPAGATE)):
+            raise
+        raise EngineError(f"engine reply could not be decoded ({type(exc).__name__}: {_short(exc)})") from exc
+
+
 async def _post_json(
-    session: aiohttp.ClientSession, url: str, api_key: str, payload: dict[str, Any]
+    session: aiohttp.ClientSession, url: str, api_key: str, payload: dict[str, Any], max_bytes: int
 ) -> tuple[Mapping[str, Any], int]:
-    """The decoded JSON object answering ``payload``, and the call's latency in ms."""
+    """The decoded JSON object answering ``payload``, and the call's latency in ms.
+
+    The body is read in chunks and refused (``EngineError``) as soon as it is over ``max_bytes``: an
+    engine answering megabytes of junk costs at most ``max_bytes`` of memory per request in flight.
+    """
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     started = time.monotonic()
     try:
@@ -237,7 +302,7 @@ async def _post_json(
         # one would re-send the prompt somewhere else.
         async with session.post(url, json=payload, headers=headers, allow_redirects=False) as response:
             status, response_headers = response.status, response.headers
-            content = await response.read()
+            content = await _body_read(response, max_bytes)
     except TimeoutError as exc:  # also aiohttp's ServerTimeoutError and its subclasses
         raise EngineUnavailable(f"engine timed out ({type(exc).__name__})") from exc
     except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
@@ -255,11 +320,24 @@ async def _post_json(
     _raise_for_status(status, response_headers, content)
     try:
         body = json.loads(content)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
         raise EngineError("engine returned a response that is not JSON") from exc
     if not isinstance(body, dict):
         raise EngineError("engine returned JSON that is not an object")
     return body, latency_ms
+
+
+async def _body_read(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    """The response body, or ``EngineError`` once it is over ``max_bytes`` (the connection is then closed)."""
+    declared = response.content_length
+    if declared is not None and declared > max_bytes:
+        raise EngineError(f"engine reply over {max_bytes} bytes (it announced {declared})")
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(_READ_CHUNK_BYTES):
+        body += chunk
+        if len(body) > max_bytes:
+            raise EngineError(f"engine reply over {max_bytes} bytes")
+    return bytes(body)
 
 
 def _short(exc: BaseException) -> str:
@@ -282,7 +360,7 @@ def _error_detail(content: bytes) -> str:
     """``": <message>"`` from an OpenAI-style error body, or nothing."""
     try:
         body = json.loads(content)
-    except ValueError:
+    except (ValueError, RecursionError):
         return ""
     if not isinstance(body, dict):
         return ""
@@ -325,11 +403,39 @@ def _completion_token_ids(choice: Mapping[str, Any], finish_reason: str | None) 
     text = choice.get("text")
     if not isinstance(text, str):
         raise EngineError("engine response has neither token_ids nor text")
-    reencoded: list[int] = harmony_encoding().encode(text, allowed_special="all")
+    reencoded = text_token_ids(text)
     if finish_reason == "stop":
         stop_reason = choice.get("stop_reason")
         reencoded.append(stop_reason if _is_count(stop_reason) else _return_token_id())
     return reencoded
+
+
+def text_token_ids(text: str) -> list[int]:
+    """A completion's text as harmony tokens: special-token text becomes structure, the rest plain text.
+
+    Linear in the text's length: the text between special tokens is encoded as prompts encode content,
+    long runs of letters or spaces in slices (o200k's merge is quadratic in one run, and a 50 MB run
+    overflowed the tokenizer's stack), which tiktoken's own encode of the whole text does not do.
+    """
+    ids: list[int] = []
+    position = 0
+    for match in _SPECIAL_TOKEN_TEXT.finditer(text):
+        special = _special_token_id(match[0])
+        if special is None:  # looks like one, is not: stays in the plain text around it
+            continue
+        ids += content_token_ids(text[position : match.start()])
+        ids.append(special)
+        position = match.end()
+    ids += content_token_ids(text[position:])
+    return ids
+
+
+@functools.lru_cache(maxsize=256)
+def _special_token_id(text: str) -> int | None:
+    encoding = harmony_encoding()
+    token_ids: list[int] = encoding.encode(text, allowed_special="all")
+    is_special = len(token_ids) == 1 and token_ids != encoding.encode(text, disallowed_special=())
+    return token_ids[0] if is_special else None
 
 
 def _return_token_id() -> int:

@@ -19,6 +19,14 @@ alone, so one batch can mix them. The modes: ``ok``; ``http_500``; ``http_429``
 ``length`` (cut off in the analysis, finish_reason "length"); ``no_final``;
 ``malformed_json``; ``hallucinated_rule`` (cites ZZ99); ``empty``; ``bare``
 (final text ``1`` / ``0``); ``fenced`` (JSON in a code fence).
+Hostile modes, as a misbehaving server would answer: ``hang`` (accepts, never
+answers, like ``timeout``); ``trickle`` (the right answer, one byte every
+``trickle_interval`` seconds); ``oversized`` (``oversized_bytes`` of junk that
+is not JSON); ``oversized_json`` (a valid reply whose reasoning is a run of
+``oversized_bytes`` letters, as ``text`` without ``token_ids`` on
+/v1/completions); ``panic`` (the same with a run of ``panic_run_chars``
+letters, under the reply cap: re-encoding that text once took seconds per
+reply and, longer, made the tokenizer panic).
 ``[[answer:NAME]]`` in the content makes the model say ``simulator.scripted[NAME]``,
 an ``(analysis, final text)`` pair, verbatim: tests push hostile model output
 through the real transport, parser and pages.
@@ -39,6 +47,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import functools
 import json
 import re
@@ -69,12 +78,21 @@ MODES = (
     "empty",
     "bare",
     "fenced",
+    "hang",
+    "trickle",
+    "oversized",
+    "oversized_json",
+    "panic",
 )
+HOSTILE_MODES = ("hang", "trickle", "oversized", "oversized_json", "panic")
 DEFAULT_VIOLATING_WORDS = frozenset({"zorblax", "glorpnik", "snarfwidget"})
 HALLUCINATED_RULE_ID = "ZZ99"
 CHAT_REASONING_FIELDS = ("reasoning", "reasoning_content", "thinking")
 PREFIX_BLOCK_TOKENS = 16
 TIMEOUT_MODE_SLEEP_SECONDS = 3600.0
+TRICKLE_INTERVAL_SECONDS = 2.0
+OVERSIZED_BYTES = 50_000_000
+PANIC_RUN_CHARS = 200_000
 RETRY_AFTER_SECONDS = 1
 PROMPTS_KEPT = 1000
 DEFAULT_MODEL = "openai/gpt-oss-safeguard-20b"
@@ -114,6 +132,8 @@ class _HttpResponse:
     status: int
     body: bytes
     extra_headers: tuple[tuple[str, str], ...] = ()
+    # Send the body one byte at a time, this many seconds apart ("trickle" mode).
+    trickle_interval: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -155,6 +175,9 @@ class EngineSimulator:
         self.violating_words = frozenset(word.lower() for word in violating_words)
         self.chat_reasoning_field = chat_reasoning_field
         self.scripted: dict[str, tuple[str, str]] = {}
+        self.trickle_interval = TRICKLE_INTERVAL_SECONDS
+        self.oversized_bytes = OVERSIZED_BYTES
+        self.panic_run_chars = PANIC_RUN_CHARS
         self.host = host
         self.port = port
         self.stats = SimulatorStats()
@@ -249,8 +272,11 @@ class EngineSimulator:
                 response = await self._request_serve(request)
                 if response is None:  # "drop" mode: hang up without answering
                     return
-                writer.write(_http_response_bytes(response, keep_alive=request.keep_alive))
-                await writer.drain()
+                if response.trickle_interval > 0:
+                    await _trickle(writer, response, keep_alive=request.keep_alive)
+                else:
+                    writer.write(_http_response_bytes(response, keep_alive=request.keep_alive))
+                    await writer.drain()
                 if not request.keep_alive:
                     return
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
@@ -303,9 +329,20 @@ class EngineSimulator:
         policy_text, content = _policy_and_content(prompt_ids)
         judgement = self._judge(policy_text, content)
         early_response = await self._failure_or_delay(judgement.mode)
-        if early_response is not None or judgement.mode in ("drop", "timeout"):
+        if early_response is not None or judgement.mode in ("drop", "timeout", "hang"):
             return early_response
+        if judgement.mode == "oversized":
+            return _HttpResponse(status=200, body=_junk(self.oversized_bytes))
         completion_ids, finish_reason = _completion_token_ids(judgement)
+        long_run = self._long_run_chars(judgement.mode)
+        if long_run:
+            analysis, final_text, _ = _judgement_texts(judgement)
+            text = (
+                f"<|channel|>analysis<|message|>{analysis} {_run(long_run)}<|end|>"
+                f"<|start|>assistant<|channel|>final<|message|>{final_text}"
+            )
+            choice: dict[str, Any] = {"index": 0, "text": text, "finish_reason": "stop", "stop_reason": None}
+            return _json_response(200, {"model": payload.get("model") or DEFAULT_MODEL, "choices": [choice]})
         choice = {
             "index": 0,
             "text": _completion_text(completion_ids, finish_reason),
@@ -313,8 +350,8 @@ class EngineSimulator:
             "finish_reason": finish_reason,
             "stop_reason": completion_ids[-1] if finish_reason == "stop" else None,
         }
-        return _json_response(
-            200,
+        return self._maybe_trickled(
+            judgement.mode,
             {
                 "id": f"cmpl-{uuid.uuid4().hex}",
                 "object": "text_completion",
@@ -339,13 +376,18 @@ class EngineSimulator:
             return _error_response(400, str(exc))
         judgement = self._judge(policy_text, content)
         early_response = await self._failure_or_delay(judgement.mode)
-        if early_response is not None or judgement.mode in ("drop", "timeout"):
+        if early_response is not None or judgement.mode in ("drop", "timeout", "hang"):
             return early_response
+        if judgement.mode == "oversized":
+            return _HttpResponse(status=200, body=_junk(self.oversized_bytes))
         analysis, final_text, finish_reason = _judgement_texts(judgement)
         completion_ids, _ = _completion_token_ids(judgement)
+        long_run = self._long_run_chars(judgement.mode)
+        if long_run:
+            analysis = f"{analysis} {_run(long_run)}"
         message = {"role": "assistant", "content": final_text, self.chat_reasoning_field: analysis}
-        return _json_response(
-            200,
+        return self._maybe_trickled(
+            judgement.mode,
             {
                 "id": f"chatcmpl-{uuid.uuid4().hex}",
                 "object": "chat.completion",
@@ -355,6 +397,15 @@ class EngineSimulator:
                 "usage": self._usage(prompt_ids, len(completion_ids)),
             },
         )
+
+    def _long_run_chars(self, mode: str) -> int:
+        return {"oversized_json": self.oversized_bytes, "panic": self.panic_run_chars}.get(mode, 0)
+
+    def _maybe_trickled(self, mode: str, body: Mapping[str, Any]) -> _HttpResponse:
+        response = _json_response(200, body)
+        if mode != "trickle":
+            return response
+        return dataclasses.replace(response, trickle_interval=self.trickle_interval)
 
     def _judge(self, policy_text: str, content: str) -> _Judgement:
         lowered = content.lower()
@@ -394,7 +445,7 @@ class EngineSimulator:
 
     async def _failure_or_delay(self, mode: str) -> _HttpResponse | None:
         """The error response for ``mode``, after the simulated latency; None to go on."""
-        if mode == "timeout":
+        if mode in ("timeout", "hang"):
             await asyncio.sleep(TIMEOUT_MODE_SLEEP_SECONDS)
             return None
         if self.latency > 0:
@@ -479,6 +530,28 @@ def _http_response_bytes(response: _HttpResponse, *, keep_alive: bool) -> bytes:
     head = f"HTTP/1.1 {response.status} {reason}\r\n"
     head += "".join(f"{name}: {value}\r\n" for name, value in headers)
     return head.encode("latin-1") + b"\r\n" + response.body
+
+
+async def _trickle(writer: asyncio.StreamWriter, response: _HttpResponse, *, keep_alive: bool) -> None:
+    """The head at once, then the body one byte at a time: alive, but never done in time."""
+    whole = _http_response_bytes(response, keep_alive=keep_alive)
+    head_length = len(whole) - len(response.body)
+    writer.write(whole[:head_length])
+    for position in range(head_length, len(whole)):
+        await writer.drain()
+        await asyncio.sleep(response.trickle_interval)
+        writer.write(whole[position : position + 1])
+    await writer.drain()
+
+
+@functools.lru_cache(maxsize=4)
+def _junk(size: int) -> bytes:
+    return (b"<html>not json " * (size // 15 + 1))[:size]
+
+
+@functools.lru_cache(maxsize=4)
+def _run(chars: int) -> str:
+    return "a" * chars
 
 
 def _json_response(status: int, body: Mapping[str, Any]) -> _HttpResponse:
