@@ -105,6 +105,14 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/login/"
+# Login throttling (config/login_throttle.py): wrong passwords allowed per user name and per client address
+# within the window before that name or address is locked; 0 turns a rule off. The client address is
+# REMOTE_ADDR, or the X-Forwarded-For entry appended by the outermost of LOGIN_TRUSTED_PROXIES proxies.
+LOGIN_FAILURES_PER_ACCOUNT = env_int("LOGIN_FAILURES_PER_ACCOUNT", 5)
+LOGIN_FAILURES_PER_ADDRESS = env_int("LOGIN_FAILURES_PER_ADDRESS", 20)
+LOGIN_FAILURE_WINDOW_SECONDS = env_int("LOGIN_FAILURE_WINDOW_SECONDS", 900)
+LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 900)
+LOGIN_TRUSTED_PROXIES = env_int("LOGIN_TRUSTED_PROXIES", 0)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -236,6 +244,14 @@ SAFEGUARD_FUNNEL_PRECISION = env_choice("SAFEGUARD_FUNNEL_PRECISION", "auto", ("
 
 # Decision callbacks: the longest wait between retries (they start at 1 s and double; fault tests shrink it).
 CALLBACK_RETRY_BACKOFF_MAX_SECONDS = env_int("CALLBACK_RETRY_BACKOFF_MAX_SECONDS", 1800)
+# One attempt ends by this deadline whatever the platform does (a trickle of bytes included); at most this
+# many bytes of its answer are read (and kept in the audit log).
+CALLBACK_TOTAL_TIMEOUT_SECONDS = env_float("CALLBACK_TOTAL_TIMEOUT_SECONDS", 15.0)
+CALLBACK_RESPONSE_MAX_BYTES = env_int("CALLBACK_RESPONSE_MAX_BYTES", 2048)
+# Callback URLs use https (http with DEBUG or CALLBACK_ALLOW_HTTP) and reach public addresses only, unless
+# CALLBACK_ALLOWED_HOSTS names the host or covers the address (comma-separated names, addresses, CIDRs).
+CALLBACK_ALLOW_HTTP = env_bool("CALLBACK_ALLOW_HTTP", DEBUG)
+CALLBACK_ALLOWED_HOSTS = [h.strip() for h in env_str("CALLBACK_ALLOWED_HOSTS").split(",") if h.strip()]
 
 LOGGING = {
     "version": 1,

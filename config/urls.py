@@ -5,17 +5,26 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from config import views
+from config.login_throttle import ThrottledAdminAuthenticationForm, ThrottledAuthenticationForm
 from moderation.api import api
 from reviews.api import router as audit_export_router
 
 api.add_router("/audit", audit_export_router)
+# Both login pages count wrong passwords and refuse a locked account or address.
+admin.site.login_form = ThrottledAdminAuthenticationForm
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("api/v1/docs", views.api_docs, name="api_docs"),
     path("api/v1/", api.urls),
     path("admin/", admin.site.urls),
-    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path(
+        "login/",
+        auth_views.LoginView.as_view(
+            authentication_form=ThrottledAuthenticationForm, redirect_authenticated_user=True
+        ),
+        name="login",
+    ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include("reviews.urls")),
 ]

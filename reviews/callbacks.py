@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+import ipaddress
 import json
 import os
+import socket
+import ssl
 import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import httpcore
 import httpx
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Count, Exists, OuterRef
 from django.utils import timezone
@@ -20,11 +30,238 @@ from moderation.signatures import signature_compute
 from reviews import audit
 from reviews.models import CallbackDelivery, Decision
 
+# Per connect, read or write; the whole attempt ends by CALLBACK_TOTAL_TIMEOUT_SECONDS.
 CALLBACK_TIMEOUT_SECONDS = 10.0
+# What the /callbacks/ page shows for an address the policy refuses: nothing a port probe could use.
+ADDRESS_REFUSED = "callback address not allowed"
 # The sweep re-sends a decision never attempted this long after it was made, within the horizon.
 CALLBACK_RESEND_AFTER = timedelta(minutes=5)
 CALLBACK_RESEND_HORIZON = timedelta(days=7)
 CALLBACK_RESEND_EVERY_SECONDS = 3600
+
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class CallbackUrlRefused(ValueError):
+    """The callback URL breaks the policy (scheme, user info, or an address that is not allowed)."""
+
+
+class CallbackAddressRefused(CallbackUrlRefused):
+    """The host is, or resolves to, an address callbacks may not reach (loopback, private, link-local...)."""
+
+
+@dataclass(frozen=True)
+class _AllowList:
+    hosts: frozenset[str]
+    networks: tuple[IPNetwork, ...]
+
+    def names(self, host: str) -> bool:
+        return host.lower().rstrip(".") in self.hosts
+
+    def covers(self, address: IPAddress) -> bool:
+        return any(address in network for network in self.networks)
+
+
+def _allow_list() -> _AllowList:
+    """CALLBACK_ALLOWED_HOSTS: host names (exactly as in the URL) and addresses or CIDR networks."""
+    hosts: set[str] = set()
+    networks: list[IPNetwork] = []
+    for entry in settings.CALLBACK_ALLOWED_HOSTS:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
+        except ValueError:
+            hosts.add(entry.lower().rstrip("."))
+    return _AllowList(frozenset(hosts), tuple(networks))
+
+
+def address_refusal(address: IPAddress) -> str:
+    """Why an address is refused ('' if callbacks may reach it), ignoring the allow-list."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address_refusal(address.ipv4_mapped)
+    checks = (
+        ("loopback", address.is_loopback),
+        ("link-local", address.is_link_local),
+        ("multicast", address.is_multicast),
+        ("unspecified", address.is_unspecified),
+        ("reserved", address.is_reserved),
+        ("private", address.is_private),
+        ("non-public", not address.is_global),
+    )
+    return next((f"{kind} address" for kind, hit in checks if hit), "")
+
+
+def host_addresses(host: str, port: int) -> list[IPAddress]:
+    """Every address the host resolves to (a literal address is itself). Tests replace this resolver."""
+    try:
+        return [ipaddress.ip_address(host.strip("[]"))]
+    except ValueError:
+        pass
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    # A scoped IPv6 address ("fe80::1%eth0") keeps its scope; link-local is refused either way.
+    return list(dict.fromkeys(ipaddress.ip_address(str(info[4][0])) for info in infos))
+
+
+def addresses_check(host: str, addresses: Iterable[IPAddress]) -> None:
+    """Every address must be allowed (a name resolving to one public and one private address is refused)."""
+    allowed = _allow_list()
+    if allowed.names(host):
+        return
+    for address in addresses:
+        reason = address_refusal(address)
+        if reason and not allowed.covers(address):
+            raise CallbackAddressRefused(f"{ADDRESS_REFUSED}: {host} is or resolves to a {reason}")
+
+
+def callback_url_check(url: str, *, resolve: bool = True) -> None:
+    """The callback URL policy; raises CallbackUrlRefused with the reason.
+
+    https only, unless DEBUG or CALLBACK_ALLOW_HTTP; no user name or password; the host must not be, or
+    resolve to, a loopback, private, link-local, multicast or reserved address unless CALLBACK_ALLOWED_HOSTS
+    names the host or covers the address. A name that does not resolve now is accepted (it is checked again
+    at every connection, as any name is: DNS can change between the two).
+    """
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise CallbackUrlRefused(f"not a valid URL ({exc})") from exc
+    if parsed.scheme not in {"http", "https"}:
+        raise CallbackUrlRefused("the callback URL must use https")
+    if parsed.scheme == "http" and not settings.CALLBACK_ALLOW_HTTP:  # on with DEBUG unless set
+        raise CallbackUrlRefused("the callback URL must use https (set CALLBACK_ALLOW_HTTP to allow http)")
+    if parsed.userinfo:
+        raise CallbackUrlRefused("the callback URL must not contain a user name or password")
+    if not parsed.host:
+        raise CallbackUrlRefused("the callback URL has no host")
+    if not resolve or _allow_list().names(parsed.host):
+        return
+    try:
+        addresses = host_addresses(parsed.host, parsed.port or (443 if parsed.scheme == "https" else 80))
+    except (OSError, UnicodeError):
+        return
+    addresses_check(parsed.host, addresses)
+
+
+def callback_url_validate(url: str) -> None:
+    """callback_url_check for forms and services: a ValidationError on the callback_url field."""
+    if not url:
+        return
+    try:
+        callback_url_check(url)
+    except CallbackUrlRefused as exc:
+        raise ValidationError({"callback_url": [str(exc)]}, code="callback_url_refused") from exc
+
+
+# The end of the current attempt (time.monotonic()), read by every socket operation of the callback client.
+_attempt_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "callback_attempt_deadline", default=None
+)
+
+
+def _deadline_message() -> str:
+    return f"callback took longer than {settings.CALLBACK_TOTAL_TIMEOUT_SECONDS:g} s"
+
+
+def _within_deadline(timeout: float | None, expired: type[Exception]) -> float | None:
+    """The per-operation timeout, shortened to what is left of the attempt; raises `expired` when none is."""
+    deadline = _attempt_deadline.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise expired(_deadline_message())
+    return left if timeout is None else min(timeout, left)
+
+
+@contextlib.contextmanager
+def _deadline_named(expired: type[Exception]) -> Iterator[None]:
+    """A socket timeout cut short by the deadline says so (not only "timed out")."""
+    try:
+        yield
+    except expired as exc:
+        deadline = _attempt_deadline.get()
+        if deadline is not None and time.monotonic() >= deadline:
+            raise expired(_deadline_message()) from exc
+        raise
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read and write ends by the attempt's deadline (a trickle cannot hold it)."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        with _deadline_named(httpcore.ReadTimeout):
+            return self._stream.read(max_bytes, _within_deadline(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        with _deadline_named(httpcore.WriteTimeout):
+            self._stream.write(buffer, _within_deadline(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        # server_hostname is the URL's host: SNI and certificate checks use the name, not the address.
+        with _deadline_named(httpcore.ConnectTimeout):
+            timeout = _within_deadline(timeout, httpcore.ConnectTimeout)
+            return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _CheckedBackend(httpcore.SyncBackend):
+    """Resolves the host once, checks every address, and connects only to an address it checked.
+
+    Checking the URL when it is set is not enough: the name may resolve elsewhere later (DNS rebinding), and
+    a resolver asked twice may answer twice differently. The Host header and TLS (SNI, certificate) still
+    use the URL's host name.
+    """
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        timeout = _within_deadline(timeout, httpcore.ConnectTimeout)
+        try:
+            addresses = host_addresses(host, port)
+        except (OSError, UnicodeError) as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}") from exc
+        addresses_check(host, addresses)
+        failure: Exception = httpcore.ConnectError(f"no address for {host}")
+        for address in addresses:
+            try:
+                with _deadline_named(httpcore.ConnectTimeout):
+                    left = _within_deadline(timeout, httpcore.ConnectTimeout)
+                    stream = super().connect_tcp(str(address), port, left, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+                continue
+            return _DeadlineStream(stream)
+        raise failure
+
+
+class _CheckedTransport(httpx.HTTPTransport):
+    """httpx's transport over a pool that connects through _CheckedBackend.
+
+    httpx offers no way to pass a network backend to the pool it builds, so the pool is replaced by the same
+    pool with ours. Certificates are verified as httpx does by default (certifi, or SSL_CERT_FILE).
+    """
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__()
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=ssl_context or httpx.create_ssl_context(), network_backend=_CheckedBackend()
+        )
 
 
 @functools.cache
@@ -32,9 +269,28 @@ def _http_client(pid: int) -> httpx.Client:
     """One client per worker process (keyed by pid: a forked child must not share its parent's sockets).
 
     A client per attempt would build a TLS context each time: ~25 ms of CPU, which dominated the cost of
-    retrying thousands of callbacks while a platform was down (tests/faults).
+    retrying thousands of callbacks while a platform was down (tests/faults). Proxy variables are ignored
+    (trust_env=False): a proxy would connect to addresses the policy never checked. Redirects are not
+    followed (httpx's default).
     """
-    return httpx.Client(timeout=CALLBACK_TIMEOUT_SECONDS)
+    return httpx.Client(timeout=CALLBACK_TIMEOUT_SECONDS, transport=_CheckedTransport(), trust_env=False)
+
+
+def _post_capped(url: str, *, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    """POST and read at most CALLBACK_RESPONSE_MAX_BYTES of the answer; the rest is never read."""
+    cap = settings.CALLBACK_RESPONSE_MAX_BYTES
+    received = bytearray()
+    with _http_client(os.getpid()).stream("POST", url, content=body, headers=headers) as response:
+        for chunk in response.iter_raw():
+            received += chunk[: cap - len(received)]
+            if len(received) >= cap:
+                break  # closing an unread response closes its connection
+        return response.status_code, bytes(received)
+
+
+def _text(data: bytes) -> str:
+    # PostgreSQL text and jsonb cannot hold NUL.
+    return data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
 
 
 class CallbackFailed(Exception):
@@ -117,19 +373,33 @@ def callback_deliver(*, decision_id: int) -> CallbackDelivery | None:
     headers = {
         "Content-Type": "application/json",
         "User-Agent": "safeguard-review-queue",
+        "Accept-Encoding": "identity",  # the capped read counts bytes as sent: no decompression bomb
         "X-Signature-Timestamp": timestamp,
         "X-Signature": signature_compute(secret=source.hmac_secret, timestamp=timestamp, body=body),
     }
     started = time.monotonic()
     status_code: int | None = None
+    response = b""
     error = ""
+    # Every way an attempt can end is recorded below and retried (CallbackFailed): an answer, a refusal, a
+    # network error, the attempt's deadline, or Celery's soft time limit.
+    deadline = _attempt_deadline.set(started + settings.CALLBACK_TOTAL_TIMEOUT_SECONDS)
     try:
-        response = _http_client(os.getpid()).post(source.callback_url, content=body, headers=headers)
-        status_code = response.status_code
+        callback_url_check(source.callback_url, resolve=False)  # the address is checked at connection time
+        status_code, response = _post_capped(source.callback_url, body=body, headers=headers)
         if not 200 <= status_code < 300:
             error = f"HTTP {status_code}"
-    except httpx.HTTPError as exc:
-        error = f"{type(exc).__name__}: {exc}"[:300]
+    except CallbackAddressRefused:
+        error = ADDRESS_REFUSED
+    except CallbackUrlRefused as exc:
+        error = f"callback URL not allowed: {exc}"
+    except SoftTimeLimitExceeded:
+        error = "time limit exceeded"
+    except Exception as exc:  # any failure is this attempt's outcome, recorded and retried
+        error = f"{type(exc).__name__}: {exc}"
+    finally:
+        _attempt_deadline.reset(deadline)
+    error = _text(error.encode())[:300]
     with transaction.atomic():
         delivery = CallbackDelivery.objects.create(
             decision=decision,
@@ -149,6 +419,8 @@ def callback_deliver(*, decision_id: int) -> CallbackDelivery | None:
                 "attempt": delivery.attempt,
                 "status_code": status_code,
                 "error": error,
+                # What the platform answered, cut at CALLBACK_RESPONSE_MAX_BYTES.
+                "response": _text(response),
             },
         )
     if error:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from celery import shared_task
 from django.conf import settings
@@ -25,8 +26,10 @@ CALLBACK_MAX_RETRIES = 28
     retry_backoff_max=settings.CALLBACK_RETRY_BACKOFF_MAX_SECONDS,
     retry_jitter=True,
     max_retries=CALLBACK_MAX_RETRIES,
-    soft_time_limit=60,
-    time_limit=90,
+    # Backstops: the client ends an attempt at CALLBACK_TOTAL_TIMEOUT_SECONDS, and an attempt cut by the soft
+    # limit is still recorded and retried.
+    soft_time_limit=math.ceil(settings.CALLBACK_TOTAL_TIMEOUT_SECONDS) + 45,
+    time_limit=math.ceil(settings.CALLBACK_TOTAL_TIMEOUT_SECONDS) + 75,
 )
 def callback_deliver(*, decision_id: int, **_: object) -> None:
     callbacks.callback_deliver(decision_id=decision_id)

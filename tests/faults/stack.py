@@ -39,6 +39,9 @@ STACK_ENV = {
     "TRIAGE_STUCK_AFTER_SECONDS": "5",
     "TRIAGE_SWEEP_INTERVAL_SECONDS": "1",
     "CALLBACK_RETRY_BACKOFF_MAX_SECONDS": "1",
+    # The fault tests' platforms listen on the loopback, over http.
+    "CALLBACK_ALLOW_HTTP": "1",
+    "CALLBACK_ALLOWED_HOSTS": "127.0.0.0/8,::1,localhost",
     # Plain http on loopback: the test's HTTP client must get its cookies back.
     "SESSION_COOKIE_SECURE": "0",
     "CSRF_COOKIE_SECURE": "0",

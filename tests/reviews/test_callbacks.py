@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
+import socket
+import threading
 import time
-from collections.abc import Iterator
+import tracemalloc
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
 import redis
+from celery.exceptions import SoftTimeLimitExceeded
 from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
@@ -369,3 +374,184 @@ def test_it_never_calls_back_an_escalation_or_a_qa_review(
     )
     assert callbacks.callback_deliver(decision_id=escalation.pk) is None
     assert callback_receiver.received == [] and not CallbackDelivery.objects.exists()
+
+
+# Hostile platforms: an answer that never ends, a receiver that trickles. Servers on the loopback, bounded in
+# time (each gives up after HOSTILE_SERVER_SECONDS even if the client never hangs up).
+HOSTILE_SERVER_SECONDS = 30.0
+ONE_GB = 1 << 30
+
+
+class HostileReceiver:
+    """A raw TCP server on 127.0.0.1 that reads the request and then runs `answer(connection)`."""
+
+    def __init__(self, answer: Callable[[socket.socket, float], None]) -> None:
+        self.answer = answer
+        self.sent = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/hooks/decisions"
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.settimeout(5)
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += connection.recv(65536)
+                length = int(re.search(rb"content-length: *(\d+)", request, re.I).group(1))  # type: ignore[union-attr]
+                while len(request.split(b"\r\n\r\n", 1)[1]) < length:
+                    request += connection.recv(65536)
+                with contextlib.suppress(OSError):
+                    self.answer(connection, time.monotonic() + HOSTILE_SERVER_SECONDS)
+
+    def send(self, connection: socket.socket, data: bytes) -> None:
+        connection.sendall(data)
+        self.sent += len(data)
+
+    def __enter__(self) -> HostileReceiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=HOSTILE_SERVER_SECONDS + 5)
+        self.listener.close()
+
+
+@pytest.fixture
+def endless_receiver() -> Iterator[HostileReceiver]:
+    """Answers 200 with a 1 GB body, sent 64 KB at a time (never held in memory) until the client hangs up."""
+    chunk = b"x" * 65536
+
+    def answer(connection: socket.socket, until: float) -> None:
+        receiver.send(connection, f"HTTP/1.1 200 OK\r\nContent-Length: {ONE_GB}\r\n\r\n".encode())
+        while receiver.sent < ONE_GB and time.monotonic() < until:
+            receiver.send(connection, chunk)
+
+    with HostileReceiver(answer) as receiver:
+        yield receiver
+
+
+def trickle(headers: bytes, body: bytes, every: float) -> Callable[[socket.socket, float], None]:
+    def answer(connection: socket.socket, until: float) -> None:
+        connection.sendall(headers)
+        for byte in body:
+            if time.monotonic() > until:
+                return
+            time.sleep(every)
+            connection.sendall(bytes([byte]))
+
+    return answer
+
+
+def test_it_reads_only_the_first_bytes_of_an_endless_answer(
+    source: ApiClient,
+    moderator: User,
+    queued_cases: CasesFactory,
+    endless_receiver: HostileReceiver,
+    settings: Any,
+) -> None:
+    settings.CALLBACK_RESPONSE_MAX_BYTES = 2048
+    platform_at(source, endless_receiver.url)
+    decision = decided(moderator, queued_cases)
+
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        delivery = callbacks.callback_deliver(decision_id=decision.pk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    elapsed = time.monotonic() - started
+
+    # The platform said 2xx: delivered, though most of its answer was never read.
+    assert delivery is not None and delivery.succeeded and delivery.status_code == 200
+    event = AuditEvent.objects.get(action="callback.delivered", object_id=str(delivery.pk))
+    assert event.payload["response"] == "x" * 2048  # what is kept is cut at the cap
+    assert peak < 4 * 1024 * 1024, f"peak Python allocation {peak} bytes"
+    assert endless_receiver.sent < 64 * 1024 * 1024  # the client hung up; most of the gigabyte was never sent
+    assert elapsed < 5
+
+
+def test_a_trickling_platform_ends_the_attempt_at_the_deadline_and_it_is_retried(
+    source: ApiClient, moderator: User, queued_cases: CasesFactory, settings: Any
+) -> None:
+    # One byte every 0.3 s: each read is well within the 10 s per-read timeout, the whole never ends.
+    settings.CALLBACK_TOTAL_TIMEOUT_SECONDS = 2
+    status_line = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    with HostileReceiver(trickle(b"", status_line, every=0.3)) as receiver:
+        platform_at(source, receiver.url)
+        decision = decided(moderator, queued_cases)
+        started = time.monotonic()
+        with pytest.raises(CallbackFailed, match="ReadTimeout: callback took longer than 2 s"):
+            tasks.callback_deliver(decision_id=decision.pk)  # the task body: Celery retries on CallbackFailed
+        elapsed = time.monotonic() - started
+
+    assert 2 <= elapsed < 3.5
+    failed = CallbackDelivery.objects.get(decision=decision)
+    assert (failed.attempt, failed.status_code, failed.succeeded) == (1, None, False)
+    assert failed.error == "ReadTimeout: callback took longer than 2 s"
+    assert 2000 <= failed.duration_ms < 3500
+    assert AuditEvent.objects.filter(action="callback.failed", object_id=str(failed.pk)).count() == 1
+
+
+def test_a_body_trickled_after_the_headers_is_cut_at_the_deadline_too(
+    source: ApiClient, moderator: User, queued_cases: CasesFactory, settings: Any
+) -> None:
+    settings.CALLBACK_TOTAL_TIMEOUT_SECONDS = 1.5
+    headers = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"
+    with HostileReceiver(trickle(headers, b"y" * 100, every=0.3)) as receiver:
+        platform_at(source, receiver.url)
+        decision = decided(moderator, queued_cases)
+        with pytest.raises(CallbackFailed, match="ReadTimeout"):
+            callbacks.callback_deliver(decision_id=decision.pk)
+    failed = CallbackDelivery.objects.get(decision=decision)
+    assert failed.status_code is None and not failed.succeeded and failed.duration_ms < 3000
+
+
+def test_an_attempt_cut_by_the_soft_time_limit_is_recorded_audited_and_retried(
+    source: ApiClient,
+    moderator: User,
+    queued_cases: CasesFactory,
+    callback_receiver: CallbackReceiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    platform_at(source, callback_receiver.url)
+    decision = decided(moderator, queued_cases)
+
+    def cut(*_: object, **__: object) -> tuple[int, bytes]:
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(callbacks, "_post_capped", cut)
+    with pytest.raises(CallbackFailed, match="time limit exceeded"):
+        tasks.callback_deliver(decision_id=decision.pk)
+    failed = CallbackDelivery.objects.get(decision=decision)
+    assert (failed.succeeded, failed.error) == (False, "time limit exceeded")
+    assert AuditEvent.objects.filter(action="callback.failed", object_id=str(failed.pk)).count() == 1
+    task: Any = tasks.callback_deliver
+    # The client's deadline comes first; Celery's limits are only a backstop.
+    assert task.soft_time_limit > callbacks.settings.CALLBACK_TOTAL_TIMEOUT_SECONDS
+
+
+def test_an_answer_with_nul_bytes_is_stored(
+    source: ApiClient, moderator: User, queued_cases: CasesFactory
+) -> None:
+    answer = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 5\r\n\r\nno\x00\xffx"
+    with HostileReceiver(trickle(answer, b"", every=0)) as receiver:
+        platform_at(source, receiver.url)
+        decision = decided(moderator, queued_cases)
+        with pytest.raises(CallbackFailed, match="HTTP 400"):
+            callbacks.callback_deliver(decision_id=decision.pk)
+    failed = CallbackDelivery.objects.get(decision=decision)
+    event = AuditEvent.objects.get(action="callback.failed", object_id=str(failed.pk))
+    assert event.payload["response"] == "no\ufffd\ufffdx"
