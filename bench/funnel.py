@@ -203,7 +203,9 @@ def main() -> None:
         "confidence": args.confidence,
     }
     for name, (policy_text, items) in datasets.items():
-        result[name] = guarantee_on_splits(policy_text, items, args.splits, args.target_recall, args.confidence)
+        result[name] = guarantee_on_splits(
+            policy_text, items, args.splits, args.target_recall, args.confidence
+        )
     if args.also_target:
         result[f"at_target_{args.also_target}"] = {
             name: guarantee_on_splits(policy_text, items, args.splits, args.also_target, args.confidence)

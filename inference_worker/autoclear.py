@@ -9,6 +9,7 @@ resume with a reason closes it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -100,14 +101,19 @@ def reasoner_guarantee(version: PolicyVersion, *, model: str | None = None) -> R
     run = _latest_golden_run(version, model if model is not None else settings.SAFEGUARD_MODEL)
     if run is None:
         return ReasonerGuarantee(None, None, target, confidence, needed)
-    rows = EvaluationResult.objects.filter(run=run, expected_label=Decision.Label.VIOLATES).values_list(
+    return ReasonerGuarantee(run, _run_cutoff(run.pk, target, confidence), target, confidence, needed)
+
+
+@functools.lru_cache(maxsize=256)
+def _run_cutoff(run_id: int, target: float, confidence: float) -> guarantee.ConfidenceCutoff:
+    """A finished run's results never change: each triage batch reads only which run is the latest."""
+    rows = EvaluationResult.objects.filter(run_id=run_id, expected_label=Decision.Label.VIOLATES).values_list(
         "verdict", "confidence", "hallucinated_rule_ids"
     )
     # A verdict citing invented rules is never cleared (moderation/routing.case_route), so it is no miss.
     pairs = [(verdict, conf) for verdict, conf, invented in rows if not invented]
     pairs += [("violates", "") for _, _, invented in rows if invented]
-    cutoff = guarantee.confidence_cutoff_with_guarantee(pairs, target, confidence)
-    return ReasonerGuarantee(run, cutoff, target, confidence, needed)
+    return guarantee.confidence_cutoff_with_guarantee(pairs, target, confidence)
 
 
 # --- suspensions (QA monitoring) ------------------------------------------------------------------------

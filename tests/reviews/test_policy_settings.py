@@ -144,7 +144,11 @@ def test_auto_clear_switches_and_confidence_are_audited_as_before_and_after(
     response = editor_client.post("/policies/spam/settings", data)
     assert response.status_code == 302
     policy.refresh_from_db()
-    assert (policy.funnel_auto_clear, policy.reasoner_auto_clear, policy.recall_confidence) == (False, True, 0.99)
+    assert (policy.funnel_auto_clear, policy.reasoner_auto_clear, policy.recall_confidence) == (
+        False,
+        True,
+        0.99,
+    )
     event = AuditEvent.objects.get(action="policy.settings_changed")
     assert event.payload["changes"] == {"recall_confidence": [0.95, 0.99], "funnel_auto_clear": [True, False]}
 
