@@ -146,6 +146,9 @@ X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 SESSION_COOKIE_HTTPONLY = True
+# Logged out after this long without a request of the user's own; polling (lease renewal, queue counters)
+# does not count (config/middleware.py). 0: off. Sessions still end SESSION_COOKIE_AGE after the last write.
+SESSION_IDLE_TIMEOUT_SECONDS = env_int("SESSION_IDLE_TIMEOUT_SECONDS", 2 * 60 * 60)
 # htmx sends the token from the page (hx-headers on <body>); no script needs to read the cookie.
 CSRF_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = CSRF_COOKIE_SAMESITE = "Lax"
@@ -154,9 +157,6 @@ SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", SECURE_HSTS_SECONDS > 0)
-# Logged out after this long without a request of the user's own; polling (lease renewal, queue counters)
-# does not count (config/middleware.py). 0: off. Sessions still end SESSION_COOKIE_AGE after the last write.
-SESSION_IDLE_TIMEOUT_SECONDS = env_int("SESSION_IDLE_TIMEOUT_SECONDS", 2 * 60 * 60)
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_TLS_PROXY") else None
 
@@ -164,6 +164,11 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIN
 INGEST_MAX_BATCH = 500
 INGEST_MAX_TEXT_CHARS = env_int("INGEST_MAX_TEXT_CHARS", 100_000)
 INGEST_MAX_BODY_BYTES = env_int("INGEST_MAX_BODY_BYTES", 10 * 1024 * 1024)
+# Metadata is shown to moderators on every case page: keys counted across all levels, nesting (never more than
+# 32 whatever this says), and the size of its compact UTF-8 JSON.
+INGEST_METADATA_MAX_KEYS = env_int("INGEST_METADATA_MAX_KEYS", 100)
+INGEST_METADATA_MAX_DEPTH = env_int("INGEST_METADATA_MAX_DEPTH", 8)
+INGEST_METADATA_MAX_BYTES = env_int("INGEST_METADATA_MAX_BYTES", 16 * 1024)
 GOLDEN_IMPORT_MAX_BYTES = env_int("GOLDEN_IMPORT_MAX_BYTES", 5 * 1024 * 1024)
 GOLDEN_IMPORT_MAX_ROWS = env_int("GOLDEN_IMPORT_MAX_ROWS", 5000)
 INGEST_SIGNATURE_WINDOW_SECONDS = 300
@@ -172,11 +177,6 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = INGEST_MAX_BODY_BYTES
 # Celery: Redis carries messages only; Postgres is the source of truth.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
 # kombu's Redis transport, except that a worker survives Redis going away (config/broker.py).
-# Metadata is shown to moderators on every case page: keys counted across all levels, nesting (never more than
-# 32 whatever this says), and the size of its compact UTF-8 JSON.
-INGEST_METADATA_MAX_KEYS = env_int("INGEST_METADATA_MAX_KEYS", 100)
-INGEST_METADATA_MAX_DEPTH = env_int("INGEST_METADATA_MAX_DEPTH", 8)
-INGEST_METADATA_MAX_BYTES = env_int("INGEST_METADATA_MAX_BYTES", 16 * 1024)
 CELERY_BROKER_TRANSPORT = "config.broker:Transport"
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
