@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Literal
 
@@ -11,7 +12,7 @@ from ninja import Query, Router, Schema
 from ninja.errors import HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.security import HttpBearer
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from moderation.schemas import ErrorOut
 from reviews import exports
@@ -30,6 +31,9 @@ class UserTokenAuth(HttpBearer):
 router = Router(auth=UserTokenAuth(), tags=["audit exports"])
 
 
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
 class ExportFilters(Schema):
     since: datetime | None = Field(default=None, description="Start of the time range (ISO 8601), included.")
     until: datetime | None = Field(default=None, description="End of the time range (ISO 8601), excluded.")
@@ -40,6 +44,14 @@ class ExportFilters(Schema):
         description="Events: the actor's label (username, source slug or 'system'). "
         "Decisions and statements: the moderator's username.",
     )
+
+    @field_validator("since", "until", mode="before")
+    @classmethod
+    def iso_8601_only(cls, value: object) -> object:
+        # Pydantic would also read a bare number as seconds since 1970: the document promises ISO 8601.
+        if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value.strip())):
+            raise ValueError("must be an ISO 8601 date-time, e.g. 2026-01-31T00:00:00Z")
+        return value
 
 
 class EventFilters(ExportFilters):

@@ -291,6 +291,8 @@ def test_the_hostile_corpus_renders_verbatim_and_the_layout_holds(
     tab: Tab, settings: Any, engine_simulator: EngineSimulator, engine_config: EngineConfig
 ) -> None:
     settings.INGEST_MAX_TEXT_CHARS = 1_200_000
+    # A deployment may allow big metadata; the page must hold it either way.
+    settings.INGEST_METADATA_MAX_BYTES = 1_000_000
     policy = xss_policy()
     created = moderation.source_create(name="Hostile \u202eplatform", slug="hostile", policies=[policy])
     moderator = user_with_role("mona", Role.MODERATOR, grants=[policy])

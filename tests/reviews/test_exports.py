@@ -302,6 +302,7 @@ def test_someone_elses_token_cannot_be_revoked(auditor: User, admin: User) -> No
         ({"action": "DROP TABLE"}, "action"),
         ({"format": "xml"}, "format"),
         ({"until": "0001-01-01T00:00:00+05:00"}, "until"),  # before year 1 in UTC
+        ({"since": "0.5362095142193775"}, "since"),  # not seconds since 1970: ISO 8601 only
     ],
 )
 def test_bad_filters_get_a_400_with_field_errors(
