@@ -68,7 +68,7 @@ class Embedded:
     def __init__(self, texts: list[str]) -> None:
         self.index = {text: n for n, text in enumerate(texts)}
         self.single = funnel.training_vectors(texts)
-        self.windows, self.owner = embeddings.encode_windows(texts)
+        self.windows, self.owner = funnel.scoring_windows(texts)
 
     def windows_of(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
         wanted = {self.index[t]: k for k, t in enumerate(texts)}

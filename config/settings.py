@@ -241,6 +241,8 @@ SAFEGUARD_FUNNEL_BATCH_SIZE = env_int("SAFEGUARD_FUNNEL_BATCH_SIZE", 64)
 # bfloat16 matmuls where the CPU has them natively (AVX512-BF16 / AMX): 1.7x the items/s of float32 on our
 # CI machines with embeddings within 5e-5 cosine; emulated bf16 is slower than float32, so "auto" checks.
 SAFEGUARD_FUNNEL_PRECISION = env_choice("SAFEGUARD_FUNNEL_PRECISION", "auto", ("auto", "bf16", "fp32"))
+# Cores the funnel's encoder uses, one batch per core with one torch thread each; 0: every core it may use.
+SAFEGUARD_FUNNEL_THREADS = env_int("SAFEGUARD_FUNNEL_THREADS", 0)
 
 # Decision callbacks: the longest wait between retries (they start at 1 s and double; fault tests shrink it).
 CALLBACK_RETRY_BACKOFF_MAX_SECONDS = env_int("CALLBACK_RETRY_BACKOFF_MAX_SECONDS", 1800)

@@ -5,8 +5,9 @@ Hugging Face hub: the funnel must work offline on a laptop.
 
 The model reads at most `max_seq_length` (256) word pieces, [CLS] and [SEP] included. `encode_windows` reads
 every part of a text: it splits the word pieces into overlapping windows that each fit the model and embeds
-every window, so harmless padding before or after a violation cannot push it out of sight. The caller scores
-each window and keeps the highest score per text (`max_per_owner`).
+every window, so harmless padding before or after a violation cannot push it out of sight; `encode_sentences`
+embeds each sentence alone, so padding around a violating sentence cannot dilute it either. The caller scores
+each row and keeps the highest score per text (`max_per_owner`).
 
 Speed: each text is tokenised once with the fast tokenizer; windows are sorted by length and batched so that
 padding is minimal and a batch stays small enough for the cache (MAX_BATCH_TOKENS); the transformer is called
@@ -44,9 +45,13 @@ WINDOW_OVERLAP = 32
 # Padded word pieces per forward pass: on our 2-core CPU (one core per batch), batches of 500 to 2,000 word
 # pieces ran 10 to 30% faster than batches of 64 windows of ~135 (activations that stay in cache).
 MAX_BATCH_TOKENS = 1024
-# Where a sentence ends: mean pooling over a whole window dilutes one violating sentence among harmless ones,
-# so each sentence of a text longer than one window is also embedded on its own.
-SENTENCE_END = re.compile(r"[.!?\u2026]+[\"'\u2019\u201d)\]]*(?=\s|$)|\n")
+# Where a sentence ends: mean pooling over a window dilutes one violating sentence among harmless ones, so
+# `encode_sentences` embeds each sentence on its own. The lookbehind starts a match only at the first mark of
+# a run and the possessive quantifiers never give back, so a long run of dots is read once (linear time).
+# A sentence longer than this many word pieces (a run-on one that hides a threat among padding, say) is
+# read in windows of this size, half overlapping: a clause of a dozen pieces dominates each one it is in.
+SENTENCE_WINDOW = 32
+SENTENCE_END = re.compile(r"(?<![.!?\u2026])[.!?\u2026]++[\"'\u2019\u201d)\]]*+(?=\s|$)|\n")
 
 _lock = threading.Lock()
 
@@ -118,7 +123,7 @@ def uses_bf16() -> bool:
 
 def threads() -> int:
     """Cores the encoder uses: SAFEGUARD_FUNNEL_THREADS, or 0 for every core this process may run on."""
-    wanted = int(getattr(settings, "SAFEGUARD_FUNNEL_THREADS", 0))
+    wanted = settings.SAFEGUARD_FUNNEL_THREADS
     if wanted > 0:
         return wanted
     affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every core
@@ -187,13 +192,13 @@ def _encoder() -> _Encoder:
         return _loaded
 
 
-def _window_starts(length: int, size: int) -> list[int]:
+def _window_starts(length: int, size: int, overlap: int = WINDOW_OVERLAP) -> list[int]:
     """Where each window of `size` word pieces begins in a text of `length`: consecutive windows share at
-    least WINDOW_OVERLAP pieces, and the last one ends with the text (so every window but a short text's
+    least `overlap` pieces, and the last one ends with the text (so every window but a short text's
     only one is full)."""
     if length <= size:
         return [0]
-    stride = size - WINDOW_OVERLAP
+    stride = size - overlap
     starts = list(range(0, length - size, stride))
     starts.append(length - size)
     return starts
@@ -210,25 +215,25 @@ def _sentences(text: str, offsets: list[tuple[int, int]]) -> list[tuple[int, int
     return list(itertools.pairwise(bounds)) if cuts else []
 
 
-def _windows(encoder: _Encoder, texts: list[str], first_only: bool) -> tuple[list[list[int]], np.ndarray]:
-    """Model inputs ([CLS] piece... [SEP]) of every window of every text, and the text each one came from.
-
-    A text longer than one window: its overlapping windows in reading order, then each sentence as a
-    window of its own (a long sentence in overlapping windows), so that nothing around a sentence dilutes it.
-    """
+def _windows(encoder: _Encoder, texts: list[str], rows: str) -> tuple[list[list[int]], np.ndarray]:
+    """Model inputs ([CLS] piece... [SEP]) and the index of the text each one came from. `rows`:
+    "first" (each text's first window), "windows" (every overlapping window of each text) or "sentences"
+    (each sentence of a text of several sentences on its own; a long sentence in overlapping windows)."""
     size = encoder.window_tokens
     windows: list[list[int]] = []
     owner: list[int] = []
     pieces = encoder.tokenizer.encode_batch(texts, add_special_tokens=False)
     for index, (text, encoding) in enumerate(zip(texts, pieces, strict=True)):
         ids = encoding.ids
-        spans = [(start, start + size) for start in ([0] if first_only else _window_starts(len(ids), size))]
-        if len(spans) > 1:
-            for first, last in _sentences(text, encoding.offsets):
-                spans += [
-                    (first + start, min(first + start + size, last))
-                    for start in _window_starts(last - first, size)
-                ]
+        if rows == "sentences":
+            spans = [
+                (first + start, min(first + start + SENTENCE_WINDOW, last))
+                for first, last in _sentences(text, encoding.offsets)
+                for start in _window_starts(last - first, SENTENCE_WINDOW, SENTENCE_WINDOW // 2)
+            ]
+        else:
+            starts = [0] if rows == "first" else _window_starts(len(ids), size)
+            spans = [(start, start + size) for start in starts]
         for start, end in spans:
             windows.append([encoder.cls_id, *ids[start:end], encoder.sep_id])
             owner.append(index)
@@ -300,14 +305,25 @@ def encode_windows(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
     A text that fits the model (max_seq_length - 2 word pieces) gives one row, the same embedding as
     `encode`; an empty text too. A longer text gives its windows of max_seq_length - 2 word pieces that
-    overlap by WINDOW_OVERLAP, in reading order, then one row per sentence (SENTENCE_END), so that a
-    violating sentence is also read without the harmless text around it. Score every row and take
-    `max_per_owner` for the text's score.
+    overlap by WINDOW_OVERLAP, in reading order. Score every row and take `max_per_owner`.
     """
+    return _encode_rows(texts, "windows")
+
+
+def encode_sentences(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Each sentence (SENTENCE_END) of each text of more than one sentence, embedded on its own, and the
+    index of its text: a violating sentence read without the harmless text around it. A text of one
+    sentence gives no row (its `encode_windows` rows already read it alone)."""
+    return _encode_rows(texts, "sentences")
+
+
+def _encode_rows(texts: list[str], rows: str) -> tuple[np.ndarray, np.ndarray]:
     if not texts:
         return np.zeros((0, DIMENSIONS), dtype=np.float32), np.zeros(0, dtype=np.intp)
     encoder = _encoder()
-    windows, owner = _windows(encoder, texts, first_only=False)
+    windows, owner = _windows(encoder, texts, rows)
+    if not windows:
+        return np.zeros((0, DIMENSIONS), dtype=np.float32), owner
     # One encode at a time per process: the encoder's workers already use every core for one encode.
     with _lock:
         return _embed(encoder, windows), owner
@@ -320,7 +336,7 @@ def encode(texts: list[str]) -> np.ndarray:
     if not texts:
         return np.zeros((0, DIMENSIONS), dtype=np.float32)
     encoder = _encoder()
-    windows, _ = _windows(encoder, texts, first_only=True)
+    windows, _ = _windows(encoder, texts, "first")
     with _lock:
         return _embed(encoder, windows)
 

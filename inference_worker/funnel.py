@@ -22,7 +22,6 @@ import concurrent.futures
 import hashlib
 import math
 import os
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -429,32 +428,13 @@ def training_examples(policy_text: str, golden: list[tuple[str, str]]) -> list[T
     return list(by_text.values())
 
 
-# A sentence ends at . ! ? (and their full-width forms) before whitespace, or at a line break.
-_SENTENCE_BREAK = re.compile(r"(?<=[.!?\u3002\uff01\uff1f])\s+|\n+")
-
-
-def text_segments(text: str) -> list[str]:
-    """What is scored of a text: the whole of it and, when it has several, each sentence on its own.
-
-    A mean-pooled embedding of a window is an average: a threat inside 200 word pieces of garden-club notes
-    scores like the notes. Each sentence scored alone keeps its own score, so padding cannot lower an item's
-    score below its worst sentence's (the item's score is the highest of all its windows)."""
-    sentences = [piece.strip() for piece in _SENTENCE_BREAK.split(text) if piece.strip()]
-    return [text, *sentences] if len(sentences) > 1 else [text]
-
-
 def scoring_windows(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings of every window of every segment of every text, and the index of the text of each row."""
-    segments: list[str] = []
-    segment_owner: list[int] = []
-    for n, text in enumerate(texts):
-        for segment in text_segments(text):
-            segments.append(segment)
-            segment_owner.append(n)
-    if not segments:
-        return np.zeros((0, embeddings.DIMENSIONS), dtype=np.float32), np.zeros(0, dtype=np.int64)
-    vectors, owner = embeddings.encode_windows(segments)
-    return vectors, np.asarray(segment_owner, dtype=np.int64)[owner]
+    """Every row an item's score is the highest of: each window of the text, and each of its sentences
+    alone (a threat inside 200 word pieces of garden-club notes would score like the notes in a window
+    mean-pooled over all of them). With the index of the text of each row."""
+    windows, window_owner = embeddings.encode_windows(texts)
+    sentences, sentence_owner = embeddings.encode_sentences(texts)
+    return np.vstack([windows, sentences]), np.concatenate([window_owner, sentence_owner]).astype(np.int64)
 
 
 def _windows(texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
@@ -588,30 +568,74 @@ def funnel_prepare(works: list[CaseWork]) -> dict[int, FittedFunnel]:
     return fitted
 
 
-def works_score(works: list[CaseWork], fitted: dict[int, FittedFunnel]) -> list[CaseWork]:
-    """The works with their funnel scores attached: one batched encode of every window, no database access.
+@dataclass
+class _Best:
+    """An item's highest-scoring row so far."""
 
-    An item's score is its highest window's, so a violation anywhere in a long text (or transcript) counts.
+    score: float
+    vector: np.ndarray
+    rows: int
+
+
+def _best_rows_update(
+    best: dict[int, _Best],
+    items: list[CaseWork],
+    fitted: dict[int, FittedFunnel],
+    vectors: np.ndarray,
+    owner: np.ndarray,
+) -> None:
+    """Score rows (owner: index into `items`) with each item's classifier; keep each item's highest."""
+    for version_id, funnel in fitted.items():
+        mine = [n for n, w in enumerate(items) if w.policy_version_id == version_id]
+        rows = np.flatnonzero(np.isin(owner, mine))
+        if not len(rows):
+            continue
+        row_scores = funnel.scores(vectors[rows])
+        for n in mine:
+            own = np.flatnonzero(owner[rows] == n)
+            if not len(own):
+                continue
+            top = own[int(np.argmax(row_scores[own]))]
+            case_id = items[n].case_id
+            seen = best.get(case_id)
+            if seen is None or row_scores[top] > seen.score:
+                best[case_id] = _Best(float(row_scores[top]), vectors[rows[top]], len(own))
+            if seen is not None:
+                best[case_id].rows = seen.rows + len(own)
+
+
+def works_score(works: list[CaseWork], fitted: dict[int, FittedFunnel]) -> list[CaseWork]:
+    """The works with their funnel scores attached: batched encodes, no database access.
+
+    An item's score is the highest of its rows (`scoring_windows`): every window, and every sentence alone.
+    Sentences can only raise a score, so they are read only for items whose windows score below a proven
+    threshold, the ones that could be cleared: the clear decision is the same as reading every row.
     """
     started = time.monotonic()
     scorable = [w for w in works if fitted[w.policy_version_id].scoring]
-    vectors, owner = scoring_windows([w.content for w in scorable]) if scorable else (None, None)
-    p_violation: dict[int, float] = {}
-    nearest: dict[int, list[dict[str, Any]]] = {}
-    windows: dict[int, int] = {}
-    for version_id, funnel in fitted.items():
-        mine = [n for n, w in enumerate(scorable) if w.policy_version_id == version_id]
-        if not mine or vectors is None or owner is None:
-            continue
-        rows = np.flatnonzero(np.isin(owner, mine))
-        window_scores = funnel.scores(vectors[rows])
-        for n in mine:
-            own = np.flatnonzero(owner[rows] == n)
-            best = own[int(np.argmax(window_scores[own]))]
-            work = scorable[n]
-            p_violation[work.case_id] = round(float(window_scores[best]), 4)
-            nearest[work.case_id] = funnel.nearest(funnel.vectors @ vectors[rows[best]])
-            windows[work.case_id] = len(own)
+    best: dict[int, _Best] = {}
+    if scorable:
+        vectors, owner = embeddings.encode_windows([w.content for w in scorable])
+        _best_rows_update(best, scorable, fitted, vectors, owner)
+        candidates = [
+            w
+            for w in scorable
+            if (threshold := fitted[w.policy_version_id].threshold) is not None
+            and best[w.case_id].score < threshold
+            and not w.injection_signals
+            and not fitted[w.policy_version_id].clear_block
+        ]
+        if candidates:
+            vectors, owner = embeddings.encode_sentences([w.content for w in candidates])
+            _best_rows_update(best, candidates, fitted, vectors, owner)
+    p_violation = {case_id: round(b.score, 4) for case_id, b in best.items()}
+    windows = {case_id: b.rows for case_id, b in best.items()}
+    nearest = {
+        w.case_id: fitted[w.policy_version_id].nearest(
+            fitted[w.policy_version_id].vectors @ best[w.case_id].vector
+        )
+        for w in scorable
+    }
     latency_ms = round((time.monotonic() - started) * 1000 / max(1, len(scorable)))
     scored = []
     for work in works:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
+from inference_worker.embeddings import SENTENCE_END
 from inference_worker.policy_examples import policy_examples_parse
 from inference_worker.policy_rules import policy_rule_definitions, policy_rule_ids_parse
 from inference_worker.verdicts import verdict_parse
@@ -113,6 +114,20 @@ def _verdict(text: str) -> object:
     return verdict_parse(text, policy_rule_ids=["SP1"])
 
 
+def _sentence_ends(text: str) -> object:
+    # Where the funnel cuts content into sentences (inference_worker/embeddings.py): content is untrusted.
+    return [match.end() for match in SENTENCE_END.finditer(text)]
+
+
+SENTENCES = {
+    **COMMON,
+    "dots": _repeat("."),
+    "dots-then-letter": _prefixed("a", ".", "x"),
+    "marks": _repeat("?!.\u2026"),
+    "closing-quotes": _prefixed(".", '"'),
+}
+
+
 CASES = [
     *((f"injection_signals-{name}", injection_signals, make) for name, make in INJECTION.items()),
     *((f"policy_lint-{name}", policy_lint, make) for name, make in POLICY.items()),
@@ -120,6 +135,7 @@ CASES = [
     *((f"policy_rule_ids_parse-{name}", policy_rule_ids_parse, make) for name, make in POLICY.items()),
     *((f"policy_rule_definitions-{name}", policy_rule_definitions, make) for name, make in POLICY.items()),
     *((f"verdict_parse-{name}", _verdict, make) for name, make in VERDICT.items()),
+    *((f"sentence_ends-{name}", _sentence_ends, make) for name, make in SENTENCES.items()),
 ]
 
 

@@ -21,20 +21,33 @@ HARMLESS = (
 
 
 def best_cosine_to(text: str, target: str) -> tuple[float, int]:
-    vectors, owner = embeddings.encode_windows([text])
+    windows, window_owner = embeddings.encode_windows([text])
+    sentences, _ = embeddings.encode_sentences([text])
     [alone] = embeddings.encode([target])
-    return float((vectors @ alone).max()), len(owner)
+    return float((np.vstack([windows, sentences]) @ alone).max()), len(window_owner)
 
 
-@pytest.mark.parametrize("where", ["after", "before"])
-def test_a_violation_behind_2000_characters_of_padding_has_a_window_of_its_own(where: str) -> None:
-    assert len(HARMLESS) > 1900
-    padded = f"{HARMLESS}{VIOLATING}" if where == "after" else f"{VIOLATING} {HARMLESS}"
+@pytest.mark.parametrize(
+    ("padding", "where"),
+    [(HARMLESS, "after"), (HARMLESS, "before"), (HARMLESS[:282], "after"), (HARMLESS[:282], "before")],
+)
+def test_a_violation_among_padding_is_also_read_alone(padding: str, where: str) -> None:
+    """Windows read a long text whole; sentences read a violation without the padding around it, whether
+    the padding spills over several windows (2,000 characters) or shares one with it (three sentences)."""
+    padded = f"{padding} {VIOLATING}" if where == "after" else f"{VIOLATING} {padding}"
     closest, windows = best_cosine_to(padded, VIOLATING)
-    assert windows > 1
+    assert (windows == 1) == (len(padding) < 1000)
     assert closest >= 0.9
-    # The control: the harmless text alone has no window like the violation.
-    assert best_cosine_to(HARMLESS, VIOLATING)[0] < 0.5
+    # The control: the harmless text alone has no window or sentence like the violation.
+    assert best_cosine_to(padding, VIOLATING)[0] < 0.5
+
+
+def test_sentences_split_on_marks_and_line_breaks_in_linear_time() -> None:
+    vectors, owner = embeddings.encode_sentences(["One. Two! Three?", "no mark at all", "a\nb"])
+    assert owner.tolist() == [0, 0, 0, 2, 2]
+    assert vectors.shape == (5, embeddings.DIMENSIONS)
+    # A run of marks is one sentence end, found once: no quadratic backtracking on "....x".
+    assert [m.end() for m in embeddings.SENTENCE_END.finditer("a...b... c")] == [8]
 
 
 def test_a_short_text_gives_one_window_equal_to_encode() -> None:
