@@ -5,7 +5,8 @@
 Texts are English prose from the shared data sets (XSTest prompts, DICES-350 conversation turns; read at run
 time, never copied into the repository), concatenated to a length drawn uniformly from each bucket:
 `lt200` (20-199 characters), `200_500`, `500_800` and `gt800` (801-3000). Each round times, per bucket, one
-pass of the new path (`encode_windows`: every window of every text) and one of the baseline, the encode as
+pass of the new path (`encode_windows`: every window of every text), one of the path of an item the funnel
+could clear (its windows, then each sentence alone: `..._with_sentences`) and one of the baseline, the encode as
 it was before windows (sentence-transformers `encode`, which truncates at 256 word pieces, under bf16
 autocast where `uses_bf16`); which goes first alternates by round. The machine is shared, so the figures
 are medians over rounds of the interleaved passes, and items per CPU second (process time) are given too.
@@ -131,27 +132,26 @@ def old_encode() -> Encode:
 
 
 def interleaved(
-    candidate: Encode, baseline: Encode, texts_by_bucket: dict[str, list[str]], rounds: int
-) -> dict[str, dict[str, float]]:
-    """Medians per bucket of candidate and baseline passes taken in turn (the first alternates by round)."""
-    candidate(["warm up"])
-    baseline(["warm up"])
+    encoders: dict[str, Encode], texts_by_bucket: dict[str, list[str]], rounds: int
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Per encoder and bucket, the medians of passes taken in turn (the order rotates by round):
+    {"wall"|"cpu": {label: {bucket: items per second}}}."""
+    for encode_fn in encoders.values():
+        encode_fn(["warm up"])
+    labels = list(encoders)
     runs: dict[tuple[str, str, int], list[float]] = {}
     for round_ in range(rounds):
+        order = labels[round_ % len(labels) :] + labels[: round_ % len(labels)]
         for name, texts in texts_by_bucket.items():
-            pair = [("new", candidate), ("baseline", baseline)]
-            for label, encode_fn in pair if round_ % 2 == 0 else pair[::-1]:
-                for kind, figure in enumerate(timed_pass(encode_fn, texts)):
+            for label in order:
+                for kind, figure in enumerate(timed_pass(encoders[label], texts)):
                     runs.setdefault((label, name, kind), []).append(figure)
-
-    def medians(label: str, kind: int) -> dict[str, float]:
-        return {name: round(statistics.median(runs[label, name, kind]), 1) for name in texts_by_bucket}
-
     return {
-        "items_per_second_by_length": medians("new", 0),
-        "baseline_items_per_second_by_length": medians("baseline", 0),
-        "items_per_cpu_second_by_length": medians("new", 1),
-        "baseline_items_per_cpu_second_by_length": medians("baseline", 1),
+        clock: {
+            label: {name: round(statistics.median(runs[label, name, kind]), 1) for name in texts_by_bucket}
+            for label in labels
+        }
+        for kind, clock in enumerate(("wall", "cpu"))
     }
 
 
@@ -172,10 +172,23 @@ def speed_figures(per_bucket: int = 128, rounds: int = 5) -> dict[str, Any]:
     texts = texts_by_length_bucket(per_bucket)
     baseline = old_encode()
 
-    def new(batch: list[str]) -> np.ndarray:
+    def windows_only(batch: list[str]) -> np.ndarray:
         return embeddings.encode_windows(batch)[0]
 
-    figures: dict[str, Any] = interleaved(new, baseline, texts, rounds)
+    def with_sentences(batch: list[str]) -> np.ndarray:
+        # What an item that could be cleared costs: its windows, then each of its sentences alone.
+        return np.vstack([embeddings.encode_windows(batch)[0], embeddings.encode_sentences(batch)[0]])
+
+    runs = interleaved(
+        {"new": windows_only, "with_sentences": with_sentences, "baseline": baseline}, texts, rounds
+    )
+    figures: dict[str, Any] = {
+        "items_per_second_by_length": runs["wall"]["new"],
+        "items_per_second_by_length_with_sentences": runs["wall"]["with_sentences"],
+        "baseline_items_per_second_by_length": runs["wall"]["baseline"],
+        "items_per_cpu_second_by_length": runs["cpu"]["new"],
+        "baseline_items_per_cpu_second_by_length": runs["cpu"]["baseline"],
+    }
     windows = {name: len(embeddings.encode_windows(batch)[1]) / len(batch) for name, batch in texts.items()}
     sample = [t for batch in texts.values() for t in batch[:50]]
     agreement = (embeddings.encode(sample) * baseline(sample)).sum(axis=1)
