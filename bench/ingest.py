@@ -178,7 +178,7 @@ def run_phase(
                         result.errors.append(f"{type(exc).__name__}: {exc}")
                     continue
                 elapsed_ms = (time.perf_counter() - t0) * 1000
-                if response.status_code != 200:
+                if response.status_code not in (200, 201):  # 201: created, 200: all already stored
                     with lock:
                         result.errors.append(f"HTTP {response.status_code}: {response.text[:300]}")
                     continue

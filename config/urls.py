@@ -12,9 +12,12 @@ from reviews.api import router as audit_export_router
 api.add_router("/audit", audit_export_router)
 # Both login pages count wrong passwords and refuse a locked account or address.
 admin.site.login_form = ThrottledAdminAuthenticationForm
+# A refused page is logged once, without a traceback.
+handler403 = views.permission_denied
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
+    path("favicon.ico", views.favicon, name="favicon"),
     path("api/v1/docs", views.api_docs, name="api_docs"),
     path("api/v1/", api.urls),
     path("admin/", admin.site.urls),

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import pydantic
 import redis
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404
+from django.http import Http404, HttpRequest, HttpResponse
+from django.urls import URLPattern, URLResolver, re_path
 from ninja import NinjaAPI, Status
 from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.params.functions import Path
 from ninja.security import HttpBearer
 
+from config.views import forbidden_logged
 from moderation import selectors, services
-from moderation.models import Source
+from moderation.models import ContentItem, Source
 from moderation.ratelimit import source_rate_limit_take
 from moderation.schemas import (
     EXTERNAL_ID_PATTERN,
@@ -38,6 +41,19 @@ ExternalIdPath = Annotated[str, Path(pattern=EXTERNAL_ID_PATTERN, max_length=255
 
 
 class IngestionAPI(NinjaAPI):
+    def _get_urls(self) -> list[URLResolver | URLPattern]:
+        # Every answer under /api/v1/ has the error shape: a wrong method (ninja answers it in plain text)
+        # and an unknown path (Django would render its HTML page) included.
+        patterns: list[URLResolver | URLPattern] = []
+        for p in super()._get_urls():
+            if isinstance(p, URLPattern):
+                # The root only gives ninja its prefix (its view raises Http404 outside any operation).
+                view = _not_found if p.name == "api-root" else _json_method_not_allowed(p.callback)
+                p = URLPattern(p.pattern, view, p.default_args, p.name)
+            patterns.append(p)
+        patterns.append(re_path(r"^.+$", _not_found, name="not_found"))
+        return patterns
+
     def get_openapi_schema(self, **kwargs: Any) -> Any:
         # POST /items parses its body by hand (one item or a batch); publish both shapes.
         schema = super().get_openapi_schema(**kwargs)
@@ -106,10 +122,45 @@ def _error_response(
     return api.create_response(request, {"detail": detail, "errors": errors or []}, status=status)
 
 
+def _json_method_not_allowed(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    @functools.wraps(view)  # keeps csrf_exempt
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response = view(request, *args, **kwargs)
+        if response.status_code != 405 or response.get("Content-Type", "").startswith("application/json"):
+            return response
+        allowed = response["Allow"]
+        refused = _error_response(request, 405, f"{request.method} is not allowed here; use {allowed}")
+        refused["Allow"] = allowed
+        return refused
+
+    return wrapper
+
+
+def _not_found(request: HttpRequest) -> HttpResponse:
+    return _error_response(request, 404, "no such API endpoint; see /api/v1/openapi.json")
+
+
+@api.exception_handler(Http404)
+def not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
+    # Django's message names models ("No ContentItem matches the given query."): never shown.
+    return _error_response(request, 404, "not found")
+
+
+def _item_of(source: Source, external_id: str) -> ContentItem:
+    item = selectors.items_of_source(source).filter(external_id=external_id).first()
+    if item is None:
+        raise HttpError(404, "no item with that external_id")
+    return item
+
+
 def _field_errors(exc: pydantic.ValidationError | NinjaValidationError) -> list[dict[str, Any]]:
     raw = exc.errors() if isinstance(exc, pydantic.ValidationError) else exc.errors
     return [
-        {"loc": [str(p) if not isinstance(p, int) else p for p in e.get("loc", ())], "msg": e.get("msg", "")}
+        {
+            "loc": [str(p) if not isinstance(p, int) else p for p in e.get("loc", ())],
+            # pydantic prefixes our validators' sentences with "Value error, ": the sentence is the message.
+            "msg": str(e.get("msg", "")).removeprefix("Value error, "),
+        }
         for e in raw
     ]
 
@@ -121,7 +172,10 @@ def validation_error(request: HttpRequest, exc: NinjaValidationError) -> HttpRes
 
 @api.exception_handler(HttpError)
 def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
-    return _error_response(request, exc.status_code, str(exc))
+    response = _error_response(request, exc.status_code, str(exc))
+    if exc.status_code == 403:
+        forbidden_logged(request, response, exc)
+    return response
 
 
 @api.exception_handler(AuthenticationError)
@@ -166,9 +220,13 @@ def bad_items(request: HttpRequest, exc: _BadItems) -> HttpResponse:
 @api.post(
     "/items",
     auth=SourceKeyAuth(),
-    response={200: IngestOut, **ERRORS},
+    response={200: IngestOut, 201: IngestOut, **ERRORS},
     summary="Send one item or a batch of up to 500",
     openapi_extra={
+        "responses": {
+            200: {"description": "Every item already existed: nothing was created."},
+            201: {"description": "At least one item was created (the others already existed)."},
+        },
         "requestBody": {
             "required": True,
             "content": {
@@ -181,10 +239,10 @@ def bad_items(request: HttpRequest, exc: _BadItems) -> HttpResponse:
                     }
                 }
             },
-        }
+        },
     },
 )
-def items_create(request: HttpRequest) -> HttpResponse | dict[str, Any]:
+def items_create(request: HttpRequest) -> HttpResponse | Status[dict[str, Any]]:
     source: Source = request.auth  # type: ignore[attr-defined]
     items = _items_parse(request.body)
     # Re-sent items are answered from what is stored and cost nothing: only new ones spend the budget.
@@ -209,19 +267,22 @@ def items_create(request: HttpRequest) -> HttpResponse | dict[str, Any]:
         ],
     )
     created = sum(1 for i in ingested if i.created)
-    return {
-        "created": created,
-        "existing": len(ingested) - created,
-        "items": [
-            IngestedItemOut(
-                external_id=i.external_id,
-                id=i.item_id,
-                status="created" if i.created else "existing",
-                case_ids=i.case_ids,
-            )
-            for i in ingested
-        ],
-    }
+    return Status(
+        201 if created else 200,
+        {
+            "created": created,
+            "existing": len(ingested) - created,
+            "items": [
+                IngestedItemOut(
+                    external_id=i.external_id,
+                    id=i.item_id,
+                    status="created" if i.created else "existing",
+                    case_ids=i.case_ids,
+                )
+                for i in ingested
+            ],
+        },
+    )
 
 
 @api.get(
@@ -232,7 +293,7 @@ def items_create(request: HttpRequest) -> HttpResponse | dict[str, Any]:
 )
 def item_status(request: HttpRequest, external_id: ExternalIdPath) -> dict[str, Any]:
     source: Source = request.auth  # type: ignore[attr-defined]
-    item = get_object_or_404(selectors.items_of_source(source), external_id=external_id)
+    item = _item_of(source, external_id)
     return selectors.item_status(item)
 
 
@@ -246,7 +307,7 @@ def item_appeal(request: HttpRequest, external_id: ExternalIdPath, body: AppealI
     from reviews.services import AppealRefused, appeal_open
 
     source: Source = request.auth  # type: ignore[attr-defined]
-    item = get_object_or_404(selectors.items_of_source(source), external_id=external_id)
+    item = _item_of(source, external_id)
     try:
         case = selectors.case_appealable(item, policy_slug=body.policy)
     except selectors.NotAppealable as exc:

@@ -69,6 +69,19 @@ class DecisionFilters(ExportFilters):
     )
 
 
+class StatementFilters(ExportFilters):
+    format: Literal["jsonl"] = Field(
+        default="jsonl", description="Statements of reasons are JSON records: JSON Lines only."
+    )
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def json_lines_only(cls, value: object) -> object:
+        if value == "csv":
+            raise ValueError("statements of reasons are JSON records: use format=jsonl (CSV is not offered)")
+        return value
+
+
 STREAM_RESPONSES = {
     200: {
         "description": "The export, streamed (no row cap).",
@@ -154,5 +167,5 @@ def decisions_export(request: HttpRequest, filters: Query[DecisionFilters]) -> S
     },
     summary="Export DSA statements of reasons for every decision that restricted content",
 )
-def statements_export(request: HttpRequest, filters: Query[ExportFilters]) -> StreamingHttpResponse:
+def statements_export(request: HttpRequest, filters: Query[StatementFilters]) -> StreamingHttpResponse:
     return _export(request, exports.Kind.STATEMENTS, filters)

@@ -134,6 +134,7 @@ ADMIN_MODEL_ROUTES = {
 RULES: dict[str, Rule] = {
     "healthz": everyone("GET", 200),
     "api_docs": everyone("GET", 200),
+    "favicon": everyone("GET", 302),  # to the static icon
     "login": Rule("GET", {**{r: 200 for r in ROLES}, **{r: 302 for r in SESSION_ROLES}}),
     "logout": Rule("POST", {**{r: 302 for r in ROLES}}),
     # Review pages.
@@ -183,7 +184,8 @@ RULES: dict[str, Rule] = {
     # The ingestion API.
     "api:openapi-json": everyone("GET", 200),
     "api:api-root": everyone("GET", 404),
-    "api:items_create": api("POST", source=200, other_source=200, external_id="matrix-new", text="hello"),
+    "api:not_found": everyone("GET", 404),  # any other path under /api/v1/: the JSON error shape
+    "api:items_create": api("POST", source=201, other_source=201, external_id="matrix-new", text="hello"),
     "api:item_status": api("GET", source=200, other_source=404),
     "api:item_appeal": api("POST", source=409, other_source=404, reason="unfair"),  # 409: not decided yet
     "api:events_export": export_api(),

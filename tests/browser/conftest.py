@@ -135,13 +135,13 @@ class Tab:
     def path(self) -> str:
         return self.page.url.removeprefix(self.base_url)
 
-    def login(self, user: User, password: str = PASSWORD) -> None:
+    def login(self, user: User, password: str = PASSWORD, lands_on: str = "/queue/") -> None:
         self.page.goto(self.url("/"))
         expect(self.page).to_have_url(re.compile(r"/login/"))
         self.page.get_by_label("Username").fill(user.get_username())
         self.page.get_by_label("Password").fill(password)
         self.page.get_by_role("button", name="Log in").click()
-        expect(self.page).to_have_url(self.url("/queue/"))
+        expect(self.page).to_have_url(self.url(lands_on))
         if self.javascript:
             self.assert_assets_loaded()
 

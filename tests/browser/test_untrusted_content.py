@@ -52,7 +52,7 @@ def ingest(base_url: str, api_key: str, body: dict[str, object]) -> list[int]:
     response = httpx.post(
         f"{base_url}/api/v1/items", json=body, headers={"Authorization": f"Bearer {api_key}"}, timeout=10
     )
-    assert response.status_code == 200, response.text
+    assert response.status_code == 201, response.text
     return [case_id for item in response.json()["items"] for case_id in item["case_ids"]]
 
 

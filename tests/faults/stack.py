@@ -305,7 +305,8 @@ def items_send(
                         headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
                     )
                     log.statuses.append(response.status_code)
-                    if response.status_code == 200:
+                    # 201: created; 200: a retried batch the server had already stored.
+                    if response.status_code in (200, 201):
                         log.accepted.update(i["external_id"] for i in response.json()["items"])
                         break
                     if response.status_code < 500:

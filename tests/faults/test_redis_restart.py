@@ -90,7 +90,7 @@ def test_it_keeps_every_item_when_redis_restarts_while_items_arrive(
             stack.wait_settled(source, "the first batch")
             # Ingestion keeps accepting: Postgres has the items; the enqueue fails and is tolerated.
             outage = items_send(stack.base_url, platform.api_key, during, retry_for=0)
-            assert set(outage.statuses) == {200}, outage.errors[:3]
+            assert set(outage.statuses) == {201}, outage.errors[:3]
             # A signed request cannot be checked for replay without Redis: refused with a retryable 503.
             signed = signed_item_post(stack.base_url, platform)
             assert signed.status_code == 503
@@ -111,7 +111,7 @@ def test_it_keeps_every_item_when_redis_restarts_while_items_arrive(
             what="/healthz to recover",
         )
         # Once Redis is back, the replay guard works again.
-        assert signed_item_post(stack.base_url, platform).status_code == 200
+        assert signed_item_post(stack.base_url, platform).status_code == 201
 
     assert sent.accepted == set(texts)
     report = assert_nothing_lost(

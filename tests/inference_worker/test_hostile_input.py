@@ -67,7 +67,7 @@ def test_the_worker_sends_token_ids_that_keep_the_injection_in_the_user_message(
     response = source.post_items(
         {"items": [{"external_id": f"inj-{n}", "text": text} for n, text in enumerate(INJECTIONS)]}
     )
-    assert response.status_code == 200
+    assert response.status_code == 201
     case_ids = [c for item in response.json()["items"] for c in item["case_ids"]]
 
     services.cases_triage(case_ids=case_ids, config=engine_config)

@@ -73,7 +73,7 @@ def test_it_accepts_metadata_nested_to_the_limit(source: ApiClient, settings: An
     nested = "[" * 31 + "]" * 31
     response = source.post_items('{"external_id": "a", "text": "x", "metadata": {"a": ' + nested + "}}")
 
-    assert response.status_code == 200, response.content
+    assert response.status_code == 201, response.content
 
 
 def test_it_refuses_an_impossible_external_id_in_the_path(source: ApiClient) -> None:
@@ -140,7 +140,7 @@ def test_it_accepts_a_timestamp_inside_the_window_on_either_side(signing_source:
     for offset, external_id in [(-290, "past"), (290, "future")]:
         raw = json.dumps({"external_id": external_id, "text": "hello"})
         headers = signature_headers(signing_source.source.hmac_secret, raw, int(time.time()) + offset)
-        assert signing_source.post_items(raw, headers).status_code == 200
+        assert signing_source.post_items(raw, headers).status_code == 201
 
 
 @pytest.mark.parametrize("missing", ["X-Signature", "X-Signature-Timestamp"])
@@ -219,7 +219,7 @@ def test_a_replay_is_refused_even_after_the_first_request_was_refused_for_its_bo
 def test_a_signature_replayed_to_the_appeal_endpoint_is_refused(signing_source: ApiClient) -> None:
     raw = json.dumps(item())
     headers = signature_headers(signing_source.source.hmac_secret, raw, int(time.time()))
-    assert signing_source.post_items(raw, headers).status_code == 200
+    assert signing_source.post_items(raw, headers).status_code == 201
 
     response = signing_source.client.post(
         "/api/v1/items/signed-1/appeals",

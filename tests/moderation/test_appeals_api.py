@@ -59,7 +59,7 @@ def appeal(api: ApiClient, external_id: str, body: Any) -> Any:
 
 def ingested(api: ApiClient, external_id: str = "post-1", text: str = "buy zorblax now") -> list[Case]:
     response = api.post_items({"external_id": external_id, "text": text})
-    assert response.status_code == 200, response.content
+    assert response.status_code == 201, response.content
     return list(Case.objects.filter(item__external_id=external_id, item__source=api.source).order_by("id"))
 
 

@@ -27,7 +27,7 @@ def test_it_creates_an_item_with_one_case_per_active_policy(
 ) -> None:
     with django_capture_on_commit_callbacks(execute=True):
         response = source.post_items(item(metadata={"author": "u1"}))
-    assert response.status_code == 200, response.content
+    assert response.status_code == 201, response.content
     body = response.json()
     assert body["created"] == 1 and body["existing"] == 0
     stored = ContentItem.objects.get(source=source.source, external_id="post-1")
@@ -54,14 +54,16 @@ def test_it_opens_cases_for_every_active_policy_of_the_source(source: ApiClient,
     services.policy_version_create(policy=other, text=POLICY_TEXT, activate=True)
     source.source.policies.add(other)
     response = source.post_items({"items": [item("a"), item("b")]})
-    assert response.status_code == 200
+    assert response.status_code == 201
     assert Case.objects.count() == 4
     assert all(len(i["case_ids"]) == 2 for i in response.json()["items"])
 
 
 def test_it_is_idempotent_on_external_id(source: ApiClient) -> None:
     first = source.post_items({"items": [item("a"), item("b")]}).json()
-    second = source.post_items({"items": [item("b", text="edited"), item("c")]}).json()
+    response = source.post_items({"items": [item("b", text="edited"), item("c")]})
+    assert response.status_code == 201  # "c" is new
+    second = response.json()
     assert second["created"] == 1 and second["existing"] == 1
     by_id = {i["external_id"]: i for i in second["items"]}
     assert by_id["b"]["status"] == "existing"
@@ -74,7 +76,7 @@ def test_it_is_idempotent_on_external_id(source: ApiClient) -> None:
 def test_it_accepts_a_chat_transcript(source: ApiClient) -> None:
     turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"}]
     response = source.post_items({"external_id": "chat-1", "transcript": turns})
-    assert response.status_code == 200
+    assert response.status_code == 201
     stored = ContentItem.objects.get(external_id="chat-1")
     assert stored.transcript == turns
     assert stored.text == "user: hi\nassistant: hello!"
@@ -185,7 +187,7 @@ def signing_source(policy: Policy) -> ApiClient:
 
 def test_it_accepts_a_valid_signature(signing_source: ApiClient) -> None:
     raw, headers = signed(signing_source, item())
-    assert signing_source.post_items(raw, headers).status_code == 200
+    assert signing_source.post_items(raw, headers).status_code == 201
 
 
 def test_it_refuses_unsigned_requests_when_the_source_requires_signatures(signing_source: ApiClient) -> None:
@@ -215,7 +217,7 @@ def test_it_refuses_a_stale_timestamp(signing_source: ApiClient) -> None:
 
 def test_it_refuses_a_replayed_signature(signing_source: ApiClient) -> None:
     raw, headers = signed(signing_source, item())
-    assert signing_source.post_items(raw, headers).status_code == 200
+    assert signing_source.post_items(raw, headers).status_code == 201
     replay = signing_source.post_items(raw, headers)
     assert replay.status_code == 403
     assert "replay" in replay.json()["detail"]
@@ -228,11 +230,11 @@ def test_it_checks_a_signature_sent_by_a_source_that_does_not_require_one(source
 
 def test_it_rate_limits_a_source_and_writes_nothing_for_the_refused_batch(policy: Policy) -> None:
     api = source_api_client("small", [policy], rate_limit_per_minute=3)
-    assert api.post_items({"items": [item("a"), item("b")]}).status_code == 200
+    assert api.post_items({"items": [item("a"), item("b")]}).status_code == 201
     refused = api.post_items({"items": [item("c"), item("d")]})
     assert refused.status_code == 429
     assert int(refused["Retry-After"]) >= 1
-    assert api.post_items(item("e")).status_code == 200
+    assert api.post_items(item("e")).status_code == 201
     assert sorted(ContentItem.objects.values_list("external_id", flat=True)) == ["a", "b", "e"]
 
 
@@ -250,8 +252,21 @@ def test_it_reports_the_status_of_an_item_and_its_cases(source: ApiClient, activ
 def test_it_hides_items_of_other_sources(source: ApiClient, policy: Policy) -> None:
     source.post_items(item("mine"))
     other = source_api_client("other", [policy])
-    assert other.get_item("mine").status_code == 404
-    assert source.get_item("unknown").status_code == 404
+    hidden = other.get_item("mine")
+    unknown = source.get_item("unknown")
+    assert (hidden.status_code, unknown.status_code) == (404, 404)
+    # The same answer either way (nothing says the item exists elsewhere), in the error shape.
+    assert hidden.json() == unknown.json() == {"detail": "no item with that external_id", "errors": []}
+
+
+def test_it_answers_201_when_creating_and_200_when_everything_already_existed(source: ApiClient) -> None:
+    created = source.post_items({"items": [item("a"), item("b")]})
+    again = source.post_items({"items": [item("a"), item("b")]})
+    one_new = source.post_items({"items": [item("a"), item("c")]})
+
+    assert (created.status_code, again.status_code, one_new.status_code) == (201, 200, 201)
+    assert (again.json()["created"], again.json()["existing"]) == (0, 2)
+    assert (one_new.json()["created"], one_new.json()["existing"]) == (1, 1)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -270,7 +285,7 @@ def test_it_creates_exactly_one_item_under_two_concurrent_identical_requests(pol
         thread.start()
     for thread in threads:
         thread.join()
-    assert statuses == [200, 200]
+    assert sorted(statuses) == [200, 201]  # one created both items, the other found them stored
     assert ContentItem.objects.filter(external_id__startswith="same-").count() == 2
     assert Case.objects.count() == 2
 
@@ -282,4 +297,6 @@ def test_it_serves_an_openapi_document_that_describes_the_endpoints(client: Any)
     refs = {option["$ref"].rsplit("/", 1)[1] for option in body["oneOf"]}
     assert refs <= set(schema["components"]["schemas"])
     responses = schema["paths"]["/api/v1/items"]["post"]["responses"]
-    assert {"200", "400", "401", "403", "413", "429"} <= set(responses)
+    assert {"200", "201", "400", "401", "403", "413", "429"} <= set(responses)
+    assert responses["201"]["description"].startswith("At least one item was created")
+    assert responses["200"]["description"].startswith("Every item already existed")

@@ -47,7 +47,7 @@ def test_it_accepts_metadata_at_the_key_limit(source: ApiClient, settings: Any) 
     settings.INGEST_METADATA_MAX_KEYS = 10
     metadata = {f"k{i}": {"a": 1} for i in range(5)}
 
-    assert source.post_items(item(metadata=metadata)).status_code == 200
+    assert source.post_items(item(metadata=metadata)).status_code == 201
 
 
 def test_it_refuses_metadata_nested_deeper_than_the_setting(source: ApiClient, settings: Any) -> None:
@@ -55,7 +55,7 @@ def test_it_refuses_metadata_nested_deeper_than_the_setting(source: ApiClient, s
     accepted = source.post_items(item("ok", metadata={"a": {"b": {"c": 1}}}))
     refused = source.post_items(item("deep", metadata={"a": {"b": {"c": [1]}}}))
 
-    assert accepted.status_code == 200, accepted.content
+    assert accepted.status_code == 201, accepted.content
     assert refused.status_code == 400
     assert "nested deeper than 3 levels" in refused.json()["errors"][0]["msg"]
 
@@ -76,7 +76,7 @@ def test_it_refuses_metadata_larger_than_the_byte_limit(source: ApiClient, setti
     fits = {"note": "é" * 480}  # 960 UTF-8 bytes of value + the JSON around it: under 1000
     too_big = {"note": "é" * 500}
 
-    assert source.post_items(item("fits", metadata=fits)).status_code == 200
+    assert source.post_items(item("fits", metadata=fits)).status_code == 201
     response = source.post_items(item("big", metadata=too_big))
 
     assert response.status_code == 400
@@ -100,13 +100,13 @@ def test_it_refuses_dot_and_dot_dot_as_external_ids(source: ApiClient, external_
 def test_it_accepts_ids_that_merely_contain_dots(source: ApiClient) -> None:
     response = source.post_items({"items": [item("..."), item(".a"), item("a..b")]})
 
-    assert response.status_code == 200, response.content
+    assert response.status_code == 201, response.content
 
 
 def test_it_does_not_count_re_sent_items_against_the_budget(policy: Policy) -> None:
     api = source_api_client("small", [policy], rate_limit_per_minute=3)
     batch = {"items": [item("a"), item("b"), item("c")]}
-    assert api.post_items(batch).status_code == 200
+    assert api.post_items(batch).status_code == 201
 
     again = api.post_items(batch)
     mixed = api.post_items({"items": [item("a"), item("b"), item("d")]})
@@ -119,7 +119,7 @@ def test_it_does_not_count_re_sent_items_against_the_budget(policy: Policy) -> N
 
 def test_a_batch_of_only_stored_items_is_answered_even_with_the_budget_spent(policy: Policy) -> None:
     api = source_api_client("tiny", [policy], rate_limit_per_minute=1)
-    assert api.post_items(item("a")).status_code == 200
+    assert api.post_items(item("a")).status_code == 201
     assert api.post_items(item("b")).status_code == 429
 
     response = api.post_items(json.dumps(item("a")))

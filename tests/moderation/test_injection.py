@@ -93,7 +93,7 @@ def test_it_stores_the_signals_on_the_item_at_ingestion(source: ApiClient) -> No
             ]
         }
     )
-    assert response.status_code == 200, response.content
+    assert response.status_code == 201, response.content
 
     signals = dict(ContentItem.objects.values_list("external_id", "injection_signals"))
     assert set(signals["inject"]) == {

@@ -6,13 +6,14 @@ import dataclasses
 from io import StringIO
 
 import pytest
+from django.contrib.auth.models import User
 from django.core.management import call_command
 
 from inference_worker import services
 from inference_worker.models import FunnelCalibration
 from inference_worker.services import EngineConfig
 from moderation.models import Case
-from reviews.models import AuditEvent, GoldenExample
+from reviews.models import AuditEvent, GoldenExample, QueueGrant, Role
 
 
 def test_seed_demo_gives_each_demo_policy_an_accepted_golden_set_once(db: None) -> None:
@@ -49,3 +50,35 @@ def test_without_an_engine_the_demo_funnel_scores_in_shadow_mode_and_clears_noth
         for c in Case.objects.select_related("item", "policy_version__policy")
     }
     assert by_item[("spam", "demo-2")] > by_item[("spam", "demo-1")]
+
+
+def test_seed_demo_makes_one_login_per_role_with_queue_grants_once(db: None) -> None:
+    out = StringIO()
+    call_command("seed_demo", "--admin-password", "a long demo password", stdout=out)
+    call_command(
+        "seed_demo",
+        "--admin-password",
+        "a long demo password",
+        "--demo-password",
+        "demo pass 123",
+        stdout=out,
+    )
+    expected = {
+        "admin": Role.ADMIN,
+        "moderator": Role.MODERATOR,
+        "senior": Role.SENIOR_MODERATOR,
+        "editor": Role.POLICY_EDITOR,
+        "auditor": Role.AUDITOR,
+    }
+    for username, role in expected.items():
+        user = User.objects.get(username=username)
+        assert list(user.groups.values_list("name", flat=True)) == [role.value]
+        password = "a long demo password" if username == "admin" else "demo pass 123"
+        assert user.check_password(password)
+        assert f"login: {username:<9} / {password}" in out.getvalue()
+    for username in ("moderator", "senior"):
+        grants = QueueGrant.objects.filter(user__username=username)
+        assert sorted(grants.values_list("policy__slug", flat=True)) == ["harassment", "spam"]
+    assert QueueGrant.objects.count() == 4  # nothing doubled by the second run
+    created = AuditEvent.objects.filter(action="user.created")
+    assert sorted(e.payload["username"] for e in created) == ["auditor", "editor", "moderator", "senior"]

@@ -332,6 +332,24 @@ def test_statements_are_refused_as_csv(auditor: User) -> None:
     ui = logged_in(auditor).get("/audit/export", {"kind": "statements", "format": "csv"})
     assert ui.status_code == 400
     assert "format" in ui.context["form"].errors
+    api = api_get("statements", token_of(auditor), format="csv")
+    assert api.status_code == 400
+    assert api.json() == {
+        "detail": "invalid request",
+        "errors": [
+            {
+                "loc": ["query", "format"],
+                "msg": "statements of reasons are JSON records: use format=jsonl (CSV is not offered)",
+            }
+        ],
+    }
+
+
+def test_statements_accept_format_jsonl_as_readme_documents(auditor: User) -> None:
+    response = api_get("statements", token_of(auditor), format="jsonl")
+    assert response.status_code == 200
+    assert response["Content-Type"] == exports.CONTENT_TYPES["jsonl"]
+    assert response["Content-Disposition"].endswith('.jsonl"')
 
 
 # Autocommit, as in production: a COPY cancelled inside a transaction would abort it.

@@ -158,20 +158,20 @@ def test_linking_a_source_sends_its_new_items_to_the_policy(
 ) -> None:
     threats = Policy.objects.create(slug="threats", name="Threats")
     moderation.policy_version_create(policy=threats, text="# Threats\n- TH1: threats", activate=True)
-    assert source.post_items({"external_id": "before", "text": "hello"}).status_code == 200
+    assert source.post_items({"external_id": "before", "text": "hello"}).status_code == 201
     response = editor_client.post(
         "/policies/threats/settings", settings_post(threats, sources=[source.source.pk])
     )
     assert response.status_code == 302
     assert "sources: Acme" in text_of(editor_client.get("/policies/threats/").content)
-    assert source.post_items({"external_id": "after", "text": "hello again"}).status_code == 200
+    assert source.post_items({"external_id": "after", "text": "hello again"}).status_code == 201
     assert Case.objects.filter(item__external_id="before", policy_version__policy=threats).count() == 0
     assert Case.objects.filter(item__external_id="after", policy_version__policy=threats).count() == 1
     event = AuditEvent.objects.get(action="policy.settings_changed")
     assert event.payload["changes"] == {"sources": [[], ["acme"]]}
 
     editor_client.post("/policies/threats/settings", settings_post(threats, sources=[]))
-    assert source.post_items({"external_id": "unlinked", "text": "bye"}).status_code == 200
+    assert source.post_items({"external_id": "unlinked", "text": "bye"}).status_code == 201
     assert not Case.objects.filter(item__external_id="unlinked", policy_version__policy=threats).exists()
 
 

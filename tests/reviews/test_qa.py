@@ -127,7 +127,7 @@ def test_a_sampled_auto_clear_reaches_a_human_who_checks_the_model(
             ]
         }
     )
-    assert response.status_code == 200
+    assert response.status_code == 201
     sampled = list(Case.objects.order_by("id"))
     cases_triage(case_ids=[c.pk for c in sampled], config=engine_config)
     for case in sampled:

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandError
 
 from moderation import services
 from moderation.models import Policy, Source
-from reviews import golden
-from reviews.models import GoldenExample
+from reviews import golden, users
+from reviews.models import GoldenExample, Role
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "demo"
 DEMO_POLICIES = [
@@ -27,6 +28,13 @@ EXAMPLE_POLICIES = [
     ("impersonation", "Impersonation", "impersonation.md"),
 ]
 DEMO_SOURCE = "demo-forum"
+# One login per role besides `admin`; the two reviewer roles are granted the demo policies' queues.
+DEMO_USERS = [
+    ("moderator", Role.MODERATOR),
+    ("senior", Role.SENIOR_MODERATOR),
+    ("editor", Role.POLICY_EDITOR),
+    ("auditor", Role.AUDITOR),
+]
 
 
 class Command(BaseCommand):
@@ -38,6 +46,12 @@ class Command(BaseCommand):
             default=os.environ.get("DEMO_ADMIN_PASSWORD", ""),
             help="password for the demo 'admin' user (default: $DEMO_ADMIN_PASSWORD, else a new random one)",
         )
+        parser.add_argument(
+            "--demo-password",
+            default=os.environ.get("DEMO_PASSWORD", ""),
+            help="password for the other demo users (moderator, senior, editor, auditor; default: "
+            "$DEMO_PASSWORD, else a new random one each)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         password = options["admin_password"] or secrets.token_urlsafe(12)
@@ -46,6 +60,7 @@ class Command(BaseCommand):
         )
         admin.set_password(password)
         admin.save()
+        admin.groups.add(Group.objects.get_or_create(name=Role.ADMIN.value)[0])
 
         policies = [self._policy(slug, name, filename) for slug, name, filename in DEMO_POLICIES]
         for slug, name, filename in EXAMPLE_POLICIES:
@@ -60,6 +75,13 @@ class Command(BaseCommand):
             created = services.source_create(name="Demo forum", slug=DEMO_SOURCE, policies=policies)
             source = created.source
             self.stdout.write(f"demo source api key: {created.api_key}")
+        logins = [("admin", password, "admin: every queue, /admin/")]
+        for username, role in DEMO_USERS:
+            demo_password = options["demo_password"] or secrets.token_urlsafe(12)
+            grants = policies if role in users.QUEUE_ROLES else []
+            self._demo_user(username, role, demo_password, grants)
+            queues = f": queues {', '.join(p.slug for p in grants)}" if grants else ""
+            logins.append((username, demo_password, f"{role.value}{queues}"))
         items = [json.loads(line) for line in (DEMO_DIR / "content.jsonl").read_text().splitlines() if line]
         ingested = services.items_ingest(
             source=source,
@@ -76,7 +98,25 @@ class Command(BaseCommand):
         self.stdout.write(
             f"demo content: {sum(i.created for i in ingested)} new items, {len(ingested)} in all"
         )
-        self.stdout.write(f"login: admin / {password}")
+        self.stdout.write("demo logins (username / password):")
+        width = max(len(username) for username, _, _ in logins)
+        for username, login_password, what in logins:
+            self.stdout.write(f"  login: {username:<{width}} / {login_password}   ({what})")
+
+    def _demo_user(self, username: str, role: Role, password: str, policies: list[Policy]) -> None:
+        user = get_user_model().objects.filter(username=username).first()
+        if user is None:
+            users.user_create(
+                username=username,
+                role=role,
+                password=password,
+                policies=policies,
+                via="manage.py seed_demo",
+                validate=False,
+            )
+            return
+        user.set_password(password)
+        user.save(update_fields=["password"])
 
     def _policy(self, slug: str, name: str, filename: str) -> Policy:
         policy, _ = Policy.objects.get_or_create(slug=slug, defaults={"name": name})
