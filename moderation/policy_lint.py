@@ -58,6 +58,25 @@ Answer with one JSON object and nothing else:
 """
 
 
+# The outline's stand-ins for the policy's own words: a draft that still has any of them is not finished.
+OUTLINE_PLACEHOLDERS = (
+    "Term: what it means in this policy.",
+    "The first kind of content this policy does not allow.",
+    "The second kind.",
+    "content that looks close to the rules but is allowed",
+    "An example that breaks R1",
+    "An example that breaks R2",
+    "A close call that is allowed",
+    "An ordinary post",
+)
+
+
+def _placeholders_left(text: str) -> list[str]:
+    """The outline placeholders still in ``text``, ignoring case (plain substring searches: linear time)."""
+    folded = text.casefold()
+    return [p for p in OUTLINE_PLACEHOLDERS if p.casefold() in folded]
+
+
 @dataclass(frozen=True)
 class PolicyLint:
     token_count: int
@@ -137,6 +156,9 @@ def policy_lint(text: str) -> PolicyLint:
     undefined = sorted({r for e in examples.examples for r in e.rule_ids} - set(rule_ids))
     if undefined:
         hints.append(f"Examples cite rule ids the policy does not define: {', '.join(undefined)}.")
+    placeholders = ", ".join(f'"{p}"' for p in _placeholders_left(text))
+    if placeholders:
+        hints.append(f"Placeholder text left in: {placeholders} (from the outline: write your own).")
     if tokens < SWEET_SPOT[0]:
         hints.append(f"{tokens} tokens: shorter than the {SWEET_SPOT[0]}-{SWEET_SPOT[1]} sweet spot.")
     elif tokens > TOO_LONG_TOKENS:

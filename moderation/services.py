@@ -379,8 +379,16 @@ def policy_draft_update(*, version: PolicyVersion, text: str, author: User) -> P
 
 
 @transaction.atomic
-def policy_version_publish(*, version: PolicyVersion, author: User) -> PolicyVersion:
-    """Freeze a draft: from now on its text never changes (PostgreSQL enforces it too)."""
+def policy_version_publish(*, version: PolicyVersion, author: User, text: str | None = None) -> PolicyVersion:
+    """Freeze a draft: from now on its text never changes (PostgreSQL enforces it too).
+
+    With ``text`` (what the editor shows, perhaps not saved yet) the draft is saved first, as a save would
+    (checked, audited as an edit when it changed), and that text is what gets published: in one transaction.
+    """
+    if text is not None:
+        if not PolicyVersion.objects.filter(pk=version.pk, status=PolicyVersion.Status.DRAFT).exists():
+            raise PolicyVersionRefused(f"v{version.number} is already published")
+        policy_draft_update(version=version, text=text, author=author)
     published = PolicyVersion.objects.filter(pk=version.pk, status=PolicyVersion.Status.DRAFT).update(
         status=PolicyVersion.Status.PUBLISHED, published_at=timezone.now()
     )

@@ -153,6 +153,18 @@ class ActivateForm(forms.Form):
         help_text="Required only when the gate is closed; recorded in the audit log.",
     )
 
+    REASON_REQUIRED = "Give a reason to override the activation gate."
+
+    def __init__(self, *args: Any, gate_closed: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate_closed = gate_closed
+
+    def clean_override_reason(self) -> str:
+        reason: str = self.cleaned_data["override_reason"]
+        if self.gate_closed and not reason.strip():
+            raise forms.ValidationError(self.REASON_REQUIRED, code="required")
+        return reason
+
 
 class GoldenFilterForm(forms.Form):
     status = forms.ChoiceField(choices=[("", "Any status"), *GoldenExample.Status.choices], required=False)

@@ -120,12 +120,8 @@ def metrics_compute(policies: QuerySet[Policy]) -> dict[str, Any]:
     )
     first_hour = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=CHART_HOURS - 1)
     hours = [first_hour + timedelta(hours=h) for h in range(CHART_HOURS)]
+    # Data only: the chart's geometry is drawn by reviews/templatetags/figures.py (hourly_chart).
     hourly: list[dict[str, Any]] = [{"hour": hour, "count": per_hour.get(hour, 0)} for hour in hours]
-    peak = max((h["count"] for h in hourly), default=0) or 1
-    for index, h in enumerate(hourly):
-        h["bar_height"] = round(60 * h["count"] / peak)
-        h["bar_y"] = 60 - h["bar_height"]
-        h["bar_x"] = index * 14
 
     overturns = list(
         PolicyVersion.objects.filter(policy_id__in=policy_ids)

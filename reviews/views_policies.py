@@ -197,6 +197,11 @@ def policy_version(request: AuthedRequest, slug: str, number: int) -> HttpRespon
         else:
             messages.success(request, f"Draft v{version.number} saved.")
             return _redirect(request, reverse("reviews:policy_version", args=[policy.slug, version.number]))
+    return _draft_refused(request, version, form)
+
+
+def _draft_refused(request: AuthedRequest, version: PolicyVersion, form: DraftForm) -> HttpResponse:
+    """The editor again, with the text as typed and why it was not saved (nothing is lost)."""
     text = request.POST.get("text", "")
     return _page(request, "reviews/policies/version.html", _version_context(version, form, text), status=400)
 
@@ -220,13 +225,26 @@ def policy_draft_lint(request: AuthedRequest, slug: str, number: int) -> HttpRes
 @require_POST
 @login_required
 def policy_version_publish(request: AuthedRequest, slug: str, number: int) -> HttpResponse:
+    """Freeze a draft. From the editor the form carries the text as shown, saved or not: it is checked like a
+    save, saved and published in one step, so an edit is never lost (the policy page's button sends none)."""
     policy = _policy(request, slug)
     version = _version(policy, number)
+    form = DraftForm(request.POST) if "text" in request.POST and version.is_draft else None
+    if form is not None and not form.is_valid():
+        return _draft_refused(request, version, form)
+    saved_hash = version.content_hash
     try:
-        moderation.policy_version_publish(version=version, author=request.user)
+        published = moderation.policy_version_publish(
+            version=version, author=request.user, text=form.cleaned_data["text"] if form else None
+        )
     except moderation.PolicyVersionRefused as exc:
+        version.refresh_from_db(fields=["status"])  # published meanwhile (another tab)?
+        if form is not None and version.is_draft:  # the text was refused (blank): say so in the editor
+            form.add_error("text", str(exc))
+            return _draft_refused(request, version, form)
         return _policy_page(request, policy, status=409, error=f"Not published: {exc}.")
-    messages.success(request, f"v{version.number} published: its text is now frozen.")
+    saved = " with your latest edits" if published.content_hash != saved_hash else ""
+    messages.success(request, f"v{version.number} published{saved}: its text is now frozen.")
     return _redirect(request, reverse("reviews:policy_detail", args=[policy.slug]))
 
 
@@ -235,9 +253,15 @@ def policy_version_publish(request: AuthedRequest, slug: str, number: int) -> Ht
 def policy_version_activate(request: AuthedRequest, slug: str, number: int) -> HttpResponse:
     policy = _policy(request, slug)
     version = _version(policy, number)
-    form = ActivateForm(request.POST)
+    # The reason is asked for by name where the gate is closed; a draft or the active version is refused
+    # by the service below with what is really wrong.
+    activatable = not version.is_draft and version.status != PolicyVersion.Status.ACTIVE
+    form = ActivateForm(
+        request.POST, gate_closed=activatable and not evaluations.activation_gate(version).passed
+    )
     if not form.is_valid():
-        return _activation_refused(request, policy, "; ".join(str(e) for e in form.errors.values()))
+        reasons = " ".join(str(e) for errors in form.errors.values() for e in errors)
+        return _activation_refused(request, policy, reasons, form=form, status=400)
     try:
         activation = moderation.policy_version_activate(
             version=version, actor=request.user, override_reason=form.cleaned_data["override_reason"]
@@ -249,12 +273,19 @@ def policy_version_activate(request: AuthedRequest, slug: str, number: int) -> H
     return _redirect(request, reverse("reviews:policy_detail", args=[policy.slug]))
 
 
-def _activation_refused(request: AuthedRequest, policy: Policy, message: str) -> HttpResponse:
+def _activation_refused(
+    request: AuthedRequest,
+    policy: Policy,
+    message: str,
+    *,
+    form: ActivateForm | None = None,
+    status: int = 409,
+) -> HttpResponse:
     return _policy_page(
         request,
         policy,
-        status=409,
-        activate_form=ActivateForm(request.POST),
+        status=status,
+        activate_form=form or ActivateForm(request.POST),
         error=f"Not activated: {message}",
     )
 

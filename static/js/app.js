@@ -52,4 +52,17 @@
       }
     });
   });
+
+  // <textarea data-unsaved-note="ID">: #ID shows while the text differs from what the page loaded with
+  // (the draft editor: "Publish" saves the text as shown, and the note says so).
+  document.addEventListener("input", function (event) {
+    var field = event.target;
+    if (!field || !field.hasAttribute || !field.hasAttribute("data-unsaved-note")) {
+      return;
+    }
+    var note = document.getElementById(field.getAttribute("data-unsaved-note"));
+    if (note) {
+      note.classList.toggle("hidden", field.value === field.defaultValue);
+    }
+  });
 })();

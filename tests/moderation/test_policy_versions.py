@@ -12,7 +12,7 @@ from django.db.utils import DatabaseError
 
 from moderation import services
 from moderation.models import Case, Policy, PolicyVersion, Source
-from moderation.policy_lint import policy_lint
+from moderation.policy_lint import OUTLINE_PLACEHOLDERS, POLICY_OUTLINE, policy_lint
 from reviews.models import AuditEvent, Role
 from tests.conftest import POLICY_TEXT, ApiClient
 from tests.reviews.evaluation_helpers import finished_run, golden_set_small
@@ -83,6 +83,31 @@ def test_it_refuses_to_publish_twice(policy: Policy, editor: User) -> None:
     services.policy_version_publish(version=draft, author=editor)
     with pytest.raises(services.PolicyVersionRefused, match="already published"):
         services.policy_version_publish(version=draft, author=editor)
+
+
+def test_publishing_with_the_editors_text_saves_it_then_freezes_it_in_one_call(
+    policy: Policy, editor: User
+) -> None:
+    draft = services.policy_draft_create(policy=policy, author=editor)
+    published = services.policy_version_publish(version=draft, author=editor, text=NEW_TEXT)
+    assert published.status == PolicyVersion.Status.PUBLISHED
+    assert (published.text, published.rule_ids) == (NEW_TEXT, ["SP1", "SP3", "SP2"])
+    assert PolicyVersion.objects.get(pk=draft.pk).content_hash == services.policy_text_hash(NEW_TEXT)
+    edited = AuditEvent.objects.get(action="policy.draft_edited")
+    frozen = AuditEvent.objects.get(action="policy.version_published")
+    assert edited.seq < frozen.seq and frozen.payload["content_hash"] == published.content_hash
+
+
+def test_publishing_refuses_a_blank_text_and_leaves_the_draft_as_it_was(policy: Policy, editor: User) -> None:
+    draft = services.policy_draft_create(policy=policy, author=editor)
+    with pytest.raises(services.PolicyVersionRefused, match="empty"):
+        services.policy_version_publish(version=draft, author=editor, text=" \n")
+    draft.refresh_from_db()
+    assert draft.is_draft and draft.text == POLICY_TEXT
+    with pytest.raises(services.PolicyVersionRefused, match="already published"):
+        services.policy_version_publish(
+            version=_published(policy, editor), author=editor, text="# rewritten after publishing"
+        )
 
 
 def _published(policy: Policy, editor: User, text: str = NEW_TEXT) -> PolicyVersion:
@@ -207,6 +232,20 @@ def test_the_lint_names_example_lines_the_funnel_cannot_learn_from() -> None:
     assert any("Fewer than 2 safe examples" in h for h in hints)
     assert any("does not define: SP9" in h for h in hints)
     assert not any("Examples section has no examples" in h for h in hints)
+
+
+def test_the_lint_names_the_outline_placeholders_left_in() -> None:
+    outline = POLICY_OUTLINE.format(name="Scams")
+    [hint] = [h for h in policy_lint(outline).hints if h.startswith("Placeholder text left in: ")]
+    for placeholder in OUTLINE_PLACEHOLDERS:
+        assert placeholder in outline, placeholder  # the list follows the outline
+        assert f'"{placeholder}"' in hint
+    half_done = outline.replace("An example that breaks R1", "Send 0.1 BTC to double it").replace(
+        "An ordinary post", "Lunch was great"
+    )
+    [hint] = [h for h in policy_lint(half_done).hints if h.startswith("Placeholder")]
+    assert '"An example that breaks R2"' in hint and "breaks R1" not in hint and "ordinary" not in hint
+    assert not [h for h in policy_lint(POLICY_TEXT).hints if "Placeholder" in h]
 
 
 def test_the_demo_policies_follow_the_recommended_structure() -> None:

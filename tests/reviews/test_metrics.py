@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from moderation.models import Case
+from moderation.models import Case, Policy
 from reviews import metrics
 from reviews.models import Decision
+from reviews.templatetags.figures import hourly_chart, metric, metric_change, rate
 from tests.reviews.conftest import CasesFactory
 from tests.reviews.helpers import table_rows, text_of, user_create
 
@@ -126,3 +128,53 @@ def test_with_nothing_to_show_yet_it_says_so_instead_of_drawing_empty_charts(
         "No calls to the reasoning engine in the last 24 hours: none is configured (SAFEGUARD_BASE_URL)."
         in text
     )
+
+
+def test_the_selector_returns_hourly_counts_and_no_geometry(hand_built: list[Decision]) -> None:
+    hourly = metrics.metrics_compute(Policy.objects.all())["hourly"]
+    assert len(hourly) == 24 and all(set(h) == {"hour", "count"} for h in hourly)
+    assert hourly[-1]["count"] == sum(h["count"] for h in hourly) > 0
+
+
+def test_the_chart_tag_draws_bars_axes_and_labels_from_the_counts() -> None:
+    start = datetime(2026, 3, 1, 13, tzinfo=UTC)
+    counts = [0] * 24
+    counts[5], counts[23] = 12, 3
+    chart = hourly_chart([{"hour": start + timedelta(hours=n), "count": c} for n, c in enumerate(counts)])
+    bars = chart.bars
+    assert len(bars) == 24 and bars[1].x - bars[0].x == 14 and bars[0].width == 12
+    assert bars[5].height == 80 and bars[5].y == chart.top  # the peak reaches the max line
+    assert bars[23].height == 20 and bars[23].y + bars[23].height == chart.baseline
+    assert bars[0].height == 0 and bars[0].x > chart.left and bars[-1].x + 12 <= chart.right < chart.width
+    assert [label.text for label in chart.value_labels] == [12, 0]
+    assert [label.text for label in chart.hour_labels] == [
+        f"{h:02d}:00" for h in (15, 18, 21, 0, 3, 6, 9, 12)
+    ]
+    empty = hourly_chart([{"hour": start + timedelta(hours=n), "count": 0} for n in range(24)])
+    assert {b.height for b in empty.bars} == {0} and [label.text for label in empty.value_labels] == [0, 0]
+
+
+@pytest.mark.parametrize(
+    ("value", "name", "shown"),
+    [
+        (1, "recall", "1.000"),
+        (1.0, "accuracy", "1.000"),
+        (0.0, "hallucinated_rate", "0.000"),
+        (0.97049, "f1", "0.970"),
+        (-0.125, "kappa", "\N{MINUS SIGN}0.125"),
+        (None, "recall", "\N{EM DASH}"),
+        (12668.4, "latency_p50_ms", "12,668"),
+        (231.6, "completion_tokens_mean", "232"),
+    ],
+)
+def test_every_page_shows_a_metric_in_one_format(value: Any, name: str, shown: str) -> None:
+    assert metric(value, name) == shown
+    if not name.endswith("_ms") and "tokens" not in name:
+        assert rate(value) == shown
+
+
+def test_a_change_between_runs_is_signed() -> None:
+    assert metric_change(0.05, "recall") == "+0.050"
+    assert metric_change(-0.02, "false_positive_rate") == "\N{MINUS SIGN}0.020"
+    assert metric_change(0.0, "f1") == metric_change(-0.00001, "f1") == "0.000"
+    assert metric_change(-12.0, "latency_p95_ms") == "\N{MINUS SIGN}12"

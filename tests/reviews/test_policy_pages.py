@@ -14,7 +14,7 @@ from inference_worker.services import EngineConfig
 from moderation import services as moderation
 from moderation.models import Policy, PolicyVersion
 from reviews import evaluations
-from reviews.models import EvaluationRun
+from reviews.models import AuditEvent, EvaluationRun
 from tests.conftest import POLICY_TEXT
 from tests.reviews.evaluation_helpers import finished_run, golden_accepted, golden_set_small
 
@@ -111,6 +111,53 @@ def test_saving_a_draft_and_publishing_freezes_it(
     assert again.status_code == 409 and "Not published: v2 is already published" in again.content.decode()
     page = editor_client.get("/policies/spam/v2/").content.decode()
     assert "this text never changes" in page and "<textarea" not in page
+
+
+def test_publishing_from_the_editor_saves_the_text_as_shown_first(
+    editor_client: Client, policy: Policy, policy_editor: User
+) -> None:
+    draft = moderation.policy_draft_create(policy=policy, author=policy_editor)
+    page = editor_client.get("/policies/spam/v2/").content.decode()
+    # One form: "Publish" submits the textarea too, so an edit not saved yet is not lost.
+    assert 'formaction="/policies/spam/v2/publish"' in page and 'data-unsaved-note="unsaved-note"' in page
+    edited = POLICY_TEXT + "\n- SP3: Fake giveaways that ask for a fee.\n"
+    response = editor_client.post("/policies/spam/v2/publish", {"text": edited}, follow=True)
+    assert response.redirect_chain == [("/policies/spam/", 302)]
+    assert "v2 published with your latest edits: its text is now frozen." in response.content.decode()
+    draft.refresh_from_db()
+    assert draft.status == PolicyVersion.Status.PUBLISHED
+    assert (draft.text, draft.rule_ids) == (edited, ["SP1", "SP2", "SP3"])
+    actions = list(
+        AuditEvent.objects.filter(object_id=str(draft.pk)).order_by("seq").values_list("action", flat=True)
+    )
+    assert actions[-2:] == ["policy.draft_edited", "policy.version_published"]
+
+
+def test_publishing_a_blank_editor_is_refused_in_the_editor_and_publishes_nothing(
+    editor_client: Client, policy: Policy, policy_editor: User
+) -> None:
+    draft = moderation.policy_draft_create(policy=policy, author=policy_editor)
+    for blank in ("", "  \n "):
+        response = editor_client.post("/policies/spam/v2/publish", {"text": blank})
+        assert response.status_code == 400
+        body = response.content.decode()
+        assert "<textarea" in body and (
+            "This field is required." in body or "the policy text is empty" in body
+        )
+    draft.refresh_from_db()
+    assert draft.is_draft and draft.text == POLICY_TEXT
+
+
+def test_publishing_from_the_policy_page_freezes_the_saved_text(
+    editor_client: Client, policy: Policy, policy_editor: User
+) -> None:
+    draft = moderation.policy_draft_create(policy=policy, author=policy_editor)
+    response = editor_client.post("/policies/spam/v2/publish", follow=True)
+    assert "v2 published: its text is now frozen." in response.content.decode()
+    draft.refresh_from_db()
+    assert draft.status == PolicyVersion.Status.PUBLISHED and draft.text == POLICY_TEXT
+    again = editor_client.post("/policies/spam/v2/publish", {"text": "changed"})
+    assert again.status_code == 409 and "Not published: v2 is already published" in again.content.decode()
 
 
 def test_the_diff_shows_both_versions_side_by_side_escaped(
@@ -268,9 +315,16 @@ def test_activation_through_the_page_is_blocked_then_overridden_with_a_reason(
     golden_set_small(policy)
     draft = moderation.policy_draft_create(policy=policy, author=policy_editor)
     moderation.policy_version_publish(version=draft, author=policy_editor)
-    blocked = editor_client.post("/policies/spam/v2/activate", {"override_reason": ""})
-    assert blocked.status_code == 409
-    assert "no finished evaluation run on the current golden set" in blocked.content.decode()
+    blocked = editor_client.post("/policies/spam/v2/activate", {"override_reason": "  "})
+    assert blocked.status_code == 400
+    body = blocked.content.decode()
+    assert "Not activated: Give a reason to override the activation gate." in body
+    assert "the activation gate is closed" not in body
+    assert blocked.context["activate_form"].errors == {
+        "override_reason": ["Give a reason to override the activation gate."]
+    }
+    assert "no finished evaluation run on the current golden set" in body  # the gate says why it is closed
+    assert policy.versions.get(status=PolicyVersion.Status.ACTIVE).number == 1
     response = editor_client.post("/policies/spam/v2/activate", {"override_reason": "urgent legal change"})
     assert response.status_code == 302
     assert policy.versions.get(status=PolicyVersion.Status.ACTIVE).number == 2
