@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from django.conf import settings
 from django.db import models
 
 from moderation.models import PolicyVersion
@@ -85,3 +86,49 @@ class FunnelCalibration(models.Model):
     def violations_missing(self) -> int:
         """More held-out violations the guarantee needs (0 once it holds)."""
         return max(0, self.violations_needed - self.held_out_violations)
+
+
+class EngineSettings(models.Model):
+    """The reasoning engine as an admin set it on /settings/engine: one row (pk 1), or none.
+
+    Empty text and null numbers mean "not set here": the environment variable, else the built-in default,
+    applies (inference_worker/engine_settings.py). An environment variable that is set always wins over
+    this row. The API key is stored in this table as it was typed (not encrypted): anyone who can read the
+    database can read it.
+    """
+
+    SINGLETON_PK = 1
+
+    class Transport(models.TextChoices):
+        COMPLETIONS = "completions", "completions (vLLM: harmony token ids)"
+        CHAT = "chat", "chat (Ollama, LM Studio, llama.cpp, hosted)"
+
+    class Effort(models.TextChoices):
+        LOW = "low", "low"
+        MEDIUM = "medium", "medium"
+        HIGH = "high", "high"
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=SINGLETON_PK, editable=False)
+    base_url = models.CharField(max_length=500, blank=True)
+    transport = models.CharField(max_length=16, choices=Transport.choices, blank=True)
+    model = models.CharField(max_length=200, blank=True)
+    effort = models.CharField(max_length=8, choices=Effort.choices, blank=True)
+    escalation_model = models.CharField(max_length=200, blank=True)
+    escalation_effort = models.CharField(max_length=8, choices=Effort.choices, blank=True)
+    api_key = models.CharField(max_length=1000, blank=True)
+    timeout_seconds = models.FloatField(null=True, blank=True)
+    give_up_after_seconds = models.FloatField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        verbose_name = "engine settings"
+        verbose_name_plural = "engine settings"
+        constraints: ClassVar = [
+            models.CheckConstraint(condition=models.Q(id=1), name="engine_settings_singleton"),
+        ]
+
+    def __str__(self) -> str:
+        return "engine settings"

@@ -30,7 +30,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from inference_worker import autoclear, embeddings, funnel, verdicts
+from inference_worker import autoclear, embeddings, engine_settings, funnel, verdicts
 from inference_worker.breaker import CircuitBreaker
 from inference_worker.engine import (
     DEFAULT_MAX_REPLY_BYTES,
@@ -102,23 +102,26 @@ class EngineConfig:
 
     @classmethod
     def from_settings(cls) -> EngineConfig:
+        """The deployment's engine: per field, its environment variable if set, else what an admin saved
+        on /settings/engine (read at most every few seconds), else the default (engine_settings.py)."""
+        chosen = engine_settings.engine_values_now()
         return cls(
-            transport=settings.SAFEGUARD_TRANSPORT,
-            base_url=settings.SAFEGUARD_BASE_URL,
-            api_key=settings.SAFEGUARD_API_KEY,
-            model=settings.SAFEGUARD_MODEL,
-            effort=settings.SAFEGUARD_EFFORT,
-            escalation_model=settings.SAFEGUARD_ESCALATION_MODEL,
-            escalation_effort=settings.SAFEGUARD_ESCALATION_EFFORT,
+            transport=chosen["transport"],
+            base_url=chosen["base_url"],
+            api_key=chosen["api_key"],
+            model=chosen["model"],
+            effort=chosen["effort"],
+            escalation_model=chosen["escalation_model"],
+            escalation_effort=chosen["escalation_effort"],
             max_tokens=settings.SAFEGUARD_MAX_TOKENS,
-            timeout_seconds=settings.SAFEGUARD_TIMEOUT_SECONDS,
+            timeout_seconds=chosen["timeout_seconds"],
             max_in_flight=settings.SAFEGUARD_MAX_IN_FLIGHT,
             max_attempts=settings.SAFEGUARD_MAX_ATTEMPTS,
             retry_base_seconds=settings.SAFEGUARD_RETRY_BASE_SECONDS,
             funnel=settings.SAFEGUARD_FUNNEL_ENABLED and embeddings.model_available(),
             max_reply_bytes=settings.SAFEGUARD_MAX_REPLY_BYTES,
             max_reasoning_chars=settings.SAFEGUARD_MAX_REASONING_CHARS,
-            give_up_after_seconds=settings.SAFEGUARD_GIVE_UP_AFTER_SECONDS,
+            give_up_after_seconds=chosen["give_up_after_seconds"],
         )
 
     @property

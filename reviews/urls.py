@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from reviews import views, views_policies
+from reviews import views, views_engine, views_policies
 
 app_name = "reviews"
 
@@ -67,4 +67,6 @@ urlpatterns = [
     path("audit/export", views.audit_export, name="audit_export"),
     path("audit/tokens", views.api_token_create, name="api_token_create"),
     path("audit/tokens/<int:token_id>/revoke", views.api_token_revoke, name="api_token_revoke"),
+    path("settings/engine", views_engine.engine_settings_page, name="engine_settings"),
+    path("settings/engine/test", views_engine.engine_settings_check, name="engine_settings_check"),
 ]

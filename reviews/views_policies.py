@@ -14,12 +14,12 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from inference_worker import autoclear
+from inference_worker import autoclear, engine_settings
 from inference_worker.selectors import funnel_calibration_for_policy
 from moderation import services as moderation
 from moderation.models import AutoClearSuspension, Policy, PolicyVersion
 from moderation.policy_lint import SWEET_SPOT, policy_lint
-from reviews import evaluations, golden, policy_selectors
+from reviews import evaluations, golden, policy_selectors, selectors
 from reviews.forms_policies import (
     ActivateForm,
     CompareForm,
@@ -142,6 +142,9 @@ def _policy_page(
         "run_form": run_form or RunForm(policy=policy),
         "activate_form": activate_form or ActivateForm(),
         "error": error,
+        # Without an engine the page says what evaluation needs instead of offering a run that fails.
+        "engine_connected": engine_settings.engine_connected(),
+        "engine_admin": selectors.user_is_admin(request.user),
     }
     return _page(request, "reviews/policies/detail.html", context, status=status)
 
@@ -496,8 +499,16 @@ def evaluation_run_new(request: AuthedRequest, slug: str) -> HttpResponse:
             effort=form.cleaned_data["effort"],
         )
     except evaluations.EvaluationRefused as exc:
-        return _policy_page(request, policy, status=409, run_form=form, error=f"Not started: {exc}.")
+        reason = _no_engine_reason(request) if str(exc) == evaluations.NO_ENGINE else str(exc)
+        return _policy_page(request, policy, status=409, run_form=form, error=f"Not started: {reason}.")
     return _redirect(request, reverse("reviews:evaluation_run", args=[run.pk]))
+
+
+def _no_engine_reason(request: AuthedRequest) -> str:
+    """What the person who asked for a run can do about a missing engine."""
+    if selectors.user_is_admin(request.user):
+        return "no reasoning engine configured: connect one on the Engine page"
+    return "no reasoning engine configured: ask an admin to connect a reasoning engine"
 
 
 def _run(request: AuthedRequest, run_id: int) -> EvaluationRun:

@@ -152,6 +152,10 @@ RULES: dict[str, Rule] = {
     "reviews:case_renew": page("POST", REVIEWERS, ok=409),  # nobody holds it: nothing to renew
     "reviews:metrics": page("GET", METRICS_VIEWERS),
     "reviews:callbacks": page("GET", frozenset({"admin"})),
+    # The reasoning engine's connection: admins only. An empty POST changes nothing (back to the page); the
+    # test without a policy chosen sends no request (400).
+    "reviews:engine_settings": page("POST", frozenset({"admin"}), ok=302),
+    "reviews:engine_settings_check": page("POST", frozenset({"admin"}), ok=400),
     # Auditors: the export page and their API tokens.
     "reviews:audit": page("GET", AUDITORS),
     "reviews:audit_log": page("GET", AUDITORS),

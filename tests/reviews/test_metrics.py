@@ -122,12 +122,11 @@ def test_with_nothing_to_show_yet_it_says_so_instead_of_drawing_empty_charts(
     admin: User, settings: Any
 ) -> None:
     settings.SAFEGUARD_BASE_URL = ""
-    text = text_of(logged_in(admin).get("/metrics/").content)
+    html = logged_in(admin).get("/metrics/").content
+    text = text_of(html)
     assert "No decisions in the last 24 hours." in text
-    assert (
-        "No calls to the reasoning engine in the last 24 hours: none is configured (SAFEGUARD_BASE_URL)."
-        in text
-    )
+    assert "No calls to the reasoning engine in the last 24 hours: none is connected (" in text
+    assert b'(<a href="/settings/engine">connect one on the Engine page</a>).' in html
 
 
 def test_the_selector_returns_hourly_counts_and_no_geometry(hand_built: list[Decision]) -> None:
