@@ -243,6 +243,8 @@ SAFEGUARD_FUNNEL_BATCH_SIZE = env_int("SAFEGUARD_FUNNEL_BATCH_SIZE", 64)
 SAFEGUARD_FUNNEL_PRECISION = env_choice("SAFEGUARD_FUNNEL_PRECISION", "auto", ("auto", "bf16", "fp32"))
 # Cores the funnel's encoder uses, one batch per core with one torch thread each; 0: every core it may use.
 SAFEGUARD_FUNNEL_THREADS = env_int("SAFEGUARD_FUNNEL_THREADS", 0)
+# The human queue within a priority: "risk" (highest p(violation) first, then oldest) or "oldest".
+SAFEGUARD_QUEUE_ORDER = env_choice("SAFEGUARD_QUEUE_ORDER", "risk", ("risk", "oldest"))
 
 # Decision callbacks: the longest wait between retries (they start at 1 s and double; fault tests shrink it).
 CALLBACK_RETRY_BACKOFF_MAX_SECONDS = env_int("CALLBACK_RETRY_BACKOFF_MAX_SECONDS", 1800)

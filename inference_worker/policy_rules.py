@@ -35,3 +35,44 @@ def policy_rule_ids_parse(policy_text: str) -> list[str]:
 def policy_rule_definitions(policy_text: str) -> list[str]:
     """Every rule id definition in ``policy_text``, repeats included (to find duplicates)."""
     return [match["rule_id"] for match in _RULE_DEFINITION.finditer(policy_text)]
+
+
+_HEADING = re.compile(r"^[ \t]*#{1,6}[ \t]*(?P<title>.+?)[ \t#]*$")
+_NAMING_SECTIONS = ("definition", "criteri", "rule")
+RULE_NAME_MAX_CHARS = 60
+
+
+def policy_rule_names(policy_text: str) -> dict[str, str]:
+    """Rule id -> a short name: the definition's words up to the first ``:``, ``;``, ``,``, ``.`` or
+    `` (`` (at most RULE_NAME_MAX_CHARS characters), read from the Definitions, Criteria or Rules sections
+    (the whole text when it has no such heading). The first definition of an id wins."""
+    lines = policy_text.splitlines()
+    titled = [m["title"].casefold() for line in lines if (m := _HEADING.match(line))]
+    use_sections = any(t.startswith(_NAMING_SECTIONS) for t in titled)
+    names: dict[str, str] = {}
+    inside = not use_sections
+    for line in lines:
+        heading = _HEADING.match(line)
+        if heading:
+            inside = not use_sections or heading["title"].casefold().startswith(_NAMING_SECTIONS)
+            continue
+        if not inside:
+            continue
+        match = _RULE_DEFINITION.match(line)
+        if match is None or match["rule_id"] in names:
+            continue
+        names[match["rule_id"]] = _short_name(line[match.end() :])
+    return names
+
+
+def _short_name(definition: str) -> str:
+    words = definition.strip().lstrip("-").strip()
+    cut = len(words)
+    for mark in (":", ";", ",", ". ", " ("):
+        at = words.find(mark)
+        if 0 < at < cut:
+            cut = at
+    name = words[:cut].rstrip(". ")
+    if len(name) > RULE_NAME_MAX_CHARS:
+        name = name[: RULE_NAME_MAX_CHARS - 1].rsplit(" ", 1)[0].rstrip() + "…"
+    return name

@@ -416,6 +416,32 @@ HOLD_SQL = """
 """
 
 
+RISK_UNKNOWN = 0.5
+# The model's verdict and confidence as a p(violation), for ordering the queue only (never for routing):
+# a verdict outranks the funnel's score, being the later and stronger judgement; confidence moves it
+# towards 1 (violates) or 0 (safe). Undetermined or no verdict: the funnel's p(violation), else unknown.
+VERDICT_RISK = {
+    ("violates", "high"): 0.95,
+    ("violates", "medium"): 0.85,
+    ("violates", "low"): 0.7,
+    ("violates", ""): 0.8,
+    ("safe", "low"): 0.3,
+    ("safe", "medium"): 0.15,
+    ("safe", "high"): 0.05,
+    ("safe", ""): 0.2,
+}
+
+
+def case_risk(verdict: str, confidence: str, funnel_p_violation: float | None) -> float:
+    """The p(violation) a queued case is ordered by (highest first within a priority)."""
+    mapped = VERDICT_RISK.get((verdict, confidence or ""))
+    if mapped is not None:
+        return mapped
+    if funnel_p_violation is not None:
+        return min(1.0, max(0.0, float(funnel_p_violation)))
+    return RISK_UNKNOWN
+
+
 @dataclass(frozen=True)
 class CaseUpdate:
     case_id: int
@@ -426,16 +452,20 @@ class CaseUpdate:
     confidence: str
     not_before: datetime | None
     cleared_by: str = ""
+    # p(violation) for the queue order (Case.risk): see case_risk.
+    risk: float = RISK_UNKNOWN
 
 
 UPDATE_SQL = """
     UPDATE moderation_case AS c SET
         state = v.state, priority = v.priority, route_reason = v.reason, verdict = v.verdict,
         confidence = v.confidence, triage_not_before = v.not_before, cleared_by = v.cleared_by,
+        risk = v.risk,
         updated_at = now(), queued_at = CASE WHEN v.state = 'queued' THEN now() ELSE c.queued_at END
     FROM unnest(
-        %s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[]
-    ) AS v(id, state, priority, reason, verdict, confidence, not_before, cleared_by)
+        %s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[], %s::text[], %s::timestamptz[],
+        %s::text[], %s::float8[]
+    ) AS v(id, state, priority, reason, verdict, confidence, not_before, cleared_by, risk)
     WHERE c.id = v.id AND c.state = %s
     RETURNING c.id
 """
@@ -457,6 +487,7 @@ def _cases_update(updates: list[CaseUpdate], *, from_state: str) -> set[int]:
                 [u.confidence for u in updates],
                 [u.not_before for u in updates],
                 [u.cleared_by for u in updates],
+                [u.risk for u in updates],
                 from_state,
             ],
         )
@@ -563,8 +594,21 @@ def _outcome_update(
     if verdict is None and work.funnel is not None and work.funnel.cleared:
         label = Verdict.SAFE
     confidence = (verdict.confidence or "") if verdict is not None else ""
+    risk = case_risk(
+        verdict.label if verdict is not None else "",
+        confidence,
+        work.funnel.p_violation if work.funnel is not None else None,
+    )
     return CaseUpdate(
-        work.case_id, route.state, route.priority, route.reason, label, confidence, None, route.cleared_by
+        work.case_id,
+        route.state,
+        route.priority,
+        route.reason,
+        label,
+        confidence,
+        None,
+        route.cleared_by,
+        risk,
     )
 
 

@@ -75,6 +75,12 @@ class Policy(models.Model):
     reasoner_auto_clear = models.BooleanField(
         default=True, help_text="Safe verdicts at a proven confidence may be cleared without a human."
     )
+    # Deciding "violates" names at least one rule of the policy (the form and the service both ask).
+    rules_required = models.BooleanField(
+        default=True,
+        db_default=True,
+        help_text='A moderator who decides "violates" must tick at least one rule.',
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -227,6 +233,8 @@ class Case(models.Model):
     appeal_of = models.OneToOneField(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="appeal"
     )
+    # What the platform said when it asked for the appeal (shown to the senior moderator who decides it).
+    appeal_reason = models.TextField(blank=True, default="", db_default="")
     # Escalated by a moderator: only senior moderators may claim it from then on.
     needs_senior = models.BooleanField(default=False)
     # A second, independent review of another case's decision (QA sampling).
@@ -237,6 +245,10 @@ class Case(models.Model):
     # Latest verdict, denormalised from TriageResult so the queue can filter without a join.
     verdict = models.CharField(max_length=16, choices=Verdict.choices, blank=True)
     confidence = models.CharField(max_length=8, choices=Confidence.choices, blank=True)
+    # p(violation) as triage last saw it (the queue reads the riskiest first within a priority): the
+    # model's verdict and confidence mapped by inference_worker.services.case_risk, else the funnel's
+    # score, else 0.5 (nothing known). A database default too: ingestion and benchmarks insert set-based.
+    risk = models.FloatField(default=0.5, db_default=0.5)
     route_reason = models.CharField(max_length=200, blank=True)
     triage_attempts = models.PositiveSmallIntegerField(default=0)
     triage_not_before = models.DateTimeField(null=True, blank=True)
@@ -262,12 +274,22 @@ class Case(models.Model):
             ),
         ]
         indexes: ClassVar = [
-            # The human queue, read in order: highest priority first, oldest first within a priority.
+            # The human queue, read in order: highest priority first, riskiest first within a priority, then
+            # oldest (reviews.selectors.queue_order; claims and keyset pages walk it).
+            models.Index(
+                models.F("priority").desc(),
+                models.F("risk").desc(),
+                "queued_at",
+                "id",
+                name="case_queue_idx",
+                condition=Q(state__in=["queued", "escalated", "appealed"]),
+            ),
+            # The same queue oldest-first within a priority (SAFEGUARD_QUEUE_ORDER=oldest).
             models.Index(
                 models.F("priority").desc(),
                 "queued_at",
                 "id",
-                name="case_queue_idx",
+                name="case_queue_age_idx",
                 condition=Q(state__in=["queued", "escalated", "appealed"]),
             ),
             # Triage claims walk pending cases in id order; without this they would scan every settled case.

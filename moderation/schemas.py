@@ -187,12 +187,42 @@ class CaseOut(Schema):
     updated_at: datetime
 
 
+class AppealStatusOut(Schema):
+    case_id: int
+    state: Literal["open", "decided"] = Field(description="decided: a senior moderator ruled on it.")
+    reason: str
+    opened_at: datetime | None
+    final_label: Literal["violates", "safe"] | None = Field(description="The ruling, once decided.")
+    rule_ids: list[str]
+    decided_at: datetime | None
+
+
+class PolicyOutcomeOut(Schema):
+    """Where the item stands under one policy: what a lost callback would have said, and any appeal."""
+
+    policy: str
+    state: Literal["pending", "in_review", "decided"]
+    final_label: Literal["violates", "safe"] | None = Field(
+        description="The outcome: a decided appeal's ruling, else the decision (or the auto-clear / "
+        "auto-action); null while nothing is decided."
+    )
+    rule_ids: list[str]
+    decided_at: datetime | None
+    decided_by: Literal["moderator", "auto_clear", "auto_action"] | None
+    case_id: int = Field(description="The case judged under this policy (not the appeal).")
+    decision_id: int | None = Field(description="The decision callbacks carry, if a moderator made it.")
+    appeal: AppealStatusOut | None
+
+
 class ItemStatusOut(Schema):
     external_id: str
     id: int
     status: Literal["pending", "in_review", "resolved"]
     received_at: datetime
     cases: list[CaseOut]
+    outcomes: list[PolicyOutcomeOut] = Field(
+        default_factory=list, description="Per policy: the final label, rule ids, when, and any appeal."
+    )
 
 
 class FieldError(Schema):

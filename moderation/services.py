@@ -324,6 +324,7 @@ POLICY_SETTINGS = (
     "recall_confidence",
     "funnel_auto_clear",
     "reasoner_auto_clear",
+    "rules_required",
 )
 
 

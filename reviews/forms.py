@@ -9,7 +9,13 @@ from django import forms
 from moderation.models import Case, Confidence, Policy, Verdict
 from reviews.exports import ExportRequest, Format, Kind
 from reviews.models import Decision
-from reviews.selectors import AuditFilters, QueueFilters
+from reviews.selectors import (
+    AuditFilters,
+    QueueFilters,
+    case_has_model_verdict,
+    model_cited_rule_ids,
+    rule_names_of,
+)
 
 MAX_SECONDS_SPENT = 24 * 3600
 
@@ -54,27 +60,40 @@ class DecisionForm(forms.Form):
     def __init__(self, *args: Any, case: Case, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.case = case
-        rule_ids = list(case.policy_version.rule_ids)
-        self.fields["rule_ids"].choices = [(r, r) for r in rule_ids]  # type: ignore[attr-defined]
+        version = case.policy_version
+        names = rule_names_of(version)
+        self.fields["rule_ids"].choices = [  # type: ignore[attr-defined]
+            (r, f"{r} {names[r]}" if names.get(r) else r) for r in version.rule_ids
+        ]
+        self.has_model_verdict = case_has_model_verdict(case)
         if not self.is_bound:
-            self.initial.update(
-                opened_at=int(time.time()),
-                final_label=Verdict.SAFE if case.verdict == Verdict.VIOLATES else Verdict.VIOLATES,
-            )
+            initial: dict[str, Any] = {"opened_at": int(time.time())}
+            # The overturn label is the other one; with no model verdict nothing is preselected: the
+            # moderator chooses, so one key never records a label nobody picked.
+            if case.verdict == Verdict.VIOLATES:
+                initial["final_label"] = Verdict.SAFE
+                initial["rule_ids"] = model_cited_rule_ids(case)
+            elif case.verdict == Verdict.SAFE:
+                initial["final_label"] = Verdict.VIOLATES
+            self.initial.update(initial)
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
         action = data.get("action")
-        if action == Decision.Action.CONFIRM and self.case.verdict not in (Verdict.VIOLATES, Verdict.SAFE):
-            raise forms.ValidationError(
-                "The model gave no verdict to confirm: overturn with the right label."
-            )
-        if action == Decision.Action.OVERTURN:
+        if action == Decision.Action.CONFIRM and not self.has_model_verdict:
+            raise forms.ValidationError("The model gave no verdict to confirm: decide with the right label.")
+        if action in (Decision.Action.OVERTURN, Decision.Action.DECIDED):
             label = data.get("final_label")
             if not label:
                 self.add_error("final_label", "Choose the correct label.")
             elif label == self.case.verdict:
                 self.add_error("final_label", "That is the model's verdict: confirm it instead.")
+            elif (
+                label == Verdict.VIOLATES
+                and not data.get("rule_ids")
+                and self.case.policy_version.policy.rules_required
+            ):
+                self.add_error("rule_ids", "This policy requires at least one rule for a violation.")
         if action == Decision.Action.ESCALATE and not (data.get("note") or "").strip():
             self.add_error("note", "Say why you escalate, for the senior moderator.")
         return data
@@ -141,7 +160,7 @@ class ExportForm(TimeRangeForm):
         regex=ACTION_NAME,
         required=False,
         max_length=64,
-        help_text="Events: e.g. case.decided. Decisions: confirm, overturn or escalate.",
+        help_text="Events: e.g. case.decided. Decisions: confirm, overturn, decided or escalate.",
         error_messages={"invalid": "Lower-case words joined by dots, e.g. case.decided."},
     )
     include_reasoning = forms.BooleanField(
@@ -157,7 +176,7 @@ class ExportForm(TimeRangeForm):
             if data.get("action"):
                 self.add_error("action", "Statements of reasons have no action to filter on.")
         if kind == Kind.DECISIONS and data.get("action") and data["action"] not in Decision.Action.values:
-            self.add_error("action", "For decisions: confirm, overturn or escalate.")
+            self.add_error("action", "For decisions: confirm, overturn, decided or escalate.")
         if data.get("include_reasoning") and kind != Kind.DECISIONS:
             self.add_error("include_reasoning", "Only decisions carry the model's chain of thought.")
         return data

@@ -98,6 +98,7 @@ class PolicySettingsForm(forms.ModelForm):
             "recall_confidence": "Confidence of the recall guarantee",
             "funnel_auto_clear": "Funnel tier may auto-clear",
             "reasoner_auto_clear": "Reasoner may auto-clear",
+            "rules_required": "A violation names its rules",
         }
         help_texts = {
             "auto_action_violations": "Off (recommended): every violation goes to a moderator.",
@@ -109,6 +110,8 @@ class PolicySettingsForm(forms.ModelForm):
             "has not suspended it.",
             "reasoner_auto_clear": "Only while an evaluation run on the golden set proves the confidence "
             "level and QA has not suspended it.",
+            "rules_required": "On (recommended): a moderator who decides it violates ticks at least one "
+            "rule, so callbacks, statements of reasons and the golden set say which rule was broken.",
         }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -134,6 +137,7 @@ class PolicySettingsForm(forms.ModelForm):
             ),
         ),
         ("Quality", ("activation_tolerance",)),
+        ("Decisions", ("rules_required",)),
         ("Content", ("sources",)),
     )
 

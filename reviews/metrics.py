@@ -126,8 +126,13 @@ def metrics_compute(policies: QuerySet[Policy]) -> dict[str, Any]:
     overturns = list(
         PolicyVersion.objects.filter(policy_id__in=policy_ids)
         .annotate(
-            decided=Count("cases__decisions", filter=~Q(cases__decisions__action="escalate")),
-            overturned=Count("cases__decisions", filter=Q(cases__decisions__action="overturn")),
+            # Only decisions on cases the model had a verdict for: a label given where the model gave none
+            # is "decided", neither agreement nor overturn.
+            decided=Count(
+                "cases__decisions",
+                filter=Q(cases__decisions__action__in=[Decision.Action.CONFIRM, Decision.Action.OVERTURN]),
+            ),
+            overturned=Count("cases__decisions", filter=Q(cases__decisions__action=Decision.Action.OVERTURN)),
         )
         .filter(decided__gt=0)
         .select_related("policy")

@@ -83,6 +83,8 @@ class Decision(models.Model):
     class Action(models.TextChoices):
         CONFIRM = "confirm"
         OVERTURN = "overturn"
+        # A label where the model gave none (undetermined, not triaged): nothing to confirm or overturn.
+        DECIDED = "decided"
         ESCALATE = "escalate"
 
     class Label(models.TextChoices):

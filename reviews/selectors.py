@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
-from moderation.models import Case, Policy, TriageResult
+from moderation.models import Case, Policy, PolicyVersion, TriageResult, Verdict
 from reviews.models import AuditEvent, CallbackDelivery, Decision, Role
 
 REVIEWER_ROLES = {Role.MODERATOR, Role.SENIOR_MODERATOR, Role.ADMIN}
@@ -99,10 +100,18 @@ class QueuePage:
     next_cursor: str
 
 
+def queue_order() -> tuple[str, ...]:
+    """Claim and display order (both indexes on Case follow one of them): highest priority first; within a
+    priority the riskiest (Case.risk, p(violation)) first unless SAFEGUARD_QUEUE_ORDER=oldest; then oldest."""
+    if settings.SAFEGUARD_QUEUE_ORDER == "oldest":
+        return ("-priority", "queued_at", "id")
+    return ("-priority", "-risk", "queued_at", "id")
+
+
 def queue_page(
     user: User, filters: QueueFilters, *, cursor: str = "", size: int = QUEUE_PAGE_SIZE
 ) -> QueuePage:
-    """Waiting cases in claim order (priority, then oldest), keyset-paginated by (priority, queued_at, id)."""
+    """Waiting cases in claim order (queue_order), keyset-paginated on the same columns."""
     cases = cases_reviewable_by(user).filter(state__in=WAITING_STATES)
     if filters.policy:
         cases = cases.filter(policy_version__policy_id=filters.policy)
@@ -118,29 +127,37 @@ def queue_page(
         cases = cases.filter(appeal_of__isnull=False)
     if filters.injection:
         cases = cases.filter(item__injection_signals__len__gt=0)
+    order = queue_order()
+    by_risk = "-risk" in order
     position = cursor_decode(cursor)
     if position is not None:
-        priority, queued_at, pk = position
-        cases = cases.filter(
-            Q(priority__lt=priority)
-            | Q(priority=priority, queued_at__gt=queued_at)
-            | Q(priority=priority, queued_at=queued_at, pk__gt=pk)
-        )
-    rows = list(
-        cases.select_related("item", "policy_version__policy").order_by("-priority", "queued_at", "id")[
-            : size + 1
-        ]
-    )
-    next_cursor = cursor_encode(rows[size - 1]) if len(rows) > size else ""
+        priority, risk, queued_at, pk = position
+        if by_risk and risk is not None:
+            cases = cases.filter(
+                Q(priority__lt=priority)
+                | Q(priority=priority, risk__lt=risk)
+                | Q(priority=priority, risk=risk, queued_at__gt=queued_at)
+                | Q(priority=priority, risk=risk, queued_at=queued_at, pk__gt=pk)
+            )
+        else:
+            cases = cases.filter(
+                Q(priority__lt=priority)
+                | Q(priority=priority, queued_at__gt=queued_at)
+                | Q(priority=priority, queued_at=queued_at, pk__gt=pk)
+            )
+    rows = list(cases.select_related("item", "policy_version__policy").order_by(*order)[: size + 1])
+    next_cursor = cursor_encode(rows[size - 1], with_risk=by_risk) if len(rows) > size else ""
     return QueuePage(cases=rows[:size], next_cursor=next_cursor)
 
 
-def cursor_encode(case: Case) -> str:
+def cursor_encode(case: Case, *, with_risk: bool = True) -> str:
+    """``priority_[risk_]queuedat_id``; risk as repr(float), exact, so the keyset never skips a row."""
     assert case.queued_at is not None
-    return f"{case.priority}_{case.queued_at.timestamp():.6f}_{case.pk}"
+    risk = f"{float(case.risk)!r}_" if with_risk else ""
+    return f"{case.priority}_{risk}{case.queued_at.timestamp():.6f}_{case.pk}"
 
 
-CURSOR_PATTERN = re.compile(r"^(-?\d+)_(\d+\.\d+)_(\d+)$")
+CURSOR_PATTERN = re.compile(r"^(-?\d+)_(?:(\d+(?:\.\d+)?(?:e-?\d+)?)_)?(\d+\.\d+)_(\d+)$")
 # Case.priority is a smallint and ids are bigints: a cursor outside these never came from cursor_encode.
 PRIORITY_RANGE = range(-(2**15), 2**15)
 CASE_ID_RANGE = range(1, 2**63)
@@ -150,21 +167,59 @@ class CursorOutOfRange(ValueError):
     """A well-formed cursor whose numbers no case can have (the view answers 400)."""
 
 
-def cursor_decode(cursor: str) -> tuple[int, datetime, int] | None:
-    """None for no or a malformed cursor (the first page); CursorOutOfRange for impossible numbers."""
+def cursor_decode(cursor: str) -> tuple[int, float | None, datetime, int] | None:
+    """None for no or a malformed cursor (the first page); CursorOutOfRange for impossible numbers. The risk
+    is None in an oldest-first cursor."""
     match = CURSOR_PATTERN.match(cursor)
     if match is None:
         return None
-    raw_priority, raw_stamp, raw_pk = match.groups()
+    raw_priority, raw_risk, raw_stamp, raw_pk = match.groups()
     try:
         # int() refuses runs of over 4,300 digits (ValueError); fromtimestamp years past 9999 (Overflow/OS).
         priority, pk = int(raw_priority), int(raw_pk)
         stamp = datetime.fromtimestamp(float(raw_stamp), tz=UTC)
+        risk = float(raw_risk) if raw_risk is not None else None
     except (OverflowError, OSError, ValueError) as exc:
         raise CursorOutOfRange("the queue cursor is out of range") from exc
-    if priority not in PRIORITY_RANGE or pk not in CASE_ID_RANGE:
+    if priority not in PRIORITY_RANGE or pk not in CASE_ID_RANGE or (risk is not None and not 0 <= risk <= 1):
         raise CursorOutOfRange("the queue cursor is out of range")
-    return priority, stamp, pk
+    return priority, risk, stamp, pk
+
+
+@dataclass(frozen=True)
+class WhyEmpty:
+    """Why "next" found nothing while cases still wait: what the moderator may not (or chose not to) take."""
+
+    skipped: int
+    awaiting_qa_by_others: int
+    for_seniors: int
+
+    def __str__(self) -> str:
+        parts = []
+        if self.skipped:
+            parts.append(f"{self.skipped} you skipped (offered again from now on)")
+        if self.awaiting_qa_by_others:
+            parts.append(f"{self.awaiting_qa_by_others} awaiting QA by someone else (your own decisions)")
+        if self.for_seniors:
+            parts.append(f"{self.for_seniors} escalated or appealed, for senior moderators")
+        return "; ".join(parts)
+
+
+def why_empty(user: User, *, policy_id: int | None, skipped_ids: list[int]) -> WhyEmpty:
+    """What still waits in the user's queues (under the policy filter) that "next" would not hand them."""
+    waiting = cases_reviewable_by(user).filter(state__in=WAITING_STATES)
+    if policy_id is not None:
+        waiting = waiting.filter(policy_version__policy_id=policy_id)
+    claimable = case_states_claimable_by(user)
+    counts = waiting.aggregate(
+        skipped=Count("id", filter=Q(pk__in=skipped_ids, state__in=claimable)),
+        own_qa=Count(
+            "id",
+            filter=Q(state__in=claimable, qa_of__decisions__moderator=user) & ~Q(pk__in=skipped_ids),
+        ),
+        seniors=Count("id", filter=~Q(state__in=claimable)),
+    )
+    return WhyEmpty(counts["skipped"], counts["own_qa"], counts["seniors"])
 
 
 def queue_counts(user: User) -> list[dict[str, Any]]:
@@ -181,6 +236,42 @@ def queue_counts(user: User) -> list[dict[str, Any]]:
         .values("id", "name", "slug", "queued", "escalated", "appealed", "claimed")
     )
     return list(rows)
+
+
+def case_has_model_verdict(case: Case) -> bool:
+    """Whether there is a model verdict to confirm or overturn (not undetermined, not untriaged)."""
+    return case.verdict in (Verdict.VIOLATES, Verdict.SAFE)
+
+
+def model_cited_rule_ids(case: Case) -> list[str]:
+    """The rules the latest engine verdict cited that the policy defines (the funnel cites none)."""
+    latest = (
+        TriageResult.objects.filter(case_id=case.qa_of_id or case.pk, error="")
+        .exclude(tier=TriageResult.Tier.FUNNEL)
+        .order_by("-created_at", "-id")
+        .values_list("rule_ids", flat=True)
+        .first()
+    )
+    defined = set(case.policy_version.rule_ids)
+    return [r for r in (latest or []) if r in defined]
+
+
+_RULE_NAMES: dict[int, dict[str, str]] = {}
+
+
+def rule_names_of(version: PolicyVersion) -> dict[str, str]:
+    """Rule id -> short name, from the version's Definitions/Criteria/Rules sections. A published text never
+    changes, so its names are kept per version; a draft's are parsed afresh."""
+    from inference_worker.policy_rules import policy_rule_names
+
+    if version.is_draft or version.pk is None:
+        return policy_rule_names(version.text)
+    names = _RULE_NAMES.get(version.pk)
+    if names is None:
+        if len(_RULE_NAMES) > 1000:
+            _RULE_NAMES.clear()
+        names = _RULE_NAMES[version.pk] = policy_rule_names(version.text)
+    return names
 
 
 @dataclass(frozen=True)
@@ -203,6 +294,50 @@ def policy_lines(text: str, rule_ids: list[str], cited: list[str]) -> list[Polic
             PolicyLine(text=line, rule_id=rule_id, cited=bool(rule_id) and rule_id.upper() in cited_set)
         )
     return lines
+
+
+@dataclass(frozen=True)
+class WhyHere:
+    """What a senior moderator needs first on an appealed or escalated case."""
+
+    appeal_reason: str
+    appealed_decision: Decision | None
+    appealed_state: str
+    escalation: Decision | None
+
+
+def why_here(case: Case) -> WhyHere | None:
+    """The appeal reason, the decision under appeal (who, when, label, rules, note) and the escalation note
+    with who escalated; None for a case that is neither an appeal nor escalated."""
+    escalation = (
+        Decision.objects.filter(case=case, action=Decision.Action.ESCALATE)
+        .select_related("moderator")
+        .order_by("-created_at", "-id")
+        .first()
+        if case.needs_senior
+        else None
+    )
+    if case.appeal_of_id is None:
+        return WhyHere("", None, "", escalation) if escalation is not None else None
+    reason = case.appeal_reason
+    if not reason:
+        # Appeals opened before the reason was stored on the case: it is in their audit event.
+        event = (
+            AuditEvent.objects.filter(
+                action="case.appealed", object_type=Case._meta.label_lower, object_id=str(case.pk)
+            )
+            .values_list("payload", flat=True)
+            .first()
+        )
+        reason = str((event or {}).get("reason") or "")
+    appealed = (
+        Decision.objects.filter(case_id=case.appeal_of_id)
+        .exclude(action=Decision.Action.ESCALATE)
+        .select_related("moderator")
+        .first()
+    )
+    appealed_state = Case.objects.filter(pk=case.appeal_of_id).values_list("state", flat=True).first() or ""
+    return WhyHere(reason, appealed, Case.State(appealed_state).label if appealed_state else "", escalation)
 
 
 def case_detail(case: Case, viewer: User) -> dict[str, Any]:
@@ -247,7 +382,41 @@ def case_detail(case: Case, viewer: User) -> dict[str, Any]:
         "decisions": list(case.decisions.select_related("moderator").order_by("created_at")),
         "qa_blind": blind,
         "reviewed_decision": reviewed,
+        "rule_names": rule_names_of(version),
+        "why_here": why_here(case),
     }
+
+
+@dataclass(frozen=True)
+class CallbackRow:
+    """One decision told to a platform: what it was about, and every attempt (oldest first)."""
+
+    decision: Decision
+    attempts: list[CallbackDelivery]
+
+    @property
+    def kind(self) -> str:
+        return "appeal" if self.decision.case.appeal_of_id is not None else "decision"
+
+    @property
+    def latest(self) -> CallbackDelivery:
+        return self.attempts[-1]
+
+
+def callbacks_recent(*, limit: int = 100) -> list[CallbackRow]:
+    """The decisions most recently sent (or tried), newest first, each with its whole attempt history."""
+    recent = CallbackDelivery.objects.order_by("-created_at", "-id").values_list("decision_id", flat=True)[
+        : limit * 10
+    ]
+    decision_ids = list(dict.fromkeys(recent))[:limit]
+    decisions = Decision.objects.filter(pk__in=decision_ids).select_related(
+        "case__item__source", "case__policy_version__policy", "moderator"
+    )
+    attempts: dict[int, list[CallbackDelivery]] = {pk: [] for pk in decision_ids}
+    for delivery in CallbackDelivery.objects.filter(decision_id__in=decision_ids).order_by("attempt", "id"):
+        attempts[delivery.decision_id].append(delivery)
+    by_id = {d.pk: d for d in decisions}
+    return [CallbackRow(by_id[pk], attempts[pk]) for pk in decision_ids if pk in by_id and attempts[pk]]
 
 
 def callback_deliveries_recent(*, limit: int = 200) -> QuerySet[CallbackDelivery]:

@@ -64,7 +64,7 @@ def case_claim_next(
         if held is not None:
             return held
         case = (
-            candidates.order_by("-priority", "queued_at", "id")
+            candidates.order_by(*selectors.queue_order())
             .select_for_update(skip_locked=True, of=("self",))
             .first()
         )
@@ -166,7 +166,8 @@ def case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> Decisio
             and not selectors.user_is_senior(moderator)
         ):
             raise DecisionRefused("this case is already escalated")
-        final_label = _final_label(locked, decision)
+        action, final_label = _action_and_label(locked, decision)
+        rule_ids = _rule_ids(locked, decision, action, final_label)
         reviewed_case_id = locked.qa_of_id
         is_qa = reviewed_case_id is not None
         reviewed = (
@@ -179,9 +180,9 @@ def case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> Decisio
                 made = Decision.objects.create(
                     case=locked,
                     moderator=moderator,
-                    action=decision.action,
+                    action=action,
                     final_label=final_label,
-                    rule_ids=list(decision.rule_ids),
+                    rule_ids=rule_ids,
                     note=decision.note,
                     seconds_spent=decision.seconds_spent,
                     model_verdict=locked.verdict,
@@ -190,7 +191,7 @@ def case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> Decisio
         except IntegrityError as exc:
             raise DecisionRefused("this case already has a decision") from exc
 
-        if decision.action == Decision.Action.ESCALATE:
+        if action == Decision.Action.ESCALATE:
             locked.needs_senior = True
             Case.objects.filter(pk=locked.pk).update(
                 # An appeal handed on stays an appeal (and where the lease sweep would put it back).
@@ -244,26 +245,48 @@ def case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> Decisio
     return made
 
 
-def _final_label(case: Case, decision: DecisionIn) -> str:
-    """The label a decision settles on ("" for an escalation), or DecisionRefused if it is not one.
+def _action_and_label(case: Case, decision: DecisionIn) -> tuple[str, str]:
+    """The action recorded and the label settled on ("" for an escalation), or DecisionRefused.
 
-    The form says the same to the moderator; this holds for every other caller.
+    A decision means what it says: a label given where the model gave none is recorded as ``decided``
+    (never ``overturn``), so overturn rates count only cases that had a verdict. The form says the same to
+    the moderator; this holds for every other caller.
     """
     if decision.action == Decision.Action.CONFIRM:
-        if case.verdict not in (Verdict.VIOLATES, Verdict.SAFE):
-            raise DecisionRefused("there is no model verdict to confirm; overturn with the right label")
-        return case.verdict
-    if decision.action == Decision.Action.OVERTURN:
+        if not selectors.case_has_model_verdict(case):
+            raise DecisionRefused("there is no model verdict to confirm; decide with the right label")
+        return Decision.Action.CONFIRM, case.verdict
+    if decision.action in (Decision.Action.OVERTURN, Decision.Action.DECIDED):
         if decision.final_label not in Decision.Label.values:
-            raise DecisionRefused("an overturn needs the correct label: violates or safe")
+            raise DecisionRefused("a decision needs the correct label: violates or safe")
+        if not selectors.case_has_model_verdict(case):
+            return Decision.Action.DECIDED, decision.final_label
         if decision.final_label == case.verdict:
             raise DecisionRefused("that is the model's verdict: confirm it instead")
-        return decision.final_label
+        return Decision.Action.OVERTURN, decision.final_label
     if decision.action == Decision.Action.ESCALATE:
         if not decision.note.strip():
             raise DecisionRefused("say why you escalate, for the senior moderator")
-        return ""
+        return Decision.Action.ESCALATE, ""
     raise DecisionRefused(f"unknown action {decision.action!r}")
+
+
+def _rule_ids(case: Case, decision: DecisionIn, action: str, final_label: str) -> list[str]:
+    """The rules a decision records. Confirming without ticking any agrees with the model's cited rules;
+    a "violates" the moderator chose names at least one rule when the policy requires it."""
+    rule_ids = list(dict.fromkeys(decision.rule_ids))
+    if action == Decision.Action.CONFIRM and not rule_ids and final_label == Verdict.VIOLATES:
+        rule_ids = selectors.model_cited_rule_ids(case)
+    if (
+        action in (Decision.Action.OVERTURN, Decision.Action.DECIDED)
+        and final_label == Verdict.VIOLATES
+        and not rule_ids
+        and case.policy_version.policy.rules_required
+    ):
+        raise DecisionRefused(
+            "this policy requires at least one rule for a violation: tick the rules that apply"
+        )
+    return rule_ids
 
 
 def _golden_candidate_from_decision(case: Case, decision: Decision) -> GoldenExample:
@@ -354,6 +377,7 @@ def appeal_open(*, case: Case, reason: str, actor: object) -> tuple[Case, bool]:
             item_id=case.item_id,
             policy_version_id=case.policy_version_id,
             appeal_of=case,
+            appeal_reason=reason,
             queued_at=timezone.now(),
         )
         audit.record(

@@ -30,6 +30,7 @@ from moderation.models import Case
 from reviews import audit, exports, metrics, policy_selectors, selectors, services, tokens
 from reviews.api import stream_response
 from reviews.forms import ApiTokenForm, AuditLogFilterForm, DecisionForm, ExportForm, QueueFilterForm
+from reviews.models import Decision
 from reviews.services import DecisionIn, DecisionRefused, LeaseLost
 
 
@@ -42,6 +43,8 @@ class AuthedRequest(HttpRequest):
 
 SKIPPED_SESSION_KEY = "skipped_case_ids"
 SKIPPED_KEPT = 200
+# The policy the moderator chose on the queue page: "next", a decision and a skip all claim from it.
+POLICY_FILTER_SESSION_KEY = "queue_policy_id"
 
 
 def _reviewer_required(request: AuthedRequest) -> None:
@@ -130,13 +133,21 @@ def queue_counts(request: AuthedRequest) -> HttpResponse:
     )
 
 
-def _claim_next_and_go(request: AuthedRequest, policy_id: int | None = None) -> HttpResponse:
+def _claim_next_and_go(request: AuthedRequest) -> HttpResponse:
+    """Claim the next case under the queue filter the moderator chose with "next" (kept in the session, so
+    a decision or a skip stays in the same queue), or say truthfully why there is none."""
+    policy_id = request.session.get(POLICY_FILTER_SESSION_KEY)
     skipped = request.session.get(SKIPPED_SESSION_KEY, [])
     case = services.case_claim_next(moderator=request.user, policy_id=policy_id, skip_ids=skipped)
     if case is None:
-        messages.info(request, "Nothing left to review in your queues. Well done.")
+        left = selectors.why_empty(request.user, policy_id=policy_id, skipped_ids=skipped)
+        where = "this queue" if policy_id is not None else "your queues"
+        message = f"Nothing left to review in {where}."
+        message += f" Still waiting: {left}." if str(left) else " Well done."
+        messages.info(request, message)
         request.session[SKIPPED_SESSION_KEY] = []
-        return _redirect(request, reverse("reviews:queue"))
+        query = f"?{urlencode({'policy': policy_id})}" if policy_id is not None else ""
+        return _redirect(request, reverse("reviews:queue") + query)
     return _redirect(request, reverse("reviews:case_detail", args=[case.pk]))
 
 
@@ -144,9 +155,10 @@ def _claim_next_and_go(request: AuthedRequest, policy_id: int | None = None) -> 
 @login_required
 def case_next(request: AuthedRequest) -> HttpResponse:
     _reviewer_required(request)
-    policy = request.POST.get("policy", "")
-    policy_id = int(policy) if policy.isdigit() else None
-    return _claim_next_and_go(request, policy_id)
+    policy = request.POST.get("policy")
+    if policy is not None:  # the queue page's filter ("" = all my queues); other pages keep the current one
+        request.session[POLICY_FILTER_SESSION_KEY] = int(policy) if policy.isdigit() else None
+    return _claim_next_and_go(request)
 
 
 @require_GET
@@ -241,14 +253,14 @@ def case_decide(request: AuthedRequest, case_id: int) -> HttpResponse:
     _reviewer_required(request)
     # Any case the moderator may see: one whose hold they lost gets a 409 that says so, not a 404.
     case = get_object_or_404(
-        selectors.cases_viewable_by(request.user).select_related("policy_version"),
+        selectors.cases_viewable_by(request.user).select_related("policy_version__policy", "item__source"),
         pk=case_id,
     )
     form = DecisionForm(request.POST, case=case)
     if not form.is_valid():
         return _decision_form_invalid(request, case, form, status=400)
     try:
-        services.case_decide(
+        made = services.case_decide(
             case=case,
             moderator=request.user,
             decision=DecisionIn(
@@ -263,7 +275,25 @@ def case_decide(request: AuthedRequest, case_id: int) -> HttpResponse:
         return _decision_refused(request, case, form, LEASE_LOST)
     except DecisionRefused as exc:
         return _decision_refused(request, case, form, f"Not recorded: {exc}.")
+    messages.success(request, decision_summary(case, made))
     return _claim_next_and_go(request)
+
+
+def decision_summary(case: Case, made: Decision) -> str:
+    """What was recorded, in one line: "Case 12 (Spam): decided violates SP2; callback queued"."""
+    where = f"Case {case.pk} ({case.policy_version.policy.name})"
+    if made.action == Decision.Action.ESCALATE:
+        return f"{where}: escalated to senior moderators."
+    rules = f" {', '.join(made.rule_ids)}" if made.rule_ids else ""
+    verb = {"confirm": "confirmed", "overturn": "overturned to", "decided": "decided"}[made.action]
+    callback = (
+        "; callback queued"
+        if case.item.source.callback_url and case.qa_of_id is None
+        else "; no callback (QA review)"
+        if case.qa_of_id is not None
+        else ""
+    )
+    return f"{where}: {verb} {made.final_label}{rules}{callback}."
 
 
 @require_POST
@@ -308,7 +338,7 @@ def metrics_page(request: AuthedRequest) -> HttpResponse:
 def callbacks_page(request: AuthedRequest) -> HttpResponse:
     if not selectors.user_is_admin(request.user):
         raise PermissionDenied("Only admins see callback deliveries.")
-    return _page(request, "reviews/callbacks.html", {"deliveries": selectors.callback_deliveries_recent()})
+    return _page(request, "reviews/callbacks.html", {"rows": selectors.callbacks_recent()})
 
 
 def _auditor_required(request: AuthedRequest) -> None:

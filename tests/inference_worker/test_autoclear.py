@@ -43,7 +43,11 @@ def qa_decide(moderator: User, label: str, django_capture_on_commit_callbacks: A
     action = Decision.Action.CONFIRM if label == "safe" else Decision.Action.OVERTURN
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         decision = review_services.case_decide(
-            case=case, moderator=moderator, decision=DecisionIn(action=action, final_label=label, rule_ids=())
+            case=case,
+            moderator=moderator,
+            decision=DecisionIn(
+                action=action, final_label=label, rule_ids=["SP1"] if label == "violates" else []
+            ),
         )
     monitors = [c for c in callbacks if getattr(c, "func", None) is tasks.autoclear_monitor_enqueue]
     assert [m.keywords for m in monitors] == [

@@ -73,7 +73,9 @@ def decided_item(api: ApiClient, moderator: User, external_id: str = "post-1") -
     """An item triaged (no engine configured) and decided by a moderator."""
     [case] = ingested(api, external_id)
     cases_triage(case_ids=[case.pk], config=NO_ENGINE)
-    decide_next(moderator, DecisionIn(action=Decision.Action.OVERTURN, final_label="violates"))
+    decide_next(
+        moderator, DecisionIn(action=Decision.Action.OVERTURN, final_label="violates", rule_ids=["SP1"])
+    )
     case.refresh_from_db()
     assert case.state == Case.State.DECIDED
     return case

@@ -138,10 +138,59 @@ def test_it_decides_an_undetermined_case_with_a_label(moderator: User, queued_ca
     claimed_by(client, case)
     page = client.get(f"/cases/{case.pk}/")
     assert b'value="confirm"' not in page.content  # nothing to confirm
-    response = client.post(f"/cases/{case.pk}/decide", {"action": "overturn", "final_label": "violates"})
+    assert b"checked" not in page.content  # no label (and no rule) chosen for the moderator
+    assert b"<kbd>c</kbd> confirm" not in page.content
+    # "Violates" names a rule (the policy requires it by default).
+    refused = client.post(f"/cases/{case.pk}/decide", {"action": "decided", "final_label": "violates"})
+    assert refused.status_code == 400
+    assert b"requires at least one rule" in refused.content
+    response = client.post(
+        f"/cases/{case.pk}/decide", {"action": "decided", "final_label": "violates", "rule_ids": ["SP2"]}
+    )
     assert response.status_code == 302
     decision = Decision.objects.get(case=case)
-    assert (decision.final_label, decision.model_verdict) == ("violates", "undetermined")
+    # Recorded as what it is: a label where the model gave none, not an overturn.
+    assert (decision.action, decision.final_label, decision.rule_ids, decision.model_verdict) == (
+        Decision.Action.DECIDED,
+        "violates",
+        ["SP2"],
+        "undetermined",
+    )
+
+
+def test_an_overturn_sent_for_a_case_without_a_verdict_is_recorded_as_decided(
+    moderator: User, queued_cases: CasesFactory
+) -> None:
+    [case] = queued_cases(verdict="undetermined", confidence="")
+    claimed = services.case_claim_next(moderator=moderator)
+    assert claimed == case
+    made = services.case_decide(
+        case=claimed,
+        moderator=moderator,
+        decision=DecisionIn(action=Decision.Action.OVERTURN, final_label="safe"),
+    )
+    assert made.action == Decision.Action.DECIDED
+
+
+def test_a_violation_without_rules_is_refused_only_when_the_policy_requires_rules(
+    moderator: User, queued_cases: CasesFactory, policy: Policy
+) -> None:
+    queued_cases(2, verdict="safe")
+    claimed = services.case_claim_next(moderator=moderator)
+    assert claimed is not None
+    with pytest.raises(DecisionRefused, match="at least one rule"):
+        services.case_decide(
+            case=claimed,
+            moderator=moderator,
+            decision=DecisionIn(action=Decision.Action.OVERTURN, final_label="violates"),
+        )
+    Policy.objects.filter(pk=policy.pk).update(rules_required=False)
+    made = services.case_decide(
+        case=claimed,
+        moderator=moderator,
+        decision=DecisionIn(action=Decision.Action.OVERTURN, final_label="violates"),
+    )
+    assert (made.action, made.rule_ids) == (Decision.Action.OVERTURN, [])
 
 
 def test_the_service_refuses_to_confirm_an_undetermined_verdict(
@@ -271,3 +320,23 @@ def test_an_escalated_appeal_stays_in_the_appeals_queue(
     appeal.refresh_from_db()
     assert appeal.state == Case.State.APPEALED and appeal.needs_senior
     assert services.case_claim_next(moderator=admin) == appeal
+
+
+def test_the_overturn_rate_counts_only_cases_the_model_had_a_verdict_for(
+    moderator: User, queued_cases: CasesFactory, policy: Policy
+) -> None:
+    from reviews import metrics
+
+    queued_cases(verdict="undetermined", confidence="", priority=90)
+    queued_cases(verdict="violates", priority=80)
+    queued_cases(verdict="safe", priority=70)
+    for decision in (
+        DecisionIn(action=Decision.Action.DECIDED, final_label="safe"),
+        DecisionIn(action=Decision.Action.OVERTURN, final_label="safe"),
+        DecisionIn(action=Decision.Action.CONFIRM),
+    ):
+        claimed = services.case_claim_next(moderator=moderator)
+        assert claimed is not None
+        services.case_decide(case=claimed, moderator=moderator, decision=decision)
+    [version] = metrics.metrics_compute(Policy.objects.filter(pk=policy.pk))["overturns"]
+    assert (version.decided, version.overturned, version.overturn_rate) == (2, 1, 0.5)

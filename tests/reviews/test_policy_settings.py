@@ -33,7 +33,7 @@ def settings_post(policy: Policy, **changes: object) -> dict[str, object]:
         "recall_confidence": policy.recall_confidence,
         "sources": [s.pk for s in policy.sources.all()],
     }
-    for switch in ("auto_action_violations", "funnel_auto_clear", "reasoner_auto_clear"):
+    for switch in ("auto_action_violations", "funnel_auto_clear", "reasoner_auto_clear", "rules_required"):
         if getattr(policy, switch):
             data[switch] = "on"
     data.update(changes)
@@ -151,6 +151,21 @@ def test_auto_clear_switches_and_confidence_are_audited_as_before_and_after(
     )
     event = AuditEvent.objects.get(action="policy.settings_changed")
     assert event.payload["changes"] == {"recall_confidence": [0.95, 0.99], "funnel_auto_clear": [True, False]}
+
+
+def test_rules_required_is_on_by_default_and_turning_it_off_is_audited(
+    editor_client: Client, policy: Policy
+) -> None:
+    assert policy.rules_required is True
+    page = editor_client.get("/policies/spam/settings").content.decode()
+    assert "A violation names its rules" in page
+    data = settings_post(policy)
+    del data["rules_required"]  # an unticked box
+    assert editor_client.post("/policies/spam/settings", data).status_code == 302
+    policy.refresh_from_db()
+    assert policy.rules_required is False
+    event = AuditEvent.objects.get(action="policy.settings_changed")
+    assert event.payload["changes"] == {"rules_required": [True, False]}
 
 
 def test_linking_a_source_sends_its_new_items_to_the_policy(

@@ -140,7 +140,9 @@ def test_a_sampled_auto_clear_reaches_a_human_who_checks_the_model(
         )
 
     agreeing = decide(moderator, DecisionIn(action=Decision.Action.CONFIRM))
-    disagreeing = decide(other_moderator, DecisionIn(action=Decision.Action.OVERTURN, final_label="violates"))
+    disagreeing = decide(
+        other_moderator, DecisionIn(action=Decision.Action.OVERTURN, final_label="violates", rule_ids=["SP1"])
+    )
     assert (agreeing.agrees_with_reviewed, disagreeing.agrees_with_reviewed) == (True, False)
     # Already a second look: not sampled again; its outcome goes to the platform and the golden set.
     assert not Case.objects.filter(qa_of__isnull=False).exists()
