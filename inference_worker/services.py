@@ -20,7 +20,7 @@ import re
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -179,6 +179,8 @@ class CaseOutcome:
     # Set when no verdict could be had: transient (retry later) or permanent (to a human now).
     unavailable: str = ""
     failed: str = ""
+    # The engine had its chances (SAFEGUARD_GIVE_UP_AFTER_SECONDS): to humans now, no retry.
+    give_up: bool = False
 
     @property
     def verdict(self) -> verdicts.Verdict | None:
@@ -556,7 +558,12 @@ def _outcome_update(
 ) -> CaseUpdate:
     work = outcome.work
     verdict = outcome.verdict
-    if verdict is None and outcome.unavailable and work.attempts < config.max_attempts:
+    if (
+        verdict is None
+        and outcome.unavailable
+        and not outcome.give_up
+        and work.attempts < config.max_attempts
+    ):
         not_before = now + timedelta(seconds=retry_delay_seconds(work.attempts, config.retry_base_seconds))
         reason = (
             f"engine unavailable (attempt {work.attempts} of {config.max_attempts}): {outcome.unavailable}"
@@ -825,13 +832,13 @@ def _judged_outcome(
 def _given_up(work: CaseWork, config: EngineConfig) -> CaseOutcome:
     """A case the engine had its chances with: to humans as "engine unavailable", no new attempt used.
 
-    Routed as a case whose attempts are used up (that is what _outcome_update reads); the attempts stored
-    on the case stay what was really sent.
+    The attempts stored on the case stay what was really sent.
     """
     waited = f"{config.give_up_after_seconds:g} s"
     return CaseOutcome(
-        work=replace(work, attempts=max(work.attempts, config.max_attempts)),
+        work=work,
         unavailable=f"gave up: the engine has been failing and the case waited over {waited}",
+        give_up=True,
     )
 
 

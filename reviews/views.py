@@ -5,7 +5,6 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
@@ -26,6 +25,7 @@ from django_htmx.middleware import HtmxDetails
 
 from config.middleware import session_passive
 from inference_worker.selectors import funnel_calibrations_for_policies, suspensions_open_for_policies
+from inference_worker.services import EngineConfig
 from moderation.models import Case
 from reviews import audit, exports, metrics, policy_selectors, selectors, services, tokens
 from reviews.api import stream_response
@@ -328,7 +328,7 @@ def metrics_page(request: AuthedRequest) -> HttpResponse:
         "metrics": metrics.metrics_compute(policies),
         "funnel_calibrations": funnel_calibrations_for_policies(policies.order_by("name")),
         "suspensions": suspensions_open_for_policies(policies),
-        "engine_configured": bool(settings.SAFEGUARD_BASE_URL),
+        "engine_configured": bool(EngineConfig.from_settings().base_url),
     }
     return _page(request, "reviews/metrics.html", context)
 
