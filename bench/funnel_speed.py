@@ -6,10 +6,11 @@ Texts are English prose from the shared data sets (XSTest prompts, DICES-350 con
 time, never copied into the repository), concatenated to a length drawn uniformly from each bucket:
 `lt200` (20-199 characters), `200_500`, `500_800` and `gt800` (801-3000). Each round times, per bucket, one
 pass of the new path (`encode_windows`: every window of every text), one of the path of an item the funnel
-could clear (its windows, then each sentence alone: `..._with_sentences`) and one of the baseline, the encode as
-it was before windows (sentence-transformers `encode`, which truncates at 256 word pieces, under bf16
-autocast where `uses_bf16`); which goes first alternates by round. The machine is shared, so the figures
-are medians over rounds of the interleaved passes, and items per CPU second (process time) are given too.
+could clear (its windows, then each sentence alone: `..._with_sentences`) and one of the baseline, the
+encode as it was before windows (sentence-transformers `encode`, which truncates at 256 word pieces,
+under bf16 autocast where `uses_bf16`); which goes first rotates by round. The machine is shared, so the
+figures are medians over rounds of the interleaved passes, and items per CPU second (process time) are given
+too.
 Prints one JSON line.
 """
 
