@@ -82,6 +82,16 @@ class DecisionForm(forms.Form):
         action = data.get("action")
         if action == Decision.Action.CONFIRM and not self.has_model_verdict:
             raise forms.ValidationError("The model gave no verdict to confirm: decide with the right label.")
+        if (
+            action == Decision.Action.CONFIRM
+            and self.case.verdict == Verdict.VIOLATES
+            and not data.get("rule_ids")
+            and self.case.policy_version.policy.rules_required
+            and not model_cited_rule_ids(self.case)
+        ):
+            self.add_error(
+                "rule_ids", "The model cited no rule, and this policy requires one for a violation: tick it."
+            )
         if action in (Decision.Action.OVERTURN, Decision.Action.DECIDED):
             label = data.get("final_label")
             if not label:

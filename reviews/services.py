@@ -273,12 +273,13 @@ def _action_and_label(case: Case, decision: DecisionIn) -> tuple[str, str]:
 
 def _rule_ids(case: Case, decision: DecisionIn, action: str, final_label: str) -> list[str]:
     """The rules a decision records. Confirming without ticking any agrees with the model's cited rules;
-    a "violates" the moderator chose names at least one rule when the policy requires it."""
+    a "violates" (chosen or confirmed) names at least one rule when the policy requires it."""
     rule_ids = list(dict.fromkeys(decision.rule_ids))
     if action == Decision.Action.CONFIRM and not rule_ids and final_label == Verdict.VIOLATES:
         rule_ids = selectors.model_cited_rule_ids(case)
+    # Confirming a "violates" the model backed with no rule it could cite asks for one too.
     if (
-        action in (Decision.Action.OVERTURN, Decision.Action.DECIDED)
+        action in (Decision.Action.CONFIRM, Decision.Action.OVERTURN, Decision.Action.DECIDED)
         and final_label == Verdict.VIOLATES
         and not rule_ids
         and case.policy_version.policy.rules_required

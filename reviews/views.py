@@ -257,6 +257,9 @@ def case_decide(request: AuthedRequest, case_id: int) -> HttpResponse:
         pk=case_id,
     )
     form = DecisionForm(request.POST, case=case)
+    # The lease first: a moderator who lost the case hears that (409), not what the form lacks (400).
+    if not selectors.cases_claimed_by(request.user).filter(pk=case.pk).exists():
+        return _decision_refused(request, case, form, LEASE_LOST)
     if not form.is_valid():
         return _decision_form_invalid(request, case, form, status=400)
     try:

@@ -223,7 +223,7 @@ def test_a_decision_succeeds_while_the_platform_is_down(
     client.post("/queue/next")
     started = time.monotonic()
     with django_capture_on_commit_callbacks(execute=True):
-        response = client.post(f"/cases/{case.pk}/decide", {"action": "confirm"})
+        response = client.post(f"/cases/{case.pk}/decide", {"action": "confirm", "rule_ids": ["SP1"]})
     assert time.monotonic() - started < 2
     assert response.status_code == 302
     decision = Decision.objects.get(case=case)
@@ -270,7 +270,7 @@ def test_a_decision_succeeds_while_the_broker_is_down(
     client.post("/queue/next")
     started = time.monotonic()
     with django_capture_on_commit_callbacks(execute=True) as captured:
-        response = client.post(f"/cases/{first.pk}/decide", {"action": "confirm"})
+        response = client.post(f"/cases/{first.pk}/decide", {"action": "confirm", "rule_ids": ["SP1"]})
     assert len(captured) == 1  # the enqueue ran, and swallowed the broker error
     assert time.monotonic() - started < 5
     assert response.status_code == 302 and response["Location"] == f"/cases/{second.pk}/"
@@ -365,7 +365,9 @@ def test_it_never_calls_back_an_escalation_or_a_qa_review(
     claimed = services.case_claim_next(moderator=moderator)
     assert claimed == case
     services.case_decide(
-        case=claimed, moderator=moderator, decision=DecisionIn(action=Decision.Action.CONFIRM)
+        case=claimed,
+        moderator=moderator,
+        decision=DecisionIn(action=Decision.Action.CONFIRM, rule_ids=["SP1"]),
     )
     qa = services.case_claim_next(moderator=other_moderator)
     assert qa is not None and qa.qa_of_id == case.pk

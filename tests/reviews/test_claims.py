@@ -263,7 +263,9 @@ def test_it_never_gives_one_case_to_two_moderators(policy: Policy) -> None:
                     return
                 claimed[moderator.pk].append(case.pk)
                 services.case_decide(
-                    case=case, moderator=moderator, decision=DecisionIn(action=Decision.Action.CONFIRM)
+                    case=case,
+                    moderator=moderator,
+                    decision=DecisionIn(action=Decision.Action.CONFIRM, rule_ids=["SP1"]),
                 )
         except BaseException as exc:  # surfaced below
             errors.append(exc)

@@ -68,7 +68,7 @@ def test_it_goes_back_to_the_queue_when_nothing_is_left(moderator: User, queued_
     [case] = queued_cases()
     client = logged_in(moderator)
     claimed_by(client, case)
-    response = client.post(f"/cases/{case.pk}/decide", {"action": "confirm"})
+    response = client.post(f"/cases/{case.pk}/decide", {"action": "confirm", "rule_ids": ["SP1"]})
     assert response.status_code == 302 and response["Location"] == "/queue/"
     assert b"Nothing left to review" in client.get("/queue/").content
 
@@ -77,7 +77,11 @@ def test_it_redirects_an_htmx_decision_with_hx_redirect(moderator: User, queued_
     first, second = queued_cases(2)
     client = logged_in(moderator)
     claimed_by(client, first)
-    response = client.post(f"/cases/{first.pk}/decide", {"action": "confirm"}, headers={"HX-Request": "true"})
+    response = client.post(
+        f"/cases/{first.pk}/decide",
+        {"action": "confirm", "rule_ids": ["SP1"]},
+        headers={"HX-Request": "true"},
+    )
     assert response.status_code == 200
     assert response["HX-Redirect"] == f"/cases/{second.pk}/"
 
@@ -267,11 +271,15 @@ def test_it_records_one_final_decision_per_case(moderator: User, queued_cases: C
     claimed = services.case_claim_next(moderator=moderator)
     assert claimed == case
     services.case_decide(
-        case=claimed, moderator=moderator, decision=DecisionIn(action=Decision.Action.CONFIRM)
+        case=claimed,
+        moderator=moderator,
+        decision=DecisionIn(action=Decision.Action.CONFIRM, rule_ids=["SP1"]),
     )
     with pytest.raises(DecisionRefused):
         services.case_decide(
-            case=claimed, moderator=moderator, decision=DecisionIn(action=Decision.Action.CONFIRM)
+            case=claimed,
+            moderator=moderator,
+            decision=DecisionIn(action=Decision.Action.CONFIRM, rule_ids=["SP1"]),
         )
     # The database holds the line too, whatever code path tries.
     with pytest.raises(IntegrityError), transaction.atomic():
@@ -287,7 +295,9 @@ def test_the_database_refuses_to_change_or_delete_a_decision(
     claimed = services.case_claim_next(moderator=moderator)
     assert claimed == case
     decision = services.case_decide(
-        case=claimed, moderator=moderator, decision=DecisionIn(action=Decision.Action.CONFIRM)
+        case=claimed,
+        moderator=moderator,
+        decision=DecisionIn(action=Decision.Action.CONFIRM, rule_ids=["SP1"]),
     )
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
         Decision.objects.filter(pk=decision.pk).update(final_label="safe")
@@ -340,3 +350,34 @@ def test_the_overturn_rate_counts_only_cases_the_model_had_a_verdict_for(
         services.case_decide(case=claimed, moderator=moderator, decision=decision)
     [version] = metrics.metrics_compute(Policy.objects.filter(pk=policy.pk))["overturns"]
     assert (version.decided, version.overturned, version.overturn_rate) == (2, 1, 0.5)
+
+
+def test_confirming_a_violation_the_model_cited_no_rule_for_asks_for_a_rule(
+    moderator: User, queued_cases: CasesFactory
+) -> None:
+    [case] = queued_cases(verdict="violates")  # no triage result: the model cited nothing
+    client = logged_in(moderator)
+    claimed_by(client, case)
+    response = client.post(f"/cases/{case.pk}/decide", {"action": "confirm"})
+    assert response.status_code == 400
+    assert b"requires one for a violation" in response.content
+    assert not Decision.objects.filter(case=case).exists()
+    with pytest.raises(DecisionRefused, match="at least one rule"):
+        services.case_decide(
+            case=case, moderator=moderator, decision=DecisionIn(action=Decision.Action.CONFIRM)
+        )
+    response = client.post(f"/cases/{case.pk}/decide", {"action": "confirm", "rule_ids": ["SP1"]})
+    assert response.status_code == 302
+    assert Decision.objects.get(case=case).rule_ids == ["SP1"]
+
+
+def test_a_lost_lease_is_a_409_even_when_the_form_lacks_a_rule(
+    moderator: User, queued_cases: CasesFactory
+) -> None:
+    [case] = queued_cases(verdict="violates")
+    client = logged_in(moderator)
+    claimed_by(client, case)
+    Case.objects.filter(pk=case.pk).update(state=Case.State.QUEUED, lease_owner=None, lease_expires_at=None)
+    response = client.post(f"/cases/{case.pk}/decide", {"action": "confirm"})
+    assert response.status_code == 409
+    assert b"no longer yours" in response.content

@@ -87,7 +87,7 @@ def test_it_records_a_disagreement(
     sampled_policy: Policy, moderator: User, other_moderator: User, queued_cases: CasesFactory
 ) -> None:
     queued_cases(verdict="violates")
-    decide(moderator, DecisionIn(action=Decision.Action.CONFIRM))
+    decide(moderator, DecisionIn(action=Decision.Action.CONFIRM, rule_ids=["SP1"]))
     second = decide(other_moderator, DecisionIn(action=Decision.Action.OVERTURN, final_label="safe"))
     assert second.agrees_with_reviewed is False
     event = AuditEvent.objects.get(action="case.decided", object_id=str(second.case_id))
@@ -102,10 +102,10 @@ def test_an_escalated_second_review_records_agreement_once_settled(
     queued_cases: CasesFactory,
 ) -> None:
     queued_cases(verdict="violates")
-    decide(moderator, DecisionIn(action=Decision.Action.CONFIRM))
+    decide(moderator, DecisionIn(action=Decision.Action.CONFIRM, rule_ids=["SP1"]))
     handed_on = decide(other_moderator, DecisionIn(action=Decision.Action.ESCALATE, note="not sure"))
     assert handed_on.agrees_with_reviewed is None
-    settled = decide(senior_moderator, DecisionIn(action=Decision.Action.CONFIRM))
+    settled = decide(senior_moderator, DecisionIn(action=Decision.Action.CONFIRM, rule_ids=["SP1"]))
     assert settled.case_id == handed_on.case_id
     assert settled.agrees_with_reviewed is True
     assert Decision.objects.filter(agrees_with_reviewed__isnull=False).count() == 1
@@ -156,7 +156,7 @@ def test_it_samples_about_the_configured_share_of_decisions(
     policy.save()
     cases = queued_cases(80)
     for _ in cases:
-        decide(moderator, DecisionIn(action=Decision.Action.CONFIRM))
+        decide(moderator, DecisionIn(action=Decision.Action.CONFIRM, rule_ids=["SP1"]))
     opened = Case.objects.filter(qa_of__isnull=False).count()
     assert 10 <= opened <= 30  # 20 expected
 
@@ -178,7 +178,9 @@ def test_it_hides_the_first_decision_from_the_second_reviewer_until_they_decide(
     assert moderator.get_username() not in page
 
     services.case_decide(
-        case=qa_case, moderator=other_moderator, decision=DecisionIn(action=Decision.Action.CONFIRM)
+        case=qa_case,
+        moderator=other_moderator,
+        decision=DecisionIn(action=Decision.Action.CONFIRM, rule_ids=["SP1"]),
     )
     page = logged_in(other_moderator).get(f"/cases/{qa_case.pk}/").content.decode()
     assert f"safe by {moderator.get_username()}" in page
@@ -204,5 +206,5 @@ def test_the_blind_reviewer_cannot_open_the_case_they_double_check(
     assert f"/cases/{case.pk}/" not in page
     assert "satire, fine" not in page and moderator.username not in page
 
-    client.post(f"/cases/{qa_case.pk}/decide", {"action": "confirm"})
+    client.post(f"/cases/{qa_case.pk}/decide", {"action": "confirm", "rule_ids": ["SP1"]})
     assert client.get(f"/cases/{case.pk}/").status_code == 200  # decided: no longer blind
