@@ -36,6 +36,7 @@ The worker can add a learned check on the item's embedding (inference_worker/inj
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from bisect import bisect_left
@@ -140,6 +141,7 @@ _LEET = str.maketrans(
 _BOUNDARIES = frozenset({".", "!", "?", ";", "\n", "¿", "¡"})
 
 
+@functools.lru_cache(maxsize=65536)  # words repeat across a batch's texts: each is folded once
 def _leet_fold(token: str) -> str:
     return token.translate(_LEET) if any(c.isalpha() or c in "@$" for c in token) else token
 

@@ -51,11 +51,27 @@ def _item_injection_signals(item: ItemIn) -> list[str]:
     return injection_signals(item.text)
 
 
+def _items_injection_signals(items: Sequence[ItemIn]) -> list[str]:
+    """Each item's signals, '|'-joined (no reason has a '|'); a text sent twice in a batch is scanned once."""
+    scanned: dict[tuple[str, bool], str] = {}
+    out = []
+    for item in items:
+        key = (item.text, item.transcript is not None)
+        if item.transcript is not None:
+            key = ("\n".join(turn["content"] for turn in item.transcript), True)
+        if key not in scanned:
+            scanned[key] = "|".join(_item_injection_signals(item))
+        out.append(scanned[key])
+    return out
+
+
 def _items_insert_new(source: Source, items: Sequence[ItemIn]) -> dict[str, int]:
     """INSERT ... ON CONFLICT DO NOTHING: returns {external_id: id} for the rows this call created.
 
     Under two concurrent identical requests the second waits on the unique index and inserts nothing.
     """
+    if not items:
+        return {}
     table = ContentItem._meta.db_table
     sql = f"""
         INSERT INTO {table}
@@ -72,67 +88,86 @@ def _items_insert_new(source: Source, items: Sequence[ItemIn]) -> dict[str, int]
         [i.text for i in items],
         [Jsonb(i.transcript) if i.transcript is not None else None for i in items],
         [Jsonb(i.metadata) for i in items],
-        # unnest() cannot take a ragged text[][]: the signals travel '|'-joined (no reason contains '|').
-        ["|".join(_item_injection_signals(i)) for i in items],
+        # unnest() cannot take a ragged text[][]: the signals travel '|'-joined.
+        _items_injection_signals(items),
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return dict(cursor.fetchall())
 
 
-def _cases_insert(item_ids: list[int], version_ids: list[int]) -> list[tuple[int, int]]:
-    """One pending-triage case per (item, version), in one set-based INSERT: (case id, item id) in order.
+def _cases_insert(source: Source, item_ids: list[int]) -> list[tuple[int, int]]:
+    """One pending-triage case per (item, active policy version of the source), in one set-based INSERT
+    that also finds the versions: (case id, item id), in order.
 
     Every column the model defaults in Python is written here (bulk_create spent more CPU building its
     SQL than anything else in the batch); nullable columns are left NULL.
     """
-    if not item_ids or not version_ids:
+    if not item_ids:
         return []
     table = Case._meta.db_table
+    versions = PolicyVersion._meta.db_table
+    through = Source.policies.through._meta.db_table
     sql = f"""
         INSERT INTO {table} (item_id, policy_version_id, state, needs_senior, priority, verdict, confidence,
             route_reason, triage_attempts, created_at, updated_at)
-        SELECT i, v, %s, false, 0, '', '', '', 0, %s, %s
+        SELECT i, v.id, %s, false, 0, '', '', '', 0, %s, %s
         FROM unnest(%s::bigint[]) WITH ORDINALITY AS items(i, n)
-        CROSS JOIN unnest(%s::bigint[]) WITH ORDINALITY AS versions(v, m)
-        ORDER BY n, m
+        CROSS JOIN (
+            SELECT pv.id FROM {versions} pv JOIN {through} sp ON sp.policy_id = pv.policy_id
+            WHERE sp.source_id = %s AND pv.status = %s
+        ) AS v
+        ORDER BY n, v.id
         RETURNING id, item_id
-    """  # noqa: S608 - the table name is ours, every value is a parameter
+    """  # noqa: S608 - the table names are ours, every value is a parameter
     now = timezone.now()
     with connection.cursor() as cursor:
-        cursor.execute(sql, [Case.State.PENDING_TRIAGE, now, now, item_ids, version_ids])
+        cursor.execute(
+            sql,
+            [Case.State.PENDING_TRIAGE, now, now, item_ids, source.pk, PolicyVersion.Status.ACTIVE],
+        )
         return sorted(cursor.fetchall())
 
 
-def items_ingest(*, source: Source, items: Sequence[ItemIn]) -> list[IngestedItem]:
+def items_stored(source: Source, external_ids: Sequence[str]) -> dict[str, int]:
+    """{external_id: id} of the items this source already sent, among `external_ids` (one query)."""
+    return dict(
+        ContentItem.objects.filter(source=source, external_id__in=external_ids).values_list(
+            "external_id", "id"
+        )
+    )
+
+
+def items_ingest(
+    *, source: Source, items: Sequence[ItemIn], stored: dict[str, int] | None = None
+) -> list[IngestedItem]:
     """Store new items, open one case per active policy version, audit, and enqueue triage on commit.
 
-    Items already received from this source (same external_id) are returned as they are.
+    Items already received from this source (same external_id) are returned as they are. `stored` is what
+    the caller already looked up with `items_stored` (the API does, to charge only new items to the
+    budget): those items are neither scanned nor inserted again. Every step is one statement for the
+    whole batch: the insert of new items, their cases, the lookup of items another request stored first,
+    the cases of re-sent items, and the audit events.
     """
     from inference_worker import tasks
 
+    known = dict(stored) if stored is not None else items_stored(source, [i.external_id for i in items])
     with transaction.atomic():
-        created_ids = _items_insert_new(source, items)
-        versions = list(
-            PolicyVersion.objects.filter(policy__sources=source, status=PolicyVersion.Status.ACTIVE).only(
-                "id"
-            )
-        )
-        case_rows = _cases_insert(list(created_ids.values()), [v.pk for v in versions])
+        created_ids = _items_insert_new(source, [i for i in items if i.external_id not in known])
+        case_rows = _cases_insert(source, list(created_ids.values()))
         case_ids_by_item: dict[int, list[int]] = defaultdict(list)
         for case_id, item_id in case_rows:
             case_ids_by_item[item_id].append(case_id)
 
-        existing_ids: dict[str, int] = {}
-        if len(created_ids) < len(items):
-            wanted = [i.external_id for i in items if i.external_id not in created_ids]
-            existing_ids = dict(
-                ContentItem.objects.filter(source=source, external_id__in=wanted).values_list(
-                    "external_id", "id"
-                )
-            )
-            for item_id, case_id in Case.objects.filter(item_id__in=existing_ids.values()).values_list(
-                "item_id", "id"
+        existing_ids = {i.external_id: known[i.external_id] for i in items if i.external_id in known}
+        raced = [
+            i.external_id for i in items if i.external_id not in known and i.external_id not in created_ids
+        ]
+        if raced:  # stored by a concurrent request between the lookup and the insert
+            existing_ids.update(items_stored(source, raced))
+        if existing_ids:
+            for item_id, case_id in (
+                Case.objects.filter(item_id__in=existing_ids.values()).order_by().values_list("item_id", "id")
             ):
                 case_ids_by_item[item_id].append(case_id)
 
