@@ -93,6 +93,15 @@ _database["OPTIONS"] = {
 }
 _database["TEST"] = {"NAME": env_str("DATABASE_TEST_NAME", "test_safeguard")}
 DATABASES = {"default": _database}
+# A streaming read replica of the same database: the metrics page, the exports and the audit log page
+# read from it (config/db_router.py); everything else, and every write, uses the primary above.
+DATABASE_REPLICA_URL = env_str("DATABASE_REPLICA_URL")
+if DATABASE_REPLICA_URL:
+    _replica = database_from_url(DATABASE_REPLICA_URL)
+    _replica["OPTIONS"] = {**_replica["OPTIONS"], "pool": _database["OPTIONS"]["pool"]}  # type: ignore[dict-item,index]
+    _replica["TEST"] = {"MIRROR": "default"}  # tests read the primary's test database through it
+    DATABASES["replica"] = _replica
+DATABASE_ROUTERS = ["config.db_router.ReplicaRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -208,6 +217,8 @@ CELERY_BEAT_SCHEDULE = {
 SAFEGUARD_BASE_URL = env_str("SAFEGUARD_BASE_URL").rstrip("/")
 SAFEGUARD_API_KEY = env_secret("SAFEGUARD_API_KEY")
 SAFEGUARD_TRANSPORT = env_str("SAFEGUARD_TRANSPORT", "completions")
+# Sent on every engine request with a hash of the policy text (engine.policy_affinity_key); empty: not sent.
+SAFEGUARD_AFFINITY_HEADER = env_str("SAFEGUARD_AFFINITY_HEADER", "X-Session-ID").strip()
 SAFEGUARD_MODEL = env_str("SAFEGUARD_MODEL", "openai/gpt-oss-safeguard-20b")
 SAFEGUARD_EFFORT = env_str("SAFEGUARD_EFFORT", "low")
 SAFEGUARD_ESCALATION_MODEL = env_str("SAFEGUARD_ESCALATION_MODEL", SAFEGUARD_MODEL)

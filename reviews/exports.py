@@ -16,9 +16,10 @@ from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser, User
-from django.db import connection, models, transaction
+from django.db import connections, models, transaction
 from django.db.models import OuterRef, Subquery
 
+from config import db_router
 from moderation.models import Case, Policy, TriageResult, Verdict
 from reviews import audit
 from reviews.models import Decision, Role, StatementOfReasonsMapping
@@ -108,9 +109,12 @@ def export_start(*, user: User, request: ExportRequest, via: str) -> Generator[b
 
 
 def _copy_stream(sql: str, params: dict[str, Any]) -> Generator[bytes]:
-    """COPY's output, in chunks. Closing the generator early (client gone) cancels the COPY on the server."""
+    """COPY's output, in chunks. Closing the generator early (client gone) cancels the COPY on the server.
+
+    Read from the replica when one is configured (DATABASE_REPLICA_URL): the export was audited on the
+    primary before the stream starts."""
     buffer = bytearray()
-    with connection.cursor() as cursor, cursor.cursor.copy(sql, params) as copy:
+    with connections[db_router.replica_alias()].cursor() as cursor, cursor.cursor.copy(sql, params) as copy:
         for row in copy:
             buffer += row
             if len(buffer) >= CHUNK_BYTES:
@@ -386,21 +390,28 @@ def _auto_actioned_cases(request: ExportRequest) -> models.QuerySet[Case]:
     return cases.order_by("id")
 
 
-def statements_iter(request: ExportRequest) -> Iterator[dict[str, Any]]:
-    mappings = {m.policy_id: m for m in StatementOfReasonsMapping.objects.select_related("policy")}
-    policies = {p.pk: p for p in Policy.objects.all()}
+def statements_iter(request: ExportRequest, *, using: str = "default") -> Iterator[dict[str, Any]]:
+    """`using`: the database alias to read (the export stream passes the replica's when there is one)."""
+    mappings = {
+        m.policy_id: m for m in StatementOfReasonsMapping.objects.using(using).select_related("policy")
+    }
+    policies = {p.pk: p for p in Policy.objects.using(using)}
     # Server-side cursors inside a transaction (not WITH HOLD): rows arrive in chunks, memory stays flat.
-    with transaction.atomic():
-        decisions = _restricting_decisions(request).values_list(
-            "id",
-            "created_at",
-            "rule_ids",
-            "model_verdict",
-            "case__policy_version__policy_id",
-            "case__policy_version__number",
-            "case__item__external_id",
-            "case__item__received_at",
-            "case__item__source__slug",
+    with transaction.atomic(using=using):
+        decisions = (
+            _restricting_decisions(request)
+            .using(using)
+            .values_list(
+                "id",
+                "created_at",
+                "rule_ids",
+                "model_verdict",
+                "case__policy_version__policy_id",
+                "case__policy_version__number",
+                "case__item__external_id",
+                "case__item__received_at",
+                "case__item__source__slug",
+            )
         )
         for (
             decision_id,
@@ -425,15 +436,19 @@ def statements_iter(request: ExportRequest) -> Iterator[dict[str, Any]]:
             )
         if request.actor and request.actor != "system":
             return
-        cases = _auto_actioned_cases(request).values_list(  # type: ignore[misc]  # annotations
-            "id",
-            "actioned_at",
-            "model_rule_ids",
-            "policy_version__policy_id",
-            "policy_version__number",
-            "item__external_id",
-            "item__received_at",
-            "item__source__slug",
+        cases = (
+            _auto_actioned_cases(request)
+            .using(using)
+            .values_list(  # type: ignore[misc]  # annotations
+                "id",
+                "actioned_at",
+                "model_rule_ids",
+                "policy_version__policy_id",
+                "policy_version__number",
+                "item__external_id",
+                "item__received_at",
+                "item__source__slug",
+            )
         )
         for case_id, at, rule_ids, policy_id, number, external_id, received, source in cases.iterator(
             chunk_size=2000
@@ -452,7 +467,7 @@ def statements_iter(request: ExportRequest) -> Iterator[dict[str, Any]]:
 
 def _statements_stream(request: ExportRequest) -> Generator[bytes]:
     buffer = bytearray()
-    for statement in statements_iter(request):
+    for statement in statements_iter(request, using=db_router.replica_alias()):
         buffer += json.dumps(statement, ensure_ascii=False).encode()
         buffer += b"\n"
         if len(buffer) >= CHUNK_BYTES:

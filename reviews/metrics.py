@@ -7,11 +7,12 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
-from django.db import connection
+from django.db import connections
 from django.db.models import Count, Min, Q, QuerySet
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
+from config.db_router import read_alias, replica_reads
 from moderation.models import Case, Policy, PolicyVersion
 from reviews import selectors
 from reviews.models import Decision, Role
@@ -72,7 +73,7 @@ def agreement_of(decisions: QuerySet[Decision]) -> Agreement:
 
 
 def latency_percentiles(policy_ids: list[int], since: Any) -> dict[str, float | None]:
-    with connection.cursor() as cursor:
+    with connections[read_alias()].cursor() as cursor:
         cursor.execute(
             """
             SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY r.latency_ms),
@@ -91,6 +92,12 @@ def latency_percentiles(policy_ids: list[int], since: Any) -> dict[str, float | 
 
 
 def metrics_compute(policies: QuerySet[Policy]) -> dict[str, Any]:
+    """The metrics page's figures, read from the replica when one is configured (DATABASE_REPLICA_URL)."""
+    with replica_reads():
+        return _metrics_compute(policies)
+
+
+def _metrics_compute(policies: QuerySet[Policy]) -> dict[str, Any]:
     now = timezone.now()
     since = now - timedelta(hours=CHART_HOURS)
     policy_ids = list(policies.values_list("id", flat=True))

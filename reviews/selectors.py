@@ -12,6 +12,7 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
+from config.db_router import replica_alias
 from moderation.models import Case, Policy, PolicyVersion, TriageResult, Verdict
 from reviews.models import AuditEvent, CallbackDelivery, Decision, Role
 
@@ -441,8 +442,10 @@ class AuditFilters:
 def audit_events_page(
     filters: AuditFilters, *, before_seq: int | None
 ) -> tuple[list[AuditEvent], int | None]:
-    """Newest first, AUDIT_PAGE_SIZE at a time (keyset on seq); the seq to continue before, if any."""
-    events = AuditEvent.objects.order_by("-seq")
+    """Newest first, AUDIT_PAGE_SIZE at a time (keyset on seq); the seq to continue before, if any.
+
+    Read from the replica when one is configured (DATABASE_REPLICA_URL; config/db_router.py)."""
+    events = AuditEvent.objects.using(replica_alias()).order_by("-seq")
     if filters.action:
         events = events.filter(action=filters.action)
     if filters.actor:
