@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import re
 import time
@@ -121,10 +122,13 @@ class Transport(Protocol):
 class CompletionsTransport:
     """vLLM's ``/v1/completions`` with harmony token ids in and out."""
 
-    def __init__(self, base_url: str, api_key: str, limits: ReplyLimits | None = None) -> None:
+    def __init__(
+        self, base_url: str, api_key: str, limits: ReplyLimits | None = None, affinity_header: str = ""
+    ) -> None:
         self.url = f"{_api_root(base_url)}/v1/completions"
         self.api_key = api_key
         self.limits = limits or ReplyLimits()
+        self.affinity_header = affinity_header
 
     async def complete(self, session: aiohttp.ClientSession, request: EngineRequest) -> EngineReply:
         payload = {
@@ -139,7 +143,8 @@ class CompletionsTransport:
             "return_token_ids": True,
             "skip_special_tokens": False,
         }
-        body, latency_ms = await _post_json(session, self.url, self.api_key, payload, self.limits.max_bytes)
+        headers = request_headers(self.api_key, self.affinity_header, request.policy_text)
+        body, latency_ms = await _post_json(session, self.url, headers, payload, self.limits.max_bytes)
         choice = _first_choice(body)
         finish_reason = _optional_str(choice.get("finish_reason"))
         with _native_errors_as_engine_errors():
@@ -171,10 +176,13 @@ class ChatTransport:
     Older vLLM renders it as a second system message, still before the content.
     """
 
-    def __init__(self, base_url: str, api_key: str, limits: ReplyLimits | None = None) -> None:
+    def __init__(
+        self, base_url: str, api_key: str, limits: ReplyLimits | None = None, affinity_header: str = ""
+    ) -> None:
         self.url = f"{_api_root(base_url)}/v1/chat/completions"
         self.api_key = api_key
         self.limits = limits or ReplyLimits()
+        self.affinity_header = affinity_header
 
     async def complete(self, session: aiohttp.ClientSession, request: EngineRequest) -> EngineReply:
         payload = {
@@ -188,7 +196,8 @@ class ChatTransport:
             "temperature": request.temperature,
             "top_p": request.top_p,
         }
-        body, latency_ms = await _post_json(session, self.url, self.api_key, payload, self.limits.max_bytes)
+        headers = request_headers(self.api_key, self.affinity_header, request.policy_text)
+        body, latency_ms = await _post_json(session, self.url, headers, payload, self.limits.max_bytes)
         choice = _first_choice(body)
         message = choice.get("message")
         if not isinstance(message, Mapping):
@@ -221,11 +230,14 @@ def engine_session(*, timeout_seconds: float, max_connections: int) -> aiohttp.C
     )
 
 
-def transport_build(kind: str, base_url: str, api_key: str, limits: ReplyLimits | None = None) -> Transport:
+def transport_build(
+    kind: str, base_url: str, api_key: str, limits: ReplyLimits | None = None, affinity_header: str = ""
+) -> Transport:
+    """``affinity_header`` (empty: none) names the header that carries ``policy_affinity_key``."""
     if kind == "completions":
-        return CompletionsTransport(base_url, api_key, limits)
+        return CompletionsTransport(base_url, api_key, limits, affinity_header)
     if kind == "chat":
-        return ChatTransport(base_url, api_key, limits)
+        return ChatTransport(base_url, api_key, limits, affinity_header)
     raise ValueError(f"unknown engine transport {kind!r}: expected 'completions' or 'chat'")
 
 
@@ -287,15 +299,36 @@ def _native_errors_as_engine_errors() -> Iterator[None]:
         raise EngineError(f"engine reply could not be decoded ({type(exc).__name__}: {_short(exc)})") from exc
 
 
+@functools.lru_cache(maxsize=256)
+def policy_affinity_key(policy_text: str) -> str:
+    """A stable key per policy text (a published version's text never changes): its SHA-256, 32 hex digits.
+
+    Every request judged under one policy starts with the same prompt prefix (system message, then the
+    policy); a session-affinity router (vLLM production-stack ``--routing-logic session``, llm-d, an
+    ingress hashing a header) sends equal keys to one replica, whose prefix cache then keeps that policy.
+    """
+    return hashlib.sha256(policy_text.encode()).hexdigest()[:32]
+
+
+def request_headers(api_key: str, affinity_header: str, policy_text: str) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    if affinity_header:
+        headers[affinity_header] = policy_affinity_key(policy_text)
+    return headers
+
+
 async def _post_json(
-    session: aiohttp.ClientSession, url: str, api_key: str, payload: dict[str, Any], max_bytes: int
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: Mapping[str, str],
+    payload: dict[str, Any],
+    max_bytes: int,
 ) -> tuple[Mapping[str, Any], int]:
     """The decoded JSON object answering ``payload``, and the call's latency in ms.
 
     The body is read in chunks and refused (``EngineError``) as soon as it is over ``max_bytes``: an
     engine answering megabytes of junk costs at most ``max_bytes`` of memory per request in flight.
     """
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     started = time.monotonic()
     try:
         # No redirects: an engine that answers 3xx is misconfigured, and following

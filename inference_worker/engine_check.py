@@ -108,7 +108,9 @@ def engine_check(*, config: EngineConfig, version: PolicyVersion, text: str) -> 
 
 
 async def _judge(config: EngineConfig, request: EngineRequest, timeout: float) -> EngineReply:
-    transport = transport_build(config.transport, config.base_url, config.api_key, config.reply_limits)
+    transport = transport_build(
+        config.transport, config.base_url, config.api_key, config.reply_limits, config.affinity_header
+    )
     async with (
         engine_session(timeout_seconds=timeout, max_connections=2) as session,
         asyncio.timeout(timeout),  # the length retry included

@@ -99,6 +99,8 @@ class EngineConfig:
     max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
     max_reasoning_chars: int = DEFAULT_MAX_TEXT_CHARS
     give_up_after_seconds: float = DEFAULT_GIVE_UP_AFTER_SECONDS
+    # Header carrying a hash of the policy text to a session-affinity router (empty: not sent).
+    affinity_header: str = ""
 
     @classmethod
     def from_settings(cls) -> EngineConfig:
@@ -122,6 +124,7 @@ class EngineConfig:
             max_reply_bytes=settings.SAFEGUARD_MAX_REPLY_BYTES,
             max_reasoning_chars=settings.SAFEGUARD_MAX_REASONING_CHARS,
             give_up_after_seconds=chosen["give_up_after_seconds"],
+            affinity_header=settings.SAFEGUARD_AFFINITY_HEADER,
         )
 
     @property
@@ -198,7 +201,7 @@ class EngineRunner:
         self.config = config
         self.pid = os.getpid()
         self.transport: Transport = transport_build(
-            config.transport, config.base_url, config.api_key, config.reply_limits
+            config.transport, config.base_url, config.api_key, config.reply_limits, config.affinity_header
         )
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="engine-runner", daemon=True)

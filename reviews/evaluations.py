@@ -252,7 +252,9 @@ def _outcomes_stream(
     stop = threading.Event()
 
     async def judge_all() -> None:
-        transport = transport_build(config.transport, config.base_url, config.api_key)
+        transport = transport_build(
+            config.transport, config.base_url, config.api_key, affinity_header=config.affinity_header
+        )
         limit = asyncio.Semaphore(config.max_in_flight)
         task = asyncio.current_task()
         assert task is not None

@@ -117,6 +117,14 @@ class SimulatorStats:
     # The `prompt` of each /v1/completions request and the `messages` of each
     # chat request, newest last.
     prompts: collections.deque[object] = field(default_factory=lambda: collections.deque(maxlen=PROMPTS_KEPT))
+    # The simulated prefix cache's counters: prompt tokens seen, and those served from the cache.
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+
+    @property
+    def prefix_cache_hit_rate(self) -> float:
+        """Cached prompt tokens over prompt tokens (what vLLM reports as its prefix cache hit rate)."""
+        return self.cached_prompt_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
 
 @dataclass(frozen=True)
@@ -167,8 +175,12 @@ class EngineSimulator:
         chat_reasoning_field: str = "reasoning",
         host: str = "127.0.0.1",
         port: int = 0,
+        prefix_cache_blocks: int | None = None,
     ) -> None:
+        """``prefix_cache_blocks``: how many 16-token blocks the simulated prefix cache holds, the least
+        recently used evicted first, as a replica's KV cache does (None: as many as it sees)."""
         self.latency = latency
+        self.prefix_cache_blocks = prefix_cache_blocks
         self._mode = _checked_mode(mode)
         self.fail_first_n = 0
         self._flap_schedule: collections.deque[list[Any]] = collections.deque()
@@ -183,7 +195,7 @@ class EngineSimulator:
         self.stats = SimulatorStats()
         self._in_flight = 0
         self._failure_lock = threading.Lock()
-        self._prefix_blocks: set[int] = set()
+        self._prefix_blocks: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -461,11 +473,14 @@ class EngineSimulator:
         return None
 
     def _usage(self, prompt_ids: list[int], completion_tokens: int) -> dict[str, Any]:
+        cached = self._prefix_cache_hit(prompt_ids)
+        self.stats.prompt_tokens += len(prompt_ids)
+        self.stats.cached_prompt_tokens += cached
         return {
             "prompt_tokens": len(prompt_ids),
             "completion_tokens": completion_tokens,
             "total_tokens": len(prompt_ids) + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": self._prefix_cache_hit(prompt_ids)},
+            "prompt_tokens_details": {"cached_tokens": cached},
         }
 
     def _prefix_cache_hit(self, prompt_ids: list[int]) -> int:
@@ -486,9 +501,14 @@ class EngineSimulator:
             block_hash = hash((block_hash, *prompt_ids[start : start + PREFIX_BLOCK_TOKENS]))
             if still_cached and block_hash in self._prefix_blocks:
                 cached_tokens += PREFIX_BLOCK_TOKENS
+                self._prefix_blocks.move_to_end(block_hash)
             else:
                 still_cached = False
-                self._prefix_blocks.add(block_hash)
+                self._prefix_blocks[block_hash] = None
+                self._prefix_blocks.move_to_end(block_hash)
+                capacity = self.prefix_cache_blocks
+                if capacity is not None and len(self._prefix_blocks) > capacity:
+                    self._prefix_blocks.popitem(last=False)
         return cached_tokens
 
 

@@ -69,6 +69,8 @@ class Command(BaseCommand):
         self.stdout.write(reply.reasoning or "(none)")
 
     async def _judge(self, config: EngineConfig, request: EngineRequest) -> Any:
-        transport = transport_build(config.transport, config.base_url, config.api_key)
+        transport = transport_build(
+            config.transport, config.base_url, config.api_key, affinity_header=config.affinity_header
+        )
         async with engine_session(timeout_seconds=config.timeout_seconds, max_connections=1) as session:
             return await engine_judge(transport, session, request)
