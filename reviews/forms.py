@@ -16,6 +16,7 @@ from reviews.selectors import (
     model_cited_rule_ids,
     rule_names_of,
 )
+from reviews.services import DecisionIn
 
 MAX_SECONDS_SPENT = 24 * 3600
 
@@ -113,6 +114,109 @@ class DecisionForm(forms.Form):
         if not opened_at:
             return 0
         return max(0, min(MAX_SECONDS_SPENT, int(time.time()) - int(opened_at)))
+
+
+class PolicyDecisionForm(forms.Form):
+    """One policy of an item under review: the label (preset to the model's verdict: agreeing is the
+    default) and the rules (preset to the model's cited rules)."""
+
+    final_label = forms.ChoiceField(choices=Decision.Label.choices, required=False, widget=forms.RadioSelect)
+    rule_ids = forms.MultipleChoiceField(required=False, widget=forms.CheckboxSelectMultiple)
+
+    def __init__(self, *args: Any, case: Case, **kwargs: Any) -> None:
+        kwargs["prefix"] = f"case{case.pk}"
+        super().__init__(*args, **kwargs)
+        self.case = case
+        version = case.policy_version
+        names = rule_names_of(version)
+        self.fields["rule_ids"].choices = [  # type: ignore[attr-defined]
+            (r, f"{r} {names[r]}" if names.get(r) else r) for r in version.rule_ids
+        ]
+        self.has_model_verdict = case_has_model_verdict(case)
+        self.cited = model_cited_rule_ids(case) if case.verdict == Verdict.VIOLATES else []
+        if not self.is_bound and self.has_model_verdict:
+            self.initial.update({"final_label": case.verdict, "rule_ids": self.cited})
+
+    def check(self, action: str) -> None:
+        """The per-policy checks for the item form's action (after is_valid)."""
+        data = self.cleaned_data
+        label = case_verdict = self.case.verdict
+        if action == ItemDecisionForm.SUBMIT:
+            label = data.get("final_label") or ""
+            if not label:
+                self.add_error("final_label", "Choose the correct label.")
+                return
+        if action in (ItemDecisionForm.SUBMIT, ItemDecisionForm.CONFIRM_ALL):
+            confirming = label == case_verdict and self.has_model_verdict
+            if (
+                label == Verdict.VIOLATES
+                and not data.get("rule_ids")
+                and self.case.policy_version.policy.rules_required
+                and not (confirming and self.cited)
+            ):
+                self.add_error("rule_ids", "This policy requires at least one rule for a violation.")
+
+    def decision(self, action: str, *, note: str, seconds_spent: int) -> DecisionIn:
+        data = self.cleaned_data
+        rule_ids = list(data.get("rule_ids") or [])
+        if action == ItemDecisionForm.ESCALATE:
+            return DecisionIn(action=Decision.Action.ESCALATE, note=note, seconds_spent=seconds_spent)
+        label = self.case.verdict if action == ItemDecisionForm.CONFIRM_ALL else data["final_label"]
+        if self.has_model_verdict and label == self.case.verdict:
+            return DecisionIn(
+                action=Decision.Action.CONFIRM, rule_ids=rule_ids, note=note, seconds_spent=seconds_spent
+            )
+        # The service records it as "decided" when the model gave no verdict.
+        return DecisionIn(
+            action=Decision.Action.OVERTURN,
+            final_label=label,
+            rule_ids=rule_ids,
+            note=note,
+            seconds_spent=seconds_spent,
+        )
+
+
+class ItemDecisionForm(forms.Form):
+    """One submit for every open policy of an item the moderator holds: one PolicyDecisionForm each."""
+
+    SUBMIT, CONFIRM_ALL, ESCALATE = "submit", "confirm_all", "escalate"
+    action = forms.ChoiceField(
+        choices=[(SUBMIT, "Decide as marked"), (CONFIRM_ALL, "Confirm all"), (ESCALATE, "Escalate")]
+    )
+    note = forms.CharField(required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}))
+    opened_at = forms.IntegerField(required=False, widget=forms.HiddenInput)
+
+    def __init__(self, *args: Any, cases: list[Case], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cases = cases
+        self.policies = [PolicyDecisionForm(*args, case=c, **kwargs) for c in cases]
+        self.all_have_verdicts = all(p.has_model_verdict for p in self.policies)
+        if not self.is_bound:
+            self.initial["opened_at"] = int(time.time())
+
+    def is_valid(self) -> bool:
+        valid = super().is_valid()
+        valid = all([p.is_valid() for p in self.policies]) and valid
+        if not valid:
+            return False
+        action = self.cleaned_data["action"]
+        if action == self.CONFIRM_ALL and not self.all_have_verdicts:
+            self.add_error(None, "The model gave no verdict on every policy: decide each with its label.")
+        if action == self.ESCALATE and not (self.cleaned_data.get("note") or "").strip():
+            self.add_error("note", "Say why you escalate, for the senior moderator.")
+        if action != self.ESCALATE:
+            for policy_form in self.policies:
+                policy_form.check(action)
+        return not self.errors and not any(p.errors for p in self.policies)
+
+    def decisions(self) -> list[tuple[Case, DecisionIn]]:
+        """Per case, what to record; the time spent is shared equally between the policies."""
+        opened_at = self.cleaned_data.get("opened_at")
+        spent = max(0, min(MAX_SECONDS_SPENT, int(time.time()) - int(opened_at))) if opened_at else 0
+        share = spent // max(1, len(self.policies))
+        note = self.cleaned_data.get("note") or ""
+        action = self.cleaned_data["action"]
+        return [(p.case, p.decision(action, note=note, seconds_spent=share)) for p in self.policies]
 
 
 ACTION_NAME = r"^[a-z_]+(\.[a-z_]+)*$"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from config.db_router import replica_alias
@@ -96,9 +96,19 @@ class QueueFilters:
 
 
 @dataclass(frozen=True)
+class QueueRow:
+    """One item in the queue: the case that ranks it (its highest in claim order), and a chip per open
+    policy of the item in the viewer's queues (verdict, confidence)."""
+
+    case: Case
+    chips: list[Case]
+
+
+@dataclass(frozen=True)
 class QueuePage:
     cases: list[Case]
     next_cursor: str
+    rows: list[QueueRow] = field(default_factory=list)
 
 
 def queue_order() -> tuple[str, ...]:
@@ -130,6 +140,26 @@ def queue_page(
         cases = cases.filter(item__injection_signals__len__gt=0)
     order = queue_order()
     by_risk = "-risk" in order
+    # Item-centric: an item is listed once, at its highest-ranking waiting case (same filters); its other
+    # open policies are chips on that row.
+    waiting = cases
+    ranks_higher = Q(priority__gt=OuterRef("priority")) | Q(
+        priority=OuterRef("priority"), queued_at__lt=OuterRef("queued_at")
+    )
+    ranks_higher |= Q(priority=OuterRef("priority"), queued_at=OuterRef("queued_at"), pk__lt=OuterRef("pk"))
+    if by_risk:
+        ranks_higher = (
+            Q(priority__gt=OuterRef("priority"))
+            | Q(priority=OuterRef("priority"), risk__gt=OuterRef("risk"))
+            | Q(priority=OuterRef("priority"), risk=OuterRef("risk"), queued_at__lt=OuterRef("queued_at"))
+            | Q(
+                priority=OuterRef("priority"),
+                risk=OuterRef("risk"),
+                queued_at=OuterRef("queued_at"),
+                pk__lt=OuterRef("pk"),
+            )
+        )
+    cases = cases.filter(~Exists(waiting.filter(ranks_higher, item_id=OuterRef("item_id"))))
     position = cursor_decode(cursor)
     if position is not None:
         priority, risk, queued_at, pk = position
@@ -148,7 +178,66 @@ def queue_page(
             )
     rows = list(cases.select_related("item", "policy_version__policy").order_by(*order)[: size + 1])
     next_cursor = cursor_encode(rows[size - 1], with_risk=by_risk) if len(rows) > size else ""
-    return QueuePage(cases=rows[:size], next_cursor=next_cursor)
+    rows = rows[:size]
+    chips: dict[int, list[Case]] = {}
+    for chip in (
+        waiting.filter(item_id__in=[r.item_id for r in rows])
+        .select_related("policy_version__policy")
+        .order_by("policy_version__policy__name", "pk")
+    ):
+        chips.setdefault(chip.item_id, []).append(chip)
+    return QueuePage(
+        cases=rows,
+        next_cursor=next_cursor,
+        rows=[QueueRow(case=r, chips=chips.get(r.item_id, [r])) for r in rows],
+    )
+
+
+def item_cases_claimed_by(user: User, case: Case) -> list[Case]:
+    """The cases of this case's item the user holds under one claim (item-centric review), by policy name;
+    just the case itself for a QA second review or an appeal, which are claimed on their own."""
+    if case.qa_of_id is not None or case.appeal_of_id is not None:
+        return [case]
+    held = list(
+        cases_claimed_by(user)
+        .filter(item_id=case.item_id, qa_of__isnull=True, appeal_of__isnull=True)
+        .select_related("item__source", "policy_version__policy", "lease_owner")
+        .order_by("policy_version__policy__name", "pk")
+    )
+    return held if any(c.pk == case.pk for c in held) else [case]
+
+
+@dataclass(frozen=True)
+class PolicyPanel:
+    """One policy of an item under review: its case, the model's latest verdict and reasoning."""
+
+    case: Case
+    latest: TriageResult | None
+    results: list[TriageResult]
+    rule_names: dict[str, str]
+    hallucinated: list[str]
+
+
+def policy_panels(cases: list[Case]) -> list[PolicyPanel]:
+    """Per case: the engine results (oldest first), the latest judged one, and the policy's rule names."""
+    results: dict[int, list[TriageResult]] = {c.pk: [] for c in cases}
+    for result in TriageResult.objects.filter(case_id__in=list(results)).order_by("created_at", "id"):
+        results[result.case_id].append(result)
+    panels = []
+    for case in cases:
+        mine = results[case.pk]
+        judged = [r for r in mine if not r.error]
+        latest = judged[-1] if judged else (mine[-1] if mine else None)
+        panels.append(
+            PolicyPanel(
+                case=case,
+                latest=latest,
+                results=mine,
+                rule_names=rule_names_of(case.policy_version),
+                hallucinated=list(latest.hallucinated_rule_ids) if latest else [],
+            )
+        )
+    return panels
 
 
 def cursor_encode(case: Case, *, with_risk: bool = True) -> str:

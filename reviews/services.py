@@ -70,27 +70,44 @@ def case_claim_next(
         )
         if case is None:
             return None
+        # Item-centric review: the item's other open cases in this moderator's queues (under the same filter)
+        # come with it, under the same lease, so the text is read once. A case another moderator holds is
+        # skipped (SKIP LOCKED); QA second reviews (blind) and appeals are claimed on their own.
+        siblings: list[Case] = []
+        if case.qa_of_id is None and case.appeal_of_id is None:
+            siblings = list(
+                candidates.filter(item_id=case.item_id, qa_of__isnull=True, appeal_of__isnull=True)
+                .exclude(pk=case.pk)
+                .order_by("pk")
+                .select_for_update(skip_locked=True, of=("self",))
+            )
         now = timezone.now()
-        case.state = Case.State.CLAIMED
-        case.lease_owner = moderator
-        case.lease_expires_at = now + timedelta(minutes=LEASE_MINUTES)
-        case.save(update_fields=["state", "lease_owner", "lease_expires_at", "updated_at"])
-        audit.record(
+        claimed = [case, *siblings]
+        expires = now + timedelta(minutes=LEASE_MINUTES)
+        Case.objects.filter(pk__in=[c.pk for c in claimed]).update(
+            state=Case.State.CLAIMED, lease_owner=moderator, lease_expires_at=expires, updated_at=now
+        )
+        for each in claimed:
+            each.state, each.lease_owner, each.lease_expires_at = Case.State.CLAIMED, moderator, expires
+        audit.record_many(
             "case.claimed",
             actor=moderator,
-            obj=case,
-            payload={"lease_expires_at": str(case.lease_expires_at)},
+            objects=[(c, {"lease_expires_at": str(expires)}) for c in claimed],
         )
     return case
 
 
 def case_lease_renew(*, case: Case, moderator: User) -> bool:
-    """Extend a lease that still runs: one that ran out is lost, whether or not the sweep freed it yet."""
+    """Extend a lease that still runs: one that ran out is lost, whether or not the sweep freed it yet.
+    Every case of the item the moderator holds (one claim, one lease) is renewed with it."""
     now = timezone.now()
-    renewed = Case.objects.filter(
-        pk=case.pk, state=Case.State.CLAIMED, lease_owner=moderator, lease_expires_at__gt=now
-    ).update(lease_expires_at=now + timedelta(minutes=LEASE_MINUTES), updated_at=now)
-    return renewed == 1
+    held = Case.objects.filter(state=Case.State.CLAIMED, lease_owner=moderator, lease_expires_at__gt=now)
+    if not held.filter(pk=case.pk).exists():
+        return False
+    held.filter(item_id=case.item_id).update(
+        lease_expires_at=now + timedelta(minutes=LEASE_MINUTES), updated_at=now
+    )
+    return True
 
 
 @transaction.atomic
@@ -243,6 +260,28 @@ def case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> Decisio
             },
         )
     return made
+
+
+def item_decide(*, moderator: User, decisions: Sequence[tuple[Case, DecisionIn]]) -> list[Decision]:
+    """One submit for every policy of an item: each still its own immutable Decision with its audit event
+    and its callback (case_decide per case), all in one transaction: all recorded, or none."""
+    with transaction.atomic():
+        ids = sorted(c.pk for c, _ in decisions)
+        # Lock every case first, in one order, before the audit chain's lock is taken by the first decision.
+        held = list(
+            Case.objects.select_for_update(of=("self",))
+            .filter(
+                pk__in=ids,
+                state=Case.State.CLAIMED,
+                lease_owner=moderator,
+                lease_expires_at__gt=timezone.now(),
+            )
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        if held != ids:
+            raise LeaseLost("these cases are no longer yours to decide (lease expired or already decided)")
+        return [case_decide(case=case, moderator=moderator, decision=d) for case, d in decisions]
 
 
 def _action_and_label(case: Case, decision: DecisionIn) -> tuple[str, str]:

@@ -13,6 +13,7 @@ urlpatterns = [
     path("queue/next", views.case_next, name="case_next"),
     path("cases/<int:case_id>/", views.case_detail, name="case_detail"),
     path("cases/<int:case_id>/decide", views.case_decide, name="case_decide"),
+    path("cases/<int:case_id>/decide-item", views.item_decide, name="item_decide"),
     path("cases/<int:case_id>/skip", views.case_skip, name="case_skip"),
     path("cases/<int:case_id>/renew", views.case_renew, name="case_renew"),
     path("metrics/", views.metrics_page, name="metrics"),

@@ -29,7 +29,14 @@ from inference_worker.services import EngineConfig
 from moderation.models import Case
 from reviews import audit, exports, metrics, policy_selectors, selectors, services, tokens
 from reviews.api import stream_response
-from reviews.forms import ApiTokenForm, AuditLogFilterForm, DecisionForm, ExportForm, QueueFilterForm
+from reviews.forms import (
+    ApiTokenForm,
+    AuditLogFilterForm,
+    DecisionForm,
+    ExportForm,
+    ItemDecisionForm,
+    QueueFilterForm,
+)
 from reviews.models import Decision
 from reviews.services import DecisionIn, DecisionRefused, LeaseLost
 
@@ -172,7 +179,30 @@ def case_detail(request: AuthedRequest, case_id: int) -> HttpResponse:
         pk=case_id,
     )
     mine = selectors.cases_claimed_by(request.user).filter(pk=case.pk).exists()
+    if mine:
+        held = selectors.item_cases_claimed_by(request.user, case)
+        if len(held) > 1:
+            return _item_page(request, held, ItemDecisionForm(cases=held))
     return _case_page(request, case, DecisionForm(case=case) if mine else None)
+
+
+def _item_page(
+    request: AuthedRequest, cases: list[Case], form: ItemDecisionForm, *, status: int = 200
+) -> HttpResponse:
+    """Item-centric review: the content once, and per policy its verdict, reasoning, label and rules."""
+    first = cases[0]
+    context: dict[str, Any] = {
+        "case": first,
+        "item": first.item,
+        "source": first.item.source,
+        "form": form,
+        "panels": list(zip(selectors.policy_panels(cases), form.policies, strict=True)),
+        "metadata": metadata_rows(first.item.metadata),
+        "any_violates": any(c.verdict == "violates" for c in cases),
+    }
+    if _partial_wanted(request) and status != 200:
+        return render(request, "reviews/item_review.html#item-form", context, status=status)
+    return _page(request, "reviews/item_review.html", context, status=status)
 
 
 def _case_page(
@@ -282,6 +312,40 @@ def case_decide(request: AuthedRequest, case_id: int) -> HttpResponse:
     return _claim_next_and_go(request)
 
 
+@require_POST
+@login_required
+def item_decide(request: AuthedRequest, case_id: int) -> HttpResponse:
+    """One submit for every policy of the item the moderator holds (case_id: any of its cases)."""
+    _reviewer_required(request)
+    case = get_object_or_404(
+        selectors.cases_viewable_by(request.user).select_related("policy_version__policy", "item__source"),
+        pk=case_id,
+    )
+    held = selectors.item_cases_claimed_by(request.user, case)
+    # The cases the page was drawn with: if the moderator lost any of them, nothing is recorded.
+    shown = {int(pk) for pk in request.POST.get("cases", "").split(",") if pk.strip().isdigit()}
+    mine = {c.pk for c in held}
+    if (
+        case.pk not in mine
+        or not shown <= mine
+        or not selectors.cases_claimed_by(request.user).filter(pk=case.pk).exists()
+    ):
+        return HttpResponse(LEASE_LOST, status=409)
+    form = ItemDecisionForm(request.POST, cases=held)
+    if not form.is_valid():
+        return _item_page(request, held, form, status=400)
+    try:
+        made = services.item_decide(moderator=request.user, decisions=form.decisions())
+    except LeaseLost:
+        return HttpResponse(LEASE_LOST, status=409)
+    except DecisionRefused as exc:
+        form.add_error(None, f"Not recorded: {exc}.")
+        return _item_page(request, held, form, status=409)
+    for each, decision in zip(held, made, strict=True):
+        messages.success(request, decision_summary(each, decision))
+    return _claim_next_and_go(request)
+
+
 def decision_summary(case: Case, made: Decision) -> str:
     """What was recorded, in one line: "Case 12 (Spam): decided violates SP2; callback queued"."""
     where = f"Case {case.pk} ({case.policy_version.policy.name})"
@@ -304,8 +368,11 @@ def decision_summary(case: Case, made: Decision) -> str:
 def case_skip(request: AuthedRequest, case_id: int) -> HttpResponse:
     _reviewer_required(request)
     case = get_object_or_404(selectors.cases_claimed_by(request.user), pk=case_id)
-    services.case_release(case=case, moderator=request.user, reason="skip")
-    skipped = [case.pk, *request.session.get(SKIPPED_SESSION_KEY, [])][:SKIPPED_KEPT]
+    # Skipping an item gives back every case of it held under the one claim.
+    held = selectors.item_cases_claimed_by(request.user, case)
+    for each in held:
+        services.case_release(case=each, moderator=request.user, reason="skip")
+    skipped = [*(c.pk for c in held), *request.session.get(SKIPPED_SESSION_KEY, [])][:SKIPPED_KEPT]
     request.session[SKIPPED_SESSION_KEY] = skipped
     return _claim_next_and_go(request)
 

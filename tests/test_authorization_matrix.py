@@ -148,6 +148,7 @@ RULES: dict[str, Rule] = {
     "reviews:case_detail": page("GET", REVIEWERS),
     # Not claimed by them: the lease check answers 409 to a reviewer who may see the case.
     "reviews:case_decide": page("POST", REVIEWERS, ok=409, action="confirm"),
+    "reviews:item_decide": page("POST", REVIEWERS, ok=409, action="submit"),
     "reviews:case_skip": page("POST", REVIEWERS, ok=404),  # only the holder of the case may skip it
     "reviews:case_renew": page("POST", REVIEWERS, ok=409),  # nobody holds it: nothing to renew
     "reviews:metrics": page("GET", METRICS_VIEWERS),

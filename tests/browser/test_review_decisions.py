@@ -161,3 +161,70 @@ def test_the_policy_filter_is_kept_after_decide_and_skip_and_each_decision_is_co
     expect(status).to_contain_text("1 you skipped")
     assert not Case.objects.filter(policy_version__policy=policy, state=Case.State.CLAIMED).exists()
     assert Decision.objects.filter(case__in=[first, third]).count() == 2
+
+
+def test_two_policies_one_claim_and_one_submit_per_item(tab: Tab, source: ApiClient, policy: Policy) -> None:
+    """Issue 16, item 1: the text is read once; one claim and one submit decide every policy."""
+    from moderation import services as moderation_services
+    from reviews.models import Role
+    from tests.browser.conftest import user_with_role
+    from tests.conftest import POLICY_TEXT
+
+    harassment = Policy.objects.create(slug="harassment", name="Harassment", qa_sample_rate=0)
+    moderation_services.policy_version_create(
+        policy=harassment, text=POLICY_TEXT.replace("SP1", "HA1").replace("SP2", "HA2"), activate=True
+    )
+    Policy.objects.filter(pk=policy.pk).update(qa_sample_rate=0)
+    moderator = user_with_role("mona", Role.MODERATOR, grants=[policy, harassment])
+    first = waiting(source, policy, "Triple your savings today", verdict="safe", priority=80)
+    Case.objects.create(
+        item=first.item,
+        policy_version=harassment.versions.get(status=PolicyVersion.Status.ACTIVE),
+        state=Case.State.QUEUED,
+        verdict="safe",
+        confidence="high",
+        priority=80,
+        queued_at=timezone.now(),
+    )
+    second = waiting(source, policy, "you are an idiot, buy zorblax", verdict="undetermined", confidence="")
+    Case.objects.create(
+        item=second.item,
+        policy_version=harassment.versions.get(status=PolicyVersion.Status.ACTIVE),
+        state=Case.State.QUEUED,
+        verdict="violates",
+        confidence="medium",
+        priority=70,
+        queued_at=timezone.now(),
+    )
+    page = tab.page
+    tab.login(moderator)
+    queue_rows = page.locator("#queue-table tbody tr")
+    expect(queue_rows).to_have_count(2)  # items, not cases
+    expect(queue_rows.first.locator(".chip")).to_have_count(2)
+
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    page.keyboard.press("n")
+    expect(page).to_have_url(tab.url(f"/cases/{first.pk}/"))
+    tab.ready()
+    expect(page.locator(".policy-panel")).to_have_count(2)
+    expect(page.locator("#content")).to_contain_text("Triple your savings today")
+    page.keyboard.press("c")  # both verdicts are the model's: one key confirms all
+    expect(page).to_have_url(tab.url(f"/cases/{second.pk}/"))
+    assert len(posts) == 2, posts  # one claim, one submit
+    assert Decision.objects.filter(case__item=first.item).count() == 2
+    screenshot(tab, "item-two-policies")
+
+    tab.ready()
+    expect(page.get_by_role("button", name=re.compile("^Confirm all"))).to_have_count(0)
+    spam_panel = page.locator(f"#policy-{second.pk}")
+    spam_panel.get_by_label("Safe", exact=True).check()
+    other = page.locator(".policy-panel").filter(has_text="Harassment")
+    other.get_by_label("HA1").check()
+    page.keyboard.press("o")
+    expect(page).to_have_url(tab.url("/queue/"))
+    assert len(posts) == 3, posts
+    assert sorted(Decision.objects.filter(case__item=second.item).values_list("action", "final_label")) == [
+        ("confirm", "violates"),
+        ("decided", "safe"),
+    ]
