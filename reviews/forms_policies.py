@@ -174,11 +174,15 @@ class GoldenFilterForm(forms.Form):
     status = forms.ChoiceField(choices=[("", "Any status"), *GoldenExample.Status.choices], required=False)
     origin = forms.ChoiceField(choices=[("", "Any origin"), *GoldenExample.Origin.choices], required=False)
     label = forms.ChoiceField(choices=[("", "Any label"), *Decision.Label.choices], required=False)
+    conflicts = forms.BooleanField(required=False, label="Conflicting labels only")
 
     def filters(self) -> GoldenFilters:
         if not self.is_valid():
             return GoldenFilters()
-        return GoldenFilters(**{k: self.cleaned_data.get(k) or "" for k in ("status", "origin", "label")})
+        return GoldenFilters(
+            **{k: self.cleaned_data.get(k) or "" for k in ("status", "origin", "label")},
+            conflicts=bool(self.cleaned_data.get("conflicts")),
+        )
 
 
 class GoldenEditForm(forms.Form):

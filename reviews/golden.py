@@ -18,7 +18,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.paginator import Page, Paginator
 from django.db import transaction
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from moderation.models import Policy, PolicyVersion
@@ -88,6 +88,7 @@ class GoldenFilters:
     status: str = ""
     origin: str = ""
     label: str = ""
+    conflicts: bool = False
 
 
 def golden_examples(policy: Policy, filters: GoldenFilters) -> QuerySet[GoldenExample]:
@@ -95,10 +96,25 @@ def golden_examples(policy: Policy, filters: GoldenFilters) -> QuerySet[GoldenEx
     accepted_twin = GoldenExample.objects.filter(
         policy=policy, status=GoldenExample.Status.ACCEPTED, text_hash=OuterRef("text_hash")
     ).exclude(pk=OuterRef("pk"))
+    # Golden-set conflicts: the same text with another label (say a decision, then an appeal ruling that
+    # overturned it). Rejected examples take no part. The latest label supersedes the earlier ones; a
+    # computed flag, nothing is deleted: curators accept the superseding one and reject the others.
+    other_label = (
+        GoldenExample.objects.filter(policy=policy, text_hash=OuterRef("text_hash"))
+        .exclude(status=GoldenExample.Status.REJECTED)
+        .exclude(expected_label=OuterRef("expected_label"))
+    )
+    later = Q(created_at__gt=OuterRef("created_at")) | Q(
+        created_at=OuterRef("created_at"), pk__gt=OuterRef("pk")
+    )
     examples = (
         GoldenExample.objects.filter(policy=policy)
         .select_related("decision__moderator", "decision__case", "created_by", "curated_by")
-        .annotate(duplicate_of_accepted=Exists(accepted_twin))
+        .annotate(
+            duplicate_of_accepted=Exists(accepted_twin),
+            conflicting=Exists(other_label),
+            superseded=Exists(other_label.filter(later)),
+        )
     )
     if filters.status:
         examples = examples.filter(status=filters.status)
@@ -106,7 +122,21 @@ def golden_examples(policy: Policy, filters: GoldenFilters) -> QuerySet[GoldenEx
         examples = examples.filter(origin=filters.origin)
     if filters.label:
         examples = examples.filter(expected_label=filters.label)
+    if filters.conflicts:
+        examples = examples.filter(conflicting=True)
     return examples.order_by("-created_at", "-id")
+
+
+def golden_conflicts_count(policy: Policy) -> int:
+    """How many texts of the policy's golden set carry more than one label (rejected examples aside)."""
+    return (
+        GoldenExample.objects.filter(policy=policy)
+        .exclude(status=GoldenExample.Status.REJECTED)
+        .values("text_hash")
+        .annotate(labels=Count("expected_label", distinct=True))
+        .filter(labels__gt=1)
+        .count()
+    )
 
 
 def golden_page(policy: Policy, filters: GoldenFilters, page_number: str | int) -> Page[GoldenExample]:

@@ -336,6 +336,7 @@ def _golden_page(
         "page": page,
         "query": query.urlencode(),
         "counts": golden.golden_counts(policy),
+        "conflicts": golden.golden_conflicts_count(policy),
         "rule_ids": golden.policy_rule_ids(policy),
         "error": error,
     }

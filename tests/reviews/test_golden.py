@@ -271,3 +271,45 @@ def test_it_reads_the_label_spellings_files_use(raw: object, label: str) -> None
 def test_it_refuses_labels_it_does_not_know(raw: object) -> None:
     with pytest.raises(golden.GoldenRefused, match="unknown label"):
         golden.label_parse(raw)
+
+
+def test_a_later_appeal_ruling_with_another_label_shows_as_a_conflict_and_supersedes(
+    editor_client: Client,
+    policy: Policy,
+    queued_cases: CasesFactory,
+    moderator: User,
+    senior_moderator: User,
+) -> None:
+    first = decided_candidate(queued_cases, moderator)
+    assert first.decision is not None
+    appeal, _ = services.appeal_open(case=first.decision.case, reason="it was a joke", actor=None)
+    Case.objects.filter(pk=appeal.pk).update(state=Case.State.APPEALED, verdict="violates")
+    claimed = services.case_claim_next(moderator=senior_moderator)
+    assert claimed is not None and claimed.pk == appeal.pk
+    services.case_decide(
+        case=claimed,
+        moderator=senior_moderator,
+        decision=DecisionIn(action=Decision.Action.OVERTURN, final_label="safe"),
+    )
+    ruling = GoldenExample.objects.get(decision__case=appeal)
+    assert ruling.text_hash == first.text_hash and ruling.expected_label == "safe"
+
+    flags = {
+        e.pk: (e.conflicting, e.superseded)  # type: ignore[attr-defined]  # annotations
+        for e in golden.golden_examples(policy, golden.GoldenFilters())
+    }
+    assert flags == {first.pk: (True, True), ruling.pk: (True, False)}
+    assert golden.golden_conflicts_count(policy) == 1
+    page = editor_client.get("/policies/spam/golden/").content.decode()
+    assert "1 text carries conflicting labels" in page
+    row = page.split(f'id="golden-{ruling.pk}"')[1].split("</tr>")[0]
+    assert "supersedes the earlier label (appeal ruling)" in row
+    row = page.split(f'id="golden-{first.pk}"')[1].split("</tr>")[0]
+    assert "superseded by a later ruling" in row
+    only = editor_client.get("/policies/spam/golden/?conflicts=on").content.decode()
+    assert f'id="golden-{ruling.pk}"' in only
+
+    # Rejecting the superseded one ends the conflict; nothing was deleted.
+    golden.golden_example_reject(example=first, actor=User.objects.get(username="pete"))
+    assert golden.golden_conflicts_count(policy) == 0
+    assert GoldenExample.objects.filter(pk=first.pk).exists()
