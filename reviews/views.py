@@ -187,7 +187,12 @@ def case_detail(request: AuthedRequest, case_id: int) -> HttpResponse:
 
 
 def _item_page(
-    request: AuthedRequest, cases: list[Case], form: ItemDecisionForm, *, status: int = 200
+    request: AuthedRequest,
+    cases: list[Case],
+    form: ItemDecisionForm,
+    *,
+    status: int = 200,
+    lost: bool = False,
 ) -> HttpResponse:
     """Item-centric review: the content once, and per policy its verdict, reasoning, label and rules."""
     first = cases[0]
@@ -199,6 +204,7 @@ def _item_page(
         "panels": list(zip(selectors.policy_panels(cases), form.policies, strict=True)),
         "metadata": metadata_rows(first.item.metadata),
         "any_violates": any(c.verdict == "violates" for c in cases),
+        "lost": lost,
     }
     if _partial_wanted(request) and status != 200:
         return render(request, "reviews/item_review.html#item-form", context, status=status)
@@ -330,20 +336,28 @@ def item_decide(request: AuthedRequest, case_id: int) -> HttpResponse:
         or not shown <= mine
         or not selectors.cases_claimed_by(request.user).filter(pk=case.pk).exists()
     ):
-        return HttpResponse(LEASE_LOST, status=409)
+        return _item_lost(request, held)
     form = ItemDecisionForm(request.POST, cases=held)
     if not form.is_valid():
         return _item_page(request, held, form, status=400)
     try:
         made = services.item_decide(moderator=request.user, decisions=form.decisions())
     except LeaseLost:
-        return HttpResponse(LEASE_LOST, status=409)
+        return _item_lost(request, held)
     except DecisionRefused as exc:
         form.add_error(None, f"Not recorded: {exc}.")
         return _item_page(request, held, form, status=409)
     for each, decision in zip(held, made, strict=True):
         messages.success(request, decision_summary(each, decision))
     return _claim_next_and_go(request)
+
+
+def _item_lost(request: AuthedRequest, cases: list[Case]) -> HttpResponse:
+    """Nothing recorded: the page again, saying so, with "next" instead of the decision buttons."""
+    form = ItemDecisionForm(request.POST, cases=cases)
+    form.is_valid()
+    form.add_error(None, LEASE_LOST)
+    return _item_page(request, cases, form, status=409, lost=True)
 
 
 def decision_summary(case: Case, made: Decision) -> str:

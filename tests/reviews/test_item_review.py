@@ -190,6 +190,7 @@ def test_a_lost_lease_records_nothing_for_any_policy(two_queues: list[Policy], s
     both = f"{spam.pk},{harassment.pk}"
     response = client.post(f"/cases/{spam.pk}/decide-item", {"action": "confirm_all", "cases": both})
     assert response.status_code == 409
+    assert b"no longer yours" in response.content and b"Next case" in response.content
     assert not Decision.objects.exists()
 
 
