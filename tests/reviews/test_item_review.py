@@ -201,3 +201,57 @@ def test_skip_gives_back_every_case_of_the_item(two_queues: list[Policy], source
     client.post("/queue/next")
     client.post(f"/cases/{spam.pk}/skip")
     assert set(Case.objects.filter(item_id=spam.item_id).values_list("state", flat=True)) == {"queued"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_item_claims_never_share_a_case_and_decide_each_once(policy: Policy) -> None:
+    import threading
+    from collections import Counter
+
+    from django.db import connection
+
+    from moderation.models import Source
+    from reviews.services import DecisionIn
+
+    harassment = Policy.objects.create(slug="harassment", name="Harassment", qa_sample_rate=0)
+    moderation_services.policy_version_create(policy=harassment, text=HARASSMENT_TEXT, activate=True)
+    Policy.objects.filter(pk=policy.pk).update(qa_sample_rate=0)
+    queues = [policy, harassment]
+    source = Source.objects.create(name="S", slug="s", api_key_id="k", api_key_hash="h")
+    versions = [p.versions.get(status=PolicyVersion.Status.ACTIVE) for p in queues]
+    for n in range(15):
+        item = ContentItem.objects.create(source=source, external_id=f"c-{n}", text=f"text {n}")
+        for version in versions:
+            Case.objects.create(
+                item=item, policy_version=version, state=Case.State.QUEUED, verdict="safe",
+                confidence="high", priority=70, queued_at=timezone.now(),
+            )  # fmt: skip
+    moderators = [user_create(f"m{n}", "moderator", grants=queues) for n in range(5)]
+    start = threading.Barrier(len(moderators))
+    claimed: list[int] = []
+    errors: list[BaseException] = []
+
+    def work(moderator: User) -> None:
+        try:
+            start.wait()
+            while (case := services.case_claim_next(moderator=moderator)) is not None:
+                held = list(Case.objects.filter(item_id=case.item_id, lease_owner=moderator, state="claimed"))
+                claimed.extend(c.pk for c in held)
+                services.item_decide(
+                    moderator=moderator,
+                    decisions=[(c, DecisionIn(action=Decision.Action.CONFIRM)) for c in held],
+                )
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=work, args=(m,)) for m in moderators]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    assert Counter(claimed).most_common(1)[0][1] == 1, "a case was handed to two moderators"
+    assert len(claimed) == 30 and Decision.objects.count() == 30
+    assert not Case.objects.exclude(state=Case.State.DECIDED).exists()
