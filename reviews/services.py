@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
+from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
@@ -157,8 +158,27 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(" ".join(text.split()).casefold().encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class _Decided:
+    """A decision made, and the audit event it still owes (recorded last: see case_decide)."""
+
+    decision: Decision
+    case: Case
+    audit_action: str
+    audit_payload: dict[str, Any]
+
+
 def case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> Decision:
     """Record a moderator's call; the case is settled, escalated or double-checked, never twice decided."""
+    with transaction.atomic():
+        decided = _case_decide(case=case, moderator=moderator, decision=decision)
+        # Last: the audit chain's lock is held from here to the commit, and every moderator waits on it.
+        audit.record(decided.audit_action, actor=moderator, obj=decided.case, payload=decided.audit_payload)
+    return decided.decision
+
+
+def _case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> _Decided:
+    """case_decide without its audit event; the caller's transaction records it."""
     from inference_worker import tasks as inference_tasks
     from reviews import tasks
 
@@ -219,13 +239,7 @@ def case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> Decisio
                 lease_expires_at=None,
                 updated_at=timezone.now(),
             )
-            audit.record(
-                "case.escalated",
-                actor=moderator,
-                obj=locked,
-                payload={"decision_id": made.pk, "note": decision.note},
-            )
-            return made
+            return _Decided(made, locked, "case.escalated", {"decision_id": made.pk, "note": decision.note})
 
         Case.objects.filter(pk=locked.pk).update(
             state=Case.State.DECIDED, lease_owner=None, lease_expires_at=None, updated_at=timezone.now()
@@ -245,12 +259,11 @@ def case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> Decisio
             _qa_review_maybe_open(locked, made)
             if locked.item.source.callback_url:
                 transaction.on_commit(partial(tasks.callback_enqueue, decision_id=made.pk))
-        # Last: the audit chain's lock is held from here to the commit, and every moderator waits on it.
-        audit.record(
+        return _Decided(
+            made,
+            locked,
             "case.decided",
-            actor=moderator,
-            obj=locked,
-            payload={
+            {
                 "decision_id": made.pk,
                 "action": made.action,
                 "final_label": made.final_label,
@@ -259,7 +272,6 @@ def case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> Decisio
                 "agrees_with_reviewed": made.agrees_with_reviewed,
             },
         )
-    return made
 
 
 def item_decide(*, moderator: User, decisions: Sequence[tuple[Case, DecisionIn]]) -> list[Decision]:
@@ -281,7 +293,16 @@ def item_decide(*, moderator: User, decisions: Sequence[tuple[Case, DecisionIn]]
         )
         if held != ids:
             raise LeaseLost("these cases are no longer yours to decide (lease expired or already decided)")
-        return [case_decide(case=case, moderator=moderator, decision=d) for case, d in decisions]
+        decided = [_case_decide(case=case, moderator=moderator, decision=d) for case, d in decisions]
+        # Last, in one INSERT per kind: the audit chain's lock is held from here to the commit only, not
+        # across the other policies' decisions.
+        for action in dict.fromkeys(d.audit_action for d in decided):
+            audit.record_many(
+                action,
+                actor=moderator,
+                objects=[(d.case, d.audit_payload) for d in decided if d.audit_action == action],
+            )
+        return [d.decision for d in decided]
 
 
 def _action_and_label(case: Case, decision: DecisionIn) -> tuple[str, str]:
