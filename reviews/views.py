@@ -26,7 +26,7 @@ from django_htmx.middleware import HtmxDetails
 from config.middleware import session_passive
 from inference_worker.selectors import funnel_calibrations_for_policies, suspensions_open_for_policies
 from inference_worker.services import EngineConfig
-from moderation.models import Case
+from moderation.models import Case, Verdict
 from reviews import audit, exports, metrics, policy_selectors, selectors, services, tokens
 from reviews.api import stream_response
 from reviews.forms import (
@@ -203,7 +203,8 @@ def _item_page(
         "form": form,
         "panels": list(zip(selectors.policy_panels(cases), form.policies, strict=True)),
         "metadata": metadata_rows(first.item.metadata),
-        "any_violates": any(c.verdict == "violates" for c in cases),
+        "any_violates": any(c.verdict == Verdict.VIOLATES for c in cases),
+        "content_collapse_chars": CONTENT_COLLAPSE_CHARS,
         "lost": lost,
     }
     if _partial_wanted(request) and status != 200:
@@ -219,14 +220,22 @@ def _case_page(
     status: int = 200,
     notice: str = "",
 ) -> HttpResponse:
+    detail = selectors.case_detail(case, request.user)
+    latest = detail.get("latest")
     context: dict[str, Any] = {
-        **selectors.case_detail(case, request.user),
+        **detail,
         "mine": form is not None,
         "form": form,
         "notice": notice,
         "metadata": metadata_rows(case.item.metadata),
+        "content_blurred": latest is not None and latest.verdict == Verdict.VIOLATES,
+        "content_collapse_chars": CONTENT_COLLAPSE_CHARS,
     }
     return _page(request, "reviews/case_detail.html", context, status=status)
+
+
+# Longer texts start collapsed on the review screens (a click shows all).
+CONTENT_COLLAPSE_CHARS = 1500
 
 
 def metadata_rows(metadata: object) -> list[tuple[str, str]]:
