@@ -172,7 +172,8 @@ class LoginLocked(ValidationError):
 
 
 class ThrottledAuthenticationForm(AuthenticationForm):
-    """/login/ (its template shows `form.lock.message`)."""
+    """/login/ (its template shows `form.lock.message`): a locked account or address is refused before any
+    password is checked."""
 
     lock: Lock | None = None
 
@@ -184,14 +185,5 @@ class ThrottledAuthenticationForm(AuthenticationForm):
             raise
 
 
-class ThrottledAdminAuthenticationForm(AdminAuthenticationForm):
+class ThrottledAdminAuthenticationForm(ThrottledAuthenticationForm, AdminAuthenticationForm):
     """/admin/login/ (the admin's template shows the lock message as the form's error)."""
-
-    lock: Lock | None = None
-
-    def clean(self) -> dict[str, Any]:
-        try:
-            return _clean_throttled(self, super().clean)
-        except LoginLocked as locked:
-            self.lock = locked.lock
-            raise
