@@ -130,7 +130,7 @@ def one_split(
     )
     fitted = funnel.fit(train, train_vectors, row)
     vectors, owner, n = embedded.windows_of([items[i][0] for i in new_half])
-    scores = funnel.max_per_text(fitted.scores(vectors), owner, n)
+    scores = embeddings.max_per_owner(fitted.scores(vectors), owner, n)
     cleared = scores < calibration.threshold
     # What exchangeability predicts for this split: the threshold is the k-th lowest of n held-out scores,
     # and the other half's t violations meet the target when at most `allowed` of them fall below it.

@@ -17,7 +17,7 @@ from datetime import datetime
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Count, Max, Q
 from django.utils import timezone
 
 from inference_worker import guarantee
@@ -206,28 +206,50 @@ class QaMonitor:
         return self.samples >= self.samples_needed and self.miss_rate_upper_bound > allowed
 
 
+def qa_monitors(versions: Iterable[PolicyVersion]) -> dict[tuple[int, str], QaMonitor]:
+    """Per version and tier: its decided QA samples since the tier was last resumed. Two queries in all."""
+    versions = list(versions)
+    if not versions:
+        return {}
+    since = {
+        (row["policy_version_id"], row["tier"]): row["at"]
+        for row in AutoClearSuspension.objects.filter(policy_version__in=versions)
+        .values("policy_version_id", "tier")
+        .annotate(at=Max("resumed_at"))
+    }
+    windows = Q()
+    for version in versions:
+        for tier in Tier.values:
+            window = Q(case__policy_version_id=version.pk, case__cleared_by=tier)
+            if since.get((version.pk, tier)) is not None:
+                window &= Q(created_at__gt=since[version.pk, tier])
+            windows |= window
+    counts = {
+        (row["case__policy_version_id"], row["case__cleared_by"]): (row["samples"], row["misses"])
+        for row in Decision.objects.filter(
+            windows,
+            case__state=Case.State.DECIDED,
+            final_label__in=[Decision.Label.VIOLATES, Decision.Label.SAFE],
+        )
+        .values("case__policy_version_id", "case__cleared_by")
+        .annotate(samples=Count("pk"), misses=Count("pk", filter=Q(final_label=Decision.Label.VIOLATES)))
+    }
+    return {
+        (version.pk, tier): QaMonitor(
+            tier=tier,
+            samples=counts.get((version.pk, tier), (0, 0))[0],
+            misses=counts.get((version.pk, tier), (0, 0))[1],
+            target_recall=target_recall_for(version.policy),
+            confidence=version.policy.recall_confidence,
+            since=since.get((version.pk, tier)),
+        )
+        for version in versions
+        for tier in Tier.values
+    }
+
+
 def qa_monitor(version: PolicyVersion, tier: str) -> QaMonitor:
-    policy = version.policy
-    since = AutoClearSuspension.objects.filter(policy_version=version, tier=tier).aggregate(
-        at=Max("resumed_at")
-    )["at"]
-    decisions = Decision.objects.filter(
-        case__policy_version=version,
-        case__cleared_by=tier,
-        case__state=Case.State.DECIDED,
-        final_label__in=[Decision.Label.VIOLATES, Decision.Label.SAFE],
-    )
-    if since is not None:
-        decisions = decisions.filter(created_at__gt=since)
-    labels = list(decisions.values_list("final_label", flat=True))
-    return QaMonitor(
-        tier=tier,
-        samples=len(labels),
-        misses=sum(1 for label in labels if label == Decision.Label.VIOLATES),
-        target_recall=target_recall_for(policy),
-        confidence=policy.recall_confidence,
-        since=since,
-    )
+    return qa_monitors([version])[version.pk, tier]
 
 
 def autoclear_monitor_check(*, policy_version_id: int, tier: str) -> AutoClearSuspension | None:

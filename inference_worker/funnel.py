@@ -211,13 +211,6 @@ def logistic_fit(vectors: np.ndarray, labels: np.ndarray) -> LogisticRegression:
     return LogisticRegression(C=LOGISTIC_C, class_weight="balanced", max_iter=2000).fit(vectors, labels)
 
 
-def max_per_text(window_scores: np.ndarray, owner: np.ndarray, texts: int) -> np.ndarray:
-    """A text's score is its highest window's."""
-    best = np.full(texts, -np.inf)
-    np.maximum.at(best, owner, window_scores)
-    return best
-
-
 def method_for(violations: int, safe: int) -> str:
     if min(violations, safe) < MIN_PER_CLASS_FOR_SCORING:
         return FunnelCalibration.Method.UNCALIBRATED
@@ -313,14 +306,15 @@ def calibrate(
         )
     regression = logistic_fit(train_vectors, train_labels)
     vectors, owner, texts = violation_windows
-    scores = max_per_text(regression.predict_proba(vectors)[:, 1], owner, texts)
+    scores = embeddings.max_per_owner(regression.predict_proba(vectors)[:, 1], owner, texts)
     proven = guarantee.threshold_with_guarantee(scores, target, confidence)
-    if proven is None:  # cannot happen with held_v >= needed; kept as the safe answer
-        return shadow("shadow mode: the held-out violations do not prove the target")
+    assert proven is not None, "violations_needed held-out violations always prove a threshold"
     clear_rate = None
     if held_s:
         safe_vectors, safe_owner, _ = safe_windows
-        safe_scores = max_per_text(regression.predict_proba(safe_vectors)[:, 1], safe_owner, held_s)
+        safe_scores = embeddings.max_per_owner(
+            regression.predict_proba(safe_vectors)[:, 1], safe_owner, held_s
+        )
         clear_rate = float((safe_scores < proven.threshold).mean())
     return Calibration(
         method,
@@ -413,9 +407,6 @@ def golden_fingerprints(policy_ids: list[int]) -> dict[int, str]:
         cursor.execute(GOLDEN_FINGERPRINT_SQL, [GoldenExample.Status.ACCEPTED, policy_ids])
         found = dict(cursor.fetchall())
     return {pk: found.get(pk, EMPTY_GOLDEN_FINGERPRINT) for pk in policy_ids}
-
-
-target_recall_for = autoclear.target_recall_for
 
 
 def training_examples(policy_text: str, golden: list[tuple[str, str]]) -> list[TrainingExample]:
@@ -552,7 +543,7 @@ def funnel_prepare(works: list[CaseWork]) -> dict[int, FittedFunnel]:
     model = (os.getpid(), embeddings.model_path())
     fitted: dict[int, FittedFunnel] = {}
     for version_id, work in versions.items():
-        target, confidence = target_recall_for(work.policy), work.policy.recall_confidence
+        target, confidence = autoclear.target_recall_for(work.policy), work.policy.recall_confidence
         key = (*model, version_id, fingerprints[work.policy.pk], target, confidence)
         with _cache_lock:
             cached = _fitted.get(key)

@@ -70,11 +70,12 @@ def funnel_calibrations_for_policies(policies: Iterable[Policy]) -> list[FunnelC
         latest.setdefault(row.policy_version_id, row)
     fingerprints = funnel.golden_fingerprints([p.pk for p in policies]) if policies else {}
     open_suspensions = autoclear.suspensions_open(v.pk for v in versions.values())
+    monitors = autoclear.qa_monitors(versions.values())
     views = []
     for policy in policies:
         version = versions.get(policy.pk)
         calibration = latest.get(version.pk) if version else None
-        target = funnel.target_recall_for(policy)
+        target = autoclear.target_recall_for(policy)
         suspensions = tuple(
             s
             for (version_id, _), s in open_suspensions.items()
@@ -94,7 +95,7 @@ def funnel_calibrations_for_policies(policies: Iterable[Policy]) -> list[FunnelC
                 confidence=policy.recall_confidence,
                 reasoner=autoclear.reasoner_guarantee(version) if version is not None else None,
                 suspensions=suspensions,
-                monitors=tuple(autoclear.qa_monitor(version, tier) for tier in AutoClearSuspension.Tier)
+                monitors=tuple(monitors[version.pk, tier] for tier in AutoClearSuspension.Tier.values)
                 if version is not None
                 else (),
             )
