@@ -6,7 +6,7 @@ from typing import Any
 
 from django import forms
 
-from moderation.models import Case, Confidence, Policy, Verdict
+from moderation.models import Case, Confidence, Policy, PolicyVersion, Verdict
 from reviews.exports import ExportRequest, Format, Kind
 from reviews.models import Decision
 from reviews.selectors import (
@@ -51,6 +51,12 @@ class QueueFilterForm(forms.Form):
         )
 
 
+def rule_choices(version: PolicyVersion) -> list[tuple[str, str]]:
+    """The policy version's rule ids as checkbox choices, each with its name from the policy text."""
+    names = rule_names_of(version)
+    return [(r, f"{r} {names[r]}" if names.get(r) else r) for r in version.rule_ids]
+
+
 class DecisionForm(forms.Form):
     action = forms.ChoiceField(choices=Decision.Action.choices)
     final_label = forms.ChoiceField(choices=Decision.Label.choices, required=False, widget=forms.RadioSelect)
@@ -61,11 +67,7 @@ class DecisionForm(forms.Form):
     def __init__(self, *args: Any, case: Case, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.case = case
-        version = case.policy_version
-        names = rule_names_of(version)
-        self.fields["rule_ids"].choices = [  # type: ignore[attr-defined]
-            (r, f"{r} {names[r]}" if names.get(r) else r) for r in version.rule_ids
-        ]
+        self.fields["rule_ids"].choices = rule_choices(case.policy_version)  # type: ignore[attr-defined]
         self.has_model_verdict = case_has_model_verdict(case)
         if not self.is_bound:
             initial: dict[str, Any] = {"opened_at": int(time.time())}
@@ -127,11 +129,7 @@ class PolicyDecisionForm(forms.Form):
         kwargs["prefix"] = f"case{case.pk}"
         super().__init__(*args, **kwargs)
         self.case = case
-        version = case.policy_version
-        names = rule_names_of(version)
-        self.fields["rule_ids"].choices = [  # type: ignore[attr-defined]
-            (r, f"{r} {names[r]}" if names.get(r) else r) for r in version.rule_ids
-        ]
+        self.fields["rule_ids"].choices = rule_choices(case.policy_version)  # type: ignore[attr-defined]
         self.has_model_verdict = case_has_model_verdict(case)
         self.cited = model_cited_rule_ids(case) if case.verdict == Verdict.VIOLATES else []
         if not self.is_bound and self.has_model_verdict:
