@@ -74,7 +74,15 @@ def test_it_triages_or_hands_to_humans_every_item_while_the_engine_flaps(
     engine.flap(FLAPS)
     watch = BreakerWatch(engine.base_url)
     with (
-        stack_running(tmp_path, engine.base_url, SAFEGUARD_BREAKER_FAILURES=str(BREAKER_FAILURES)) as stack,
+        # Cases keep retrying through the flaps rather than going to humans after the 1 s give-up the
+        # stack uses elsewhere (tests/faults/test_hostile_engine.py covers giving up): the engine has to
+        # see every flap, and a loaded machine would otherwise settle every case before the last one.
+        stack_running(
+            tmp_path,
+            engine.base_url,
+            SAFEGUARD_BREAKER_FAILURES=str(BREAKER_FAILURES),
+            SAFEGUARD_GIVE_UP_AFTER_SECONDS="300",
+        ) as stack,
         concurrent.futures.ThreadPoolExecutor(1) as pool,
     ):
         watch.start()
