@@ -8,7 +8,7 @@ What it does, in order:
 1. drops and recreates the `safeguard_bench_export` database, runs `manage.py migrate`, and creates an
    auditor with a personal API token through the project's own services (reviews.tokens);
 2. appends `--small` audit events to the log: a valid hash chain, hashed here with the product's own
-   reviews.chain.event_hash (about 3 us an event) and written with COPY FROM (the chain's lock is not
+   audit.chain.event_hash (about 3 us an event) and written with COPY FROM (the chain's lock is not
    needed: nothing else writes to this database);
 3. starts gunicorn (1 gthread worker, 2 threads) and exports the whole log as CSV through
    GET /api/v1/audit/events?format=csv with the token, streaming the body and counting its lines, while
@@ -44,6 +44,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from audit import chain
 from bench.stack import (
     BenchError,
     GunicornConfig,
@@ -54,7 +55,6 @@ from bench.stack import (
     log,
     manage,
 )
-from reviews import chain
 
 DATABASE = "safeguard_bench_export"
 REDIS_URL = "redis://127.0.0.1:6379/13"  # /healthz checks the broker; nothing is published here
@@ -64,7 +64,7 @@ ACTIONS = ("item.ingested", "case.triaged", "case.claimed", "case.decided", "cal
 SETUP_CODE = """
 import json
 from django.contrib.auth.models import Group, User
-from reviews import tokens
+from audit import tokens
 user = User.objects.create_user(username="bench-auditor", password=None)
 user.groups.add(Group.objects.get(name="auditor"))
 print("BENCH-SETUP " + json.dumps({"token": tokens.api_token_create(user=user, name="bench")[1]}))
@@ -245,7 +245,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "phases": results,
         "events_in_log": total,
         "checks_ok": all(checks),
-        "chain": "valid, hashed with reviews.chain"
+        "chain": "valid, hashed with audit.chain"
         + (" and verified" if args.verify else " (not verified: --verify)"),
         "gunicorn": config.as_dict(),
         "endpoint": "GET /api/v1/audit/events?format=csv (personal API token)",

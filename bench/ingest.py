@@ -87,9 +87,10 @@ API_MAX_BATCH = 500
 SETUP_CODE = """
 import json
 from moderation import services
-from moderation.models import Policy
+from policies import services as policies
+from policies.models import Policy
 policy = Policy.objects.create(slug="bench-spam", name="Bench spam")
-services.policy_version_create(policy=policy, text=open("moderation/demo/spam.md").read(), activate=True)
+policies.policy_version_create(policy=policy, text=open("moderation/demo/spam.md").read(), activate=True)
 created = services.source_create(name="Bench", slug="bench", policies=[policy], rate_limit_per_minute=0)
 print("BENCH-SETUP " + json.dumps({"api_key": created.api_key, "source_id": created.source.pk}))
 """

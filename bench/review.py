@@ -128,14 +128,15 @@ from django.contrib.sessions.models import Session
 from django.utils import timezone
 from django.utils.crypto import get_random_string
 from moderation import services
-from moderation.models import Policy
+from policies.services import policy_version_create
+from policies.models import Policy
 from reviews.models import QueueGrant
 
 versions = []
 for slug, name, path in (("bench-spam", "Spam", "moderation/demo/spam.md"),
                          ("bench-harassment", "Harassment", "moderation/demo/harassment.md")):
     policy = Policy.objects.create(slug=slug, name=name)
-    versions.append(services.policy_version_create(policy=policy, text=open(path).read(), activate=True))
+    versions.append(policy_version_create(policy=policy, text=open(path).read(), activate=True))
 policies = [v.policy for v in versions]
 # Items with three policies each (issue 16, item-centric review): three more policies, their own moderators.
 tri_versions = []
@@ -143,7 +144,7 @@ for slug, name, path in (("bench-t-spam", "Spam (3)", "moderation/demo/spam.md")
                          ("bench-t-harassment", "Harassment (3)", "moderation/demo/harassment.md"),
                          ("bench-t-impersonation", "Impersonation (3)", "moderation/demo/impersonation.md")):
     policy = Policy.objects.create(slug=slug, name=name)
-    tri_versions.append(services.policy_version_create(policy=policy, text=open(path).read(), activate=True))
+    tri_versions.append(policy_version_create(policy=policy, text=open(path).read(), activate=True))
 tri_policies = [v.policy for v in tri_versions]
 source = services.source_create(name="Bench", slug="bench", policies=policies + tri_policies,
                                 rate_limit_per_minute=0).source
@@ -836,7 +837,7 @@ from django.contrib.auth.models import Group, User
 from django.db import connection, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
-from moderation.models import Policy
+from policies.models import Policy
 from reviews import services
 from reviews.models import QueueGrant
 

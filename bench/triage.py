@@ -43,9 +43,11 @@ REDIS_URL = "redis://127.0.0.1:6379/13"
 SETUP_AND_INGEST = """
 import time
 from moderation import services
-from moderation.models import Policy, Source
+from policies import services as policies
+from policies.models import Policy
+from moderation.models import Source
 policy = Policy.objects.create(slug="bench", name="Bench", qa_sample_rate=0)
-services.policy_version_create(policy=policy, text=open("moderation/demo/spam.md").read(), activate=True)
+policies.policy_version_create(policy=policy, text=open("moderation/demo/spam.md").read(), activate=True)
 source = services.source_create(name="Bench", slug="bench", policies=[policy], rate_limit_per_minute=0).source
 total = {total}
 started = time.time()

@@ -26,8 +26,8 @@ from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 
+from audit import services as audit
 from moderation.redis import redis_client
-from reviews import audit
 
 logger = logging.getLogger(__name__)
 

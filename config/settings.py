@@ -44,9 +44,11 @@ INSTALLED_APPS = [
     "django.contrib.postgres",
     "django_htmx",
     "template_partials",
+    "audit",
+    "policies",
     "moderation",
-    "reviews",
     "inference_worker",
+    "reviews",
 ]
 
 MIDDLEWARE = [

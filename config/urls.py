@@ -4,10 +4,10 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from audit.api import router as audit_export_router
 from config import views
 from config.login_throttle import ThrottledAdminAuthenticationForm, ThrottledAuthenticationForm
 from moderation.api import api
-from reviews.api import router as audit_export_router
 
 api.add_router("/audit", audit_export_router)
 # Both login pages count wrong passwords and refuse a locked account or address.

@@ -20,11 +20,12 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Max, Q
 from django.utils import timezone
 
+from audit import services as audit
 from inference_worker import guarantee
-from moderation.models import AutoClearSuspension, Case, Policy, PolicyVersion
+from moderation.models import AutoClearSuspension, Case
 from moderation.routing import AutoClear
-from reviews import audit
-from reviews.models import Decision, EvaluationResult, EvaluationRun
+from policies.models import EvaluationResult, EvaluationRun, Policy, PolicyVersion
+from reviews.models import Decision
 
 Tier = AutoClearSuspension.Tier
 

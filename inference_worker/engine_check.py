@@ -28,7 +28,7 @@ from inference_worker.engine import (
     transport_build,
 )
 from inference_worker.services import EngineConfig
-from moderation.models import PolicyVersion
+from policies.models import PolicyVersion
 
 CHECK_TIMEOUT_CAP_SECONDS = 30.0
 SAMPLE_TEXT_MAX_CHARS = 4000

@@ -23,8 +23,8 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
 
+from audit import services as audit
 from inference_worker.models import EngineSettings
-from reviews import audit
 
 CACHE_SECONDS = 5.0
 Source = Literal["environment", "database", "default"]

@@ -31,11 +31,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from django.db import IntegrityError, connection, transaction
 
+from audit import services as audit
 from inference_worker import autoclear, embeddings, guarantee
 from inference_worker.models import FunnelCalibration
-from inference_worker.policy_examples import policy_examples_parse
-from reviews import audit
-from reviews.models import Decision, GoldenExample
+from policies.examples import policy_examples_parse
+from policies.models import GoldenExample
+from reviews.models import Decision
 
 if TYPE_CHECKING:
     from sklearn.linear_model import LogisticRegression

@@ -5,7 +5,7 @@ from typing import ClassVar
 from django.conf import settings
 from django.db import models
 
-from moderation.models import PolicyVersion
+from policies.models import PolicyVersion
 
 
 class FunnelCalibration(models.Model):

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from inference_worker import autoclear, embeddings, funnel
 from inference_worker.models import FunnelCalibration
-from moderation.models import AutoClearSuspension, Policy, PolicyVersion
+from moderation.models import AutoClearSuspension
+from policies.models import Policy, PolicyVersion
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from audit import services as audit
 from inference_worker import autoclear, embeddings, engine_settings, funnel, verdicts
 from inference_worker.breaker import CircuitBreaker
 from inference_worker.engine import (
@@ -46,7 +47,7 @@ from inference_worker.engine import (
     engine_session,
     transport_build,
 )
-from moderation.models import Case, Policy, TriageResult, Verdict
+from moderation.models import Case, TriageResult
 from moderation.routing import (
     REASON_ENGINE_UNAVAILABLE,
     REASON_NO_ENGINE,
@@ -61,7 +62,7 @@ from moderation.routing import (
     route_not_triaged,
     triage_needs_escalation,
 )
-from reviews import audit
+from policies.models import Policy, Verdict
 
 logger = logging.getLogger(__name__)
 

@@ -4,9 +4,10 @@ from django import forms
 from django.contrib import admin
 from django.db import models
 
-from moderation.models import Policy, PolicyVersion, Source
+from audit.admin import AuditedModelAdmin
+from moderation.models import Source
+from policies.models import Policy, PolicyVersion
 from reviews import callbacks
-from reviews.admin_audit import AuditedModelAdmin
 
 
 class SourceAdminForm(forms.ModelForm[Source]):

@@ -1,93 +1,17 @@
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 from typing import ClassVar
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
-from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
+from audit import keys
+from policies.models import Confidence, PolicyVersion, Verdict
+
 API_KEY_PREFIX = "sgq"
-
-
-def api_key_hash(key: str) -> str:
-    # Keys are 256-bit random tokens, so a fast hash is enough (no dictionary to defend against).
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-class Confidence(models.TextChoices):
-    LOW = "low"
-    MEDIUM = "medium"
-    HIGH = "high"
-
-
-class Verdict(models.TextChoices):
-    VIOLATES = "violates"
-    SAFE = "safe"
-    UNDETERMINED = "undetermined"
-
-
-class Policy(models.Model):
-    slug = models.SlugField(max_length=100, unique=True)
-    name = models.CharField(max_length=200)
-    description = models.TextField(blank=True)
-    # Routing. Violations always go to a human unless the policy team opts into auto-action.
-    auto_action_violations = models.BooleanField(default=False)
-    auto_clear_min_confidence = models.CharField(
-        max_length=8, choices=Confidence.choices, default=Confidence.HIGH
-    )
-    escalate_below_confidence = models.CharField(
-        max_length=8,
-        choices=Confidence.choices,
-        default=Confidence.MEDIUM,
-        help_text="Verdicts less confident than this are re-judged at escalation effort / model.",
-    )
-    qa_sample_rate = models.FloatField(
-        default=0.05, help_text="Share of auto-cleared items that still go to a human for QA."
-    )
-    activation_tolerance = models.FloatField(
-        default=0.02,
-        help_text="How far F1 or accuracy on the golden set may drop below the active version's "
-        "before activating a new version needs an override.",
-    )
-    funnel_target_recall = models.FloatField(
-        null=True,
-        blank=True,
-        validators=[MinValueValidator(0.5), MaxValueValidator(1.0)],
-        help_text="Share of violations the funnel tier must pass on; empty: SAFEGUARD_FUNNEL_TARGET_RECALL.",
-    )
-    # How sure the product must be that an auto-clear meets its recall target (inference_worker/guarantee).
-    recall_confidence = models.FloatField(
-        default=0.95,
-        validators=[MinValueValidator(0.5), MaxValueValidator(0.999)],
-        help_text="Probability that recall on new items meets the target before any tier may auto-clear.",
-    )
-    # Per-tier switches. On means "may clear while its guarantee holds": a tier without a proven threshold,
-    # or suspended by QA monitoring, clears nothing either way.
-    funnel_auto_clear = models.BooleanField(
-        default=True, help_text="The funnel tier may clear items below its proven threshold."
-    )
-    reasoner_auto_clear = models.BooleanField(
-        default=True, help_text="Safe verdicts at a proven confidence may be cleared without a human."
-    )
-    # Deciding "violates" names at least one rule of the policy (the form and the service both ask).
-    rules_required = models.BooleanField(
-        default=True,
-        db_default=True,
-        help_text='A moderator who decides "violates" must tick at least one rule.',
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        verbose_name_plural = "policies"
-
-    def __str__(self) -> str:
-        return self.name
 
 
 class Source(models.Model):
@@ -102,7 +26,7 @@ class Source(models.Model):
         default=False, help_text="Refuse requests without a valid X-Signature header."
     )
     callback_url = models.URLField(blank=True)
-    policies = models.ManyToManyField(Policy, related_name="sources", blank=True)
+    policies = models.ManyToManyField("policies.Policy", related_name="sources", blank=True)
     rate_limit_per_minute = models.PositiveIntegerField(
         default=120_000, help_text="Items accepted per minute; 0 means unlimited."
     )
@@ -114,82 +38,17 @@ class Source(models.Model):
 
     def api_key_issue(self) -> str:
         """Set a new API key and HMAC secret; returns the key, which is never stored in clear."""
-        key_id = secrets.token_hex(6)
-        key = f"{API_KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
-        self.api_key_id = key_id
-        self.api_key_hash = api_key_hash(key)
+        issued = keys.key_issue(API_KEY_PREFIX)
+        self.api_key_id, self.api_key_hash = issued.key_id, issued.key_hash
         self.hmac_secret = secrets.token_urlsafe(32)
-        return key
+        return issued.key
 
     def api_key_matches(self, key: str) -> bool:
-        return hmac.compare_digest(self.api_key_hash, api_key_hash(key))
+        return keys.key_matches(self.api_key_hash, key)
 
     @staticmethod
     def api_key_id_of(key: str) -> str | None:
-        parts = key.split("_", 2)
-        if len(parts) != 3 or parts[0] != API_KEY_PREFIX:
-            return None
-        return parts[1]
-
-
-class PolicyVersion(models.Model):
-    class Status(models.TextChoices):
-        DRAFT = "draft"
-        PUBLISHED = "published"
-        ACTIVE = "active"
-        RETIRED = "retired"
-
-    # A draft's text may change; once published it never does (cases and evaluation runs point here
-    # forever). PostgreSQL refuses the change too (migration 0004).
-    IMMUTABLE_FIELDS: ClassVar[tuple[str, ...]] = (
-        "policy_id",
-        "number",
-        "text",
-        "content_hash",
-        "rule_ids",
-        "token_count",
-    )
-
-    policy = models.ForeignKey(Policy, on_delete=models.PROTECT, related_name="versions")
-    number = models.PositiveIntegerField()
-    text = models.TextField()
-    rule_ids = ArrayField(models.CharField(max_length=32), default=list, blank=True)
-    token_count = models.PositiveIntegerField(default=0)
-    content_hash = models.CharField(max_length=64)
-    status = models.CharField(max_length=9, choices=Status.choices, default=Status.DRAFT)
-    author = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
-    published_at = models.DateTimeField(null=True, blank=True)
-    activated_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        constraints: ClassVar = [
-            models.UniqueConstraint(fields=["policy", "number"], name="policy_version_number_unique"),
-            models.UniqueConstraint(
-                fields=["policy"], condition=Q(status="active"), name="policy_one_active_version"
-            ),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.policy.slug} v{self.number}"
-
-    def save(self, *args: object, **kwargs: object) -> None:
-        if self.pk is not None:
-            stored = PolicyVersion.objects.filter(pk=self.pk).values("status", *self.IMMUTABLE_FIELDS).first()
-            frozen = stored is not None and stored["status"] != self.Status.DRAFT
-            if frozen and (
-                self.status == self.Status.DRAFT
-                or any(stored[f] != getattr(self, f) for f in self.IMMUTABLE_FIELDS)
-            ):
-                raise ValidationError("A published policy version is immutable; create a new draft instead.")
-        super().save(*args, **kwargs)  # type: ignore[arg-type]
-
-    @property
-    def is_draft(self) -> bool:
-        return self.status == self.Status.DRAFT
+        return keys.key_id_of(API_KEY_PREFIX, key)
 
 
 class ContentItem(models.Model):

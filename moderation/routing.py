@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from moderation.models import Case, Confidence, Policy, TriageResult, Verdict
+from moderation.models import Case, TriageResult
+from policies.models import Confidence, Policy, Verdict
 
 CONFIDENCE_RANK = {"": 0, Confidence.LOW: 1, Confidence.MEDIUM: 2, Confidence.HIGH: 3}
 

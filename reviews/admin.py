@@ -4,8 +4,10 @@ from django import forms
 from django.contrib import admin
 from django.db import models
 
-from reviews.admin_audit import AuditedModelAdmin  # also registers the audited User and Group admins
-from reviews.models import ApiToken, CallbackDelivery, GoldenExample, QueueGrant, StatementOfReasonsMapping
+from audit.admin import AuditedModelAdmin  # also registers the audited User and Group admins
+from audit.models import ApiToken
+from policies.models import GoldenExample, StatementOfReasonsMapping
+from reviews.models import CallbackDelivery, QueueGrant
 
 
 @admin.register(QueueGrant)

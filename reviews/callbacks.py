@@ -25,9 +25,9 @@ from django.db import transaction
 from django.db.models import Count, Exists, OuterRef
 from django.utils import timezone
 
+from audit import services as audit
 from moderation.redis import redis_client
 from moderation.signatures import signature_compute
-from reviews import audit
 from reviews.models import CallbackDelivery, Decision
 
 # Per connect, read or write; the whole attempt ends by CALLBACK_TOTAL_TIMEOUT_SECONDS.

@@ -6,8 +6,9 @@ from typing import Any
 
 from django import forms
 
-from moderation.models import Case, Confidence, Policy, PolicyVersion, Verdict
-from reviews.exports import ExportRequest, Format, Kind
+from audit.exports import ExportRequest, Format, Kind
+from moderation.models import Case
+from policies.models import Confidence, Policy, PolicyVersion, Verdict
 from reviews.models import Decision
 from reviews.selectors import (
     AuditFilters,

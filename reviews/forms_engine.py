@@ -12,7 +12,7 @@ from django.db.models import QuerySet
 from inference_worker.engine_check import SAMPLE_TEXT_MAX_CHARS
 from inference_worker.engine_settings import FIELDS_BY_NAME, EngineValue
 from inference_worker.models import EngineSettings
-from moderation.models import Policy, PolicyVersion
+from policies.models import Policy, PolicyVersion
 
 _CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
 DEFAULT_SAMPLE_TEXT = "Limited offer!!! Buy followers now at cheap-followers.example, DM me."

@@ -13,7 +13,8 @@ from django.db.models.functions import TruncHour
 from django.utils import timezone
 
 from config.db_router import read_alias, replica_reads
-from moderation.models import Case, Policy, PolicyVersion
+from moderation.models import Case
+from policies.models import Policy, PolicyVersion
 from reviews import selectors
 from reviews.models import Decision, Role
 

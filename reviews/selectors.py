@@ -12,9 +12,11 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
+from audit.models import AuditEvent
 from config.db_router import replica_alias
-from moderation.models import Case, Policy, PolicyVersion, TriageResult, Verdict
-from reviews.models import AuditEvent, CallbackDelivery, Decision, Role
+from moderation.models import Case, TriageResult
+from policies.models import Policy, PolicyVersion, Verdict
+from reviews.models import CallbackDelivery, Decision, Role
 
 REVIEWER_ROLES = {Role.MODERATOR, Role.SENIOR_MODERATOR, Role.ADMIN}
 SENIOR_ROLES = {Role.SENIOR_MODERATOR, Role.ADMIN}
@@ -352,7 +354,7 @@ _RULE_NAMES: dict[int, dict[str, str]] = {}
 def rule_names_of(version: PolicyVersion) -> dict[str, str]:
     """Rule id -> short name, from the version's Definitions/Criteria/Rules sections. A published text never
     changes, so its names are kept per version; a draft's are parsed afresh."""
-    from inference_worker.policy_rules import policy_rule_names
+    from policies.rules import policy_rule_names
 
     if version.is_draft or version.pk is None:
         return policy_rule_names(version.text)
@@ -373,7 +375,7 @@ class PolicyLine:
 
 def policy_lines(text: str, rule_ids: list[str], cited: list[str]) -> list[PolicyLine]:
     """The policy split in lines, each rule definition marked, and the cited ones highlighted."""
-    from inference_worker.policy_rules import policy_rule_ids_parse
+    from policies.rules import policy_rule_ids_parse
 
     cited_set = {c.upper() for c in cited}
     lines = []

@@ -14,10 +14,12 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from moderation.models import Case, Verdict
+from audit import services as audit
+from moderation.models import Case
 from moderation.routing import qa_sampled
-from reviews import audit, selectors
-from reviews.models import Decision, GoldenExample
+from policies.models import GoldenExample, Verdict
+from reviews import selectors
+from reviews.models import Decision
 
 LEASE_MINUTES = 10
 PRIORITY_QA_REVIEW = 20

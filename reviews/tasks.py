@@ -8,7 +8,8 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerError
 
-from reviews import callbacks, evaluations, services
+from policies import evaluations
+from reviews import callbacks, services
 
 logger = logging.getLogger(__name__)
 

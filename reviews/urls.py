@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from django.urls import path
 
-from reviews import views, views_engine, views_policies
+from policies import views as views_policies
+from reviews import views, views_engine
 
 app_name = "reviews"
 

@@ -9,8 +9,8 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from moderation.models import Policy
-from reviews import audit
+from audit import services as audit
+from policies.models import Policy
 from reviews.models import QueueGrant, Role
 
 # Roles that review queues; a queue grant given to anyone else would do nothing.

@@ -23,12 +23,16 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
 
+from audit import exports, tokens
+from audit import services as audit
+from audit.api import stream_response
 from config.middleware import session_passive
 from inference_worker.selectors import funnel_calibrations_for_policies, suspensions_open_for_policies
 from inference_worker.services import EngineConfig
-from moderation.models import Case, Verdict
-from reviews import audit, exports, metrics, policy_selectors, selectors, services, tokens
-from reviews.api import stream_response
+from moderation.models import Case
+from policies import selectors as policy_selectors
+from policies.models import Verdict
+from reviews import metrics, selectors, services
 from reviews.forms import (
     ApiTokenForm,
     AuditLogFilterForm,

@@ -10,8 +10,10 @@ import redis
 from django.test import Client
 
 from moderation import services
-from moderation.models import Policy, PolicyVersion, Source
+from moderation.models import Source
 from moderation.redis import redis_client
+from policies import services as policy_services
+from policies.models import Policy, PolicyVersion
 
 pytest_plugins = ["inference_worker.testing.fixtures"]
 
@@ -46,7 +48,7 @@ def redis_test_db() -> redis.Redis:
 @pytest.fixture
 def policy(db: None) -> Policy:
     policy = Policy.objects.create(slug="spam", name="Spam")
-    services.policy_version_create(policy=policy, text=POLICY_TEXT, activate=True)
+    policy_services.policy_version_create(policy=policy, text=POLICY_TEXT, activate=True)
     return policy
 
 

@@ -10,9 +10,10 @@ import pytest
 from django.contrib.auth.models import Group, Permission, User
 from django.test import Client
 
-from moderation.models import Policy
-from reviews import audit
-from reviews.models import AuditEvent, QueueGrant, Role
+from audit import services as audit
+from audit.models import AuditEvent
+from policies.models import Policy
+from reviews.models import QueueGrant, Role
 from tests.conftest import ApiClient
 from tests.reviews.helpers import user_create
 

@@ -23,19 +23,13 @@ from django.db import transaction
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
+from audit.tokens import api_token_create
 from inference_worker.testing.fixtures import engine_config_for
-from moderation.models import AutoClearSuspension, Case, Policy
-from moderation.services import policy_draft_create
-from reviews.evaluations import ExampleIn, evaluation_run_create
-from reviews.models import (
-    CallbackDelivery,
-    Decision,
-    GoldenExample,
-    QueueGrant,
-    Role,
-    StatementOfReasonsMapping,
-)
-from reviews.tokens import api_token_create
+from moderation.models import AutoClearSuspension, Case
+from policies.evaluations import ExampleIn, evaluation_run_create
+from policies.models import GoldenExample, Policy, StatementOfReasonsMapping
+from policies.services import policy_draft_create
+from reviews.models import CallbackDelivery, Decision, QueueGrant, Role
 from tests.conftest import ApiClient, source_api_client
 from tests.reviews.helpers import cases_create, user_create
 

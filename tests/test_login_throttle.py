@@ -9,7 +9,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from reviews.models import AuditEvent
+from audit.models import AuditEvent
 from tests.reviews.helpers import user_create
 
 PASSWORD = "not-used-in-tests"  # the password tests.reviews.helpers.user_create sets

@@ -16,11 +16,11 @@ from collections.abc import Callable
 import pytest
 
 from inference_worker.embeddings import SENTENCE_END
-from inference_worker.policy_examples import policy_examples_parse
-from inference_worker.policy_rules import policy_rule_definitions, policy_rule_ids_parse
 from inference_worker.verdicts import verdict_parse
 from moderation.injection import injection_signals
-from moderation.policy_lint import policy_lint
+from policies.examples import policy_examples_parse
+from policies.lint import policy_lint
+from policies.rules import policy_rule_definitions, policy_rule_ids_parse
 
 SMALL, LARGE = 10_000, 100_000
 # Linear is ~10; a quadratic pattern gives ~100. Generous for a shared machine with warm caches at 10k.

@@ -5,35 +5,61 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('moderation', '0005_funnel_fields'),
+        ("moderation", "0005_funnel_fields"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='FunnelCalibration',
+            name="FunnelCalibration",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('golden_fingerprint', models.CharField(max_length=64)),
-                ('target_recall', models.FloatField()),
-                ('embedding_model', models.CharField(max_length=200)),
-                ('method', models.CharField(choices=[('logistic_regression', 'logistic regression'), ('nearest_neighbours', 'nearest neighbours'), ('uncalibrated', 'not calibrated')], max_length=24)),
-                ('threshold', models.FloatField(blank=True, null=True)),
-                ('measured_recall', models.FloatField(blank=True, null=True)),
-                ('clear_rate', models.FloatField(blank=True, null=True)),
-                ('policy_examples', models.PositiveIntegerField(default=0)),
-                ('golden_examples', models.PositiveIntegerField(default=0)),
-                ('violations', models.PositiveIntegerField(default=0)),
-                ('safe', models.PositiveIntegerField(default=0)),
-                ('note', models.CharField(blank=True, max_length=300)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('policy_version', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='funnel_calibrations', to='moderation.policyversion')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("golden_fingerprint", models.CharField(max_length=64)),
+                ("target_recall", models.FloatField()),
+                ("embedding_model", models.CharField(max_length=200)),
+                (
+                    "method",
+                    models.CharField(
+                        choices=[
+                            ("logistic_regression", "logistic regression"),
+                            ("nearest_neighbours", "nearest neighbours"),
+                            ("uncalibrated", "not calibrated"),
+                        ],
+                        max_length=24,
+                    ),
+                ),
+                ("threshold", models.FloatField(blank=True, null=True)),
+                ("measured_recall", models.FloatField(blank=True, null=True)),
+                ("clear_rate", models.FloatField(blank=True, null=True)),
+                ("policy_examples", models.PositiveIntegerField(default=0)),
+                ("golden_examples", models.PositiveIntegerField(default=0)),
+                ("violations", models.PositiveIntegerField(default=0)),
+                ("safe", models.PositiveIntegerField(default=0)),
+                ("note", models.CharField(blank=True, max_length=300)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "policy_version",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="funnel_calibrations",
+                        to="moderation.policyversion",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('policy_version', 'golden_fingerprint', 'target_recall', 'embedding_model'), name='funnel_calibration_unique')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("policy_version", "golden_fingerprint", "target_recall", "embedding_model"),
+                        name="funnel_calibration_unique",
+                    )
+                ],
             },
         ),
     ]

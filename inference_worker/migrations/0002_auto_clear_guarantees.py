@@ -4,45 +4,44 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('inference_worker', '0001_funnel_calibration'),
-        ('moderation', '0008_auto_clear_guarantees'),
+        ("inference_worker", "0001_funnel_calibration"),
+        ("moderation", "0008_auto_clear_guarantees"),
     ]
 
     operations = [
         migrations.RemoveConstraint(
-            model_name='funnelcalibration',
-            name='funnel_calibration_unique',
+            model_name="funnelcalibration",
+            name="funnel_calibration_unique",
         ),
         migrations.AddField(
-            model_name='funnelcalibration',
-            name='confidence',
+            model_name="funnelcalibration",
+            name="confidence",
             field=models.FloatField(default=0.95),
         ),
         migrations.AddField(
-            model_name='funnelcalibration',
-            name='held_out_misses',
+            model_name="funnelcalibration",
+            name="held_out_misses",
             field=models.PositiveIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='funnelcalibration',
-            name='held_out_safe',
+            model_name="funnelcalibration",
+            name="held_out_safe",
             field=models.PositiveIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='funnelcalibration',
-            name='held_out_violations',
+            model_name="funnelcalibration",
+            name="held_out_violations",
             field=models.PositiveIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='funnelcalibration',
-            name='recall_lower_bound',
+            model_name="funnelcalibration",
+            name="recall_lower_bound",
             field=models.FloatField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='funnelcalibration',
-            name='violations_needed',
+            model_name="funnelcalibration",
+            name="violations_needed",
             field=models.PositiveIntegerField(default=0),
         ),
         # Thresholds from before the guarantee were fitted on cross-validated scores of the training data:
@@ -53,7 +52,16 @@ class Migration(migrations.Migration):
             migrations.RunSQL.noop,
         ),
         migrations.AddConstraint(
-            model_name='funnelcalibration',
-            constraint=models.UniqueConstraint(fields=('policy_version', 'golden_fingerprint', 'target_recall', 'confidence', 'embedding_model'), name='funnel_calibration_unique'),
+            model_name="funnelcalibration",
+            constraint=models.UniqueConstraint(
+                fields=(
+                    "policy_version",
+                    "golden_fingerprint",
+                    "target_recall",
+                    "confidence",
+                    "embedding_model",
+                ),
+                name="funnel_calibration_unique",
+            ),
         ),
     ]

@@ -6,33 +6,72 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('inference_worker', '0002_auto_clear_guarantees'),
+        ("inference_worker", "0002_auto_clear_guarantees"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='EngineSettings',
+            name="EngineSettings",
             fields=[
-                ('id', models.PositiveSmallIntegerField(default=1, editable=False, primary_key=True, serialize=False)),
-                ('base_url', models.CharField(blank=True, max_length=500)),
-                ('transport', models.CharField(blank=True, choices=[('completions', 'completions (vLLM: harmony token ids)'), ('chat', 'chat (Ollama, LM Studio, llama.cpp, hosted)')], max_length=16)),
-                ('model', models.CharField(blank=True, max_length=200)),
-                ('effort', models.CharField(blank=True, choices=[('low', 'low'), ('medium', 'medium'), ('high', 'high')], max_length=8)),
-                ('escalation_model', models.CharField(blank=True, max_length=200)),
-                ('escalation_effort', models.CharField(blank=True, choices=[('low', 'low'), ('medium', 'medium'), ('high', 'high')], max_length=8)),
-                ('api_key', models.CharField(blank=True, max_length=1000)),
-                ('timeout_seconds', models.FloatField(blank=True, null=True)),
-                ('give_up_after_seconds', models.FloatField(blank=True, null=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('updated_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.PositiveSmallIntegerField(
+                        default=1, editable=False, primary_key=True, serialize=False
+                    ),
+                ),
+                ("base_url", models.CharField(blank=True, max_length=500)),
+                (
+                    "transport",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("completions", "completions (vLLM: harmony token ids)"),
+                            ("chat", "chat (Ollama, LM Studio, llama.cpp, hosted)"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("model", models.CharField(blank=True, max_length=200)),
+                (
+                    "effort",
+                    models.CharField(
+                        blank=True,
+                        choices=[("low", "low"), ("medium", "medium"), ("high", "high")],
+                        max_length=8,
+                    ),
+                ),
+                ("escalation_model", models.CharField(blank=True, max_length=200)),
+                (
+                    "escalation_effort",
+                    models.CharField(
+                        blank=True,
+                        choices=[("low", "low"), ("medium", "medium"), ("high", "high")],
+                        max_length=8,
+                    ),
+                ),
+                ("api_key", models.CharField(blank=True, max_length=1000)),
+                ("timeout_seconds", models.FloatField(blank=True, null=True)),
+                ("give_up_after_seconds", models.FloatField(blank=True, null=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "updated_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'engine settings',
-                'verbose_name_plural': 'engine settings',
-                'constraints': [models.CheckConstraint(condition=models.Q(('id', 1)), name='engine_settings_singleton')],
+                "verbose_name": "engine settings",
+                "verbose_name_plural": "engine settings",
+                "constraints": [
+                    models.CheckConstraint(condition=models.Q(("id", 1)), name="engine_settings_singleton")
+                ],
             },
         ),
     ]

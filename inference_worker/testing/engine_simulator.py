@@ -62,8 +62,8 @@ from typing import Any
 
 from openai_harmony import Message, Role
 
-from inference_worker.policy_rules import policy_rule_ids_parse
 from inference_worker.prompts import harmony_encoding, prompt_token_ids
+from policies.rules import policy_rule_ids_parse
 
 MODES = (
     "ok",

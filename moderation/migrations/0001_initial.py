@@ -7,7 +7,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -16,148 +15,383 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='ContentItem',
+            name="ContentItem",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('external_id', models.CharField(max_length=255)),
-                ('text', models.TextField()),
-                ('transcript', models.JSONField(blank=True, null=True)),
-                ('metadata', models.JSONField(blank=True, default=dict)),
-                ('received_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("external_id", models.CharField(max_length=255)),
+                ("text", models.TextField()),
+                ("transcript", models.JSONField(blank=True, null=True)),
+                ("metadata", models.JSONField(blank=True, default=dict)),
+                ("received_at", models.DateTimeField(auto_now_add=True)),
             ],
         ),
         migrations.CreateModel(
-            name='Policy',
+            name="Policy",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('slug', models.SlugField(max_length=100, unique=True)),
-                ('name', models.CharField(max_length=200)),
-                ('description', models.TextField(blank=True)),
-                ('auto_action_violations', models.BooleanField(default=False)),
-                ('auto_clear_min_confidence', models.CharField(choices=[('low', 'Low'), ('medium', 'Medium'), ('high', 'High')], default='high', max_length=8)),
-                ('escalate_below_confidence', models.CharField(choices=[('low', 'Low'), ('medium', 'Medium'), ('high', 'High')], default='medium', help_text='Verdicts less confident than this are re-judged at escalation effort / model.', max_length=8)),
-                ('qa_sample_rate', models.FloatField(default=0.05, help_text='Share of auto-cleared items that still go to a human for QA.')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("slug", models.SlugField(max_length=100, unique=True)),
+                ("name", models.CharField(max_length=200)),
+                ("description", models.TextField(blank=True)),
+                ("auto_action_violations", models.BooleanField(default=False)),
+                (
+                    "auto_clear_min_confidence",
+                    models.CharField(
+                        choices=[("low", "Low"), ("medium", "Medium"), ("high", "High")],
+                        default="high",
+                        max_length=8,
+                    ),
+                ),
+                (
+                    "escalate_below_confidence",
+                    models.CharField(
+                        choices=[("low", "Low"), ("medium", "Medium"), ("high", "High")],
+                        default="medium",
+                        help_text="Verdicts less confident than this are re-judged at escalation effort / model.",
+                        max_length=8,
+                    ),
+                ),
+                (
+                    "qa_sample_rate",
+                    models.FloatField(
+                        default=0.05, help_text="Share of auto-cleared items that still go to a human for QA."
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'verbose_name_plural': 'policies',
+                "verbose_name_plural": "policies",
             },
         ),
         migrations.CreateModel(
-            name='PolicyVersion',
+            name="PolicyVersion",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('number', models.PositiveIntegerField()),
-                ('text', models.TextField()),
-                ('rule_ids', django.contrib.postgres.fields.ArrayField(base_field=models.CharField(max_length=32), blank=True, default=list, size=None)),
-                ('token_count', models.PositiveIntegerField(default=0)),
-                ('content_hash', models.CharField(max_length=64)),
-                ('status', models.CharField(choices=[('draft', 'Draft'), ('active', 'Active'), ('retired', 'Retired')], default='draft', max_length=8)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('activated_at', models.DateTimeField(blank=True, null=True)),
-                ('author', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('policy', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='versions', to='moderation.policy')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("number", models.PositiveIntegerField()),
+                ("text", models.TextField()),
+                (
+                    "rule_ids",
+                    django.contrib.postgres.fields.ArrayField(
+                        base_field=models.CharField(max_length=32), blank=True, default=list, size=None
+                    ),
+                ),
+                ("token_count", models.PositiveIntegerField(default=0)),
+                ("content_hash", models.CharField(max_length=64)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("draft", "Draft"), ("active", "Active"), ("retired", "Retired")],
+                        default="draft",
+                        max_length=8,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("activated_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "author",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "policy",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="versions",
+                        to="moderation.policy",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Case',
+            name="Case",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('state', models.CharField(choices=[('pending_triage', 'Pending Triage'), ('triaging', 'Triaging'), ('queued', 'Queued'), ('claimed', 'Claimed'), ('decided', 'Decided'), ('auto_cleared', 'Auto Cleared'), ('auto_actioned', 'Auto Actioned'), ('escalated', 'Escalated'), ('appealed', 'Appealed')], default='pending_triage', max_length=16)),
-                ('needs_senior', models.BooleanField(default=False)),
-                ('priority', models.SmallIntegerField(default=0)),
-                ('verdict', models.CharField(blank=True, choices=[('violates', 'Violates'), ('safe', 'Safe'), ('undetermined', 'Undetermined')], max_length=16)),
-                ('confidence', models.CharField(blank=True, choices=[('low', 'Low'), ('medium', 'Medium'), ('high', 'High')], max_length=8)),
-                ('route_reason', models.CharField(blank=True, max_length=200)),
-                ('triage_attempts', models.PositiveSmallIntegerField(default=0)),
-                ('triage_not_before', models.DateTimeField(blank=True, null=True)),
-                ('lease_expires_at', models.DateTimeField(blank=True, null=True)),
-                ('sla_due_at', models.DateTimeField(blank=True, null=True)),
-                ('queued_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('appeal_of', models.OneToOneField(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='appeal', to='moderation.case')),
-                ('lease_owner', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('qa_of', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='qa_reviews', to='moderation.case')),
-                ('item', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='cases', to='moderation.contentitem')),
-                ('policy_version', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='cases', to='moderation.policyversion')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("pending_triage", "Pending Triage"),
+                            ("triaging", "Triaging"),
+                            ("queued", "Queued"),
+                            ("claimed", "Claimed"),
+                            ("decided", "Decided"),
+                            ("auto_cleared", "Auto Cleared"),
+                            ("auto_actioned", "Auto Actioned"),
+                            ("escalated", "Escalated"),
+                            ("appealed", "Appealed"),
+                        ],
+                        default="pending_triage",
+                        max_length=16,
+                    ),
+                ),
+                ("needs_senior", models.BooleanField(default=False)),
+                ("priority", models.SmallIntegerField(default=0)),
+                (
+                    "verdict",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("violates", "Violates"),
+                            ("safe", "Safe"),
+                            ("undetermined", "Undetermined"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "confidence",
+                    models.CharField(
+                        blank=True,
+                        choices=[("low", "Low"), ("medium", "Medium"), ("high", "High")],
+                        max_length=8,
+                    ),
+                ),
+                ("route_reason", models.CharField(blank=True, max_length=200)),
+                ("triage_attempts", models.PositiveSmallIntegerField(default=0)),
+                ("triage_not_before", models.DateTimeField(blank=True, null=True)),
+                ("lease_expires_at", models.DateTimeField(blank=True, null=True)),
+                ("sla_due_at", models.DateTimeField(blank=True, null=True)),
+                ("queued_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "appeal_of",
+                    models.OneToOneField(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="appeal",
+                        to="moderation.case",
+                    ),
+                ),
+                (
+                    "lease_owner",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "qa_of",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="qa_reviews",
+                        to="moderation.case",
+                    ),
+                ),
+                (
+                    "item",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="cases",
+                        to="moderation.contentitem",
+                    ),
+                ),
+                (
+                    "policy_version",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="cases",
+                        to="moderation.policyversion",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Source',
+            name="Source",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200)),
-                ('slug', models.SlugField(max_length=100, unique=True)),
-                ('api_key_id', models.CharField(editable=False, max_length=16, unique=True)),
-                ('api_key_hash', models.CharField(editable=False, max_length=64)),
-                ('hmac_secret', models.CharField(editable=False, max_length=128)),
-                ('require_signature', models.BooleanField(default=False, help_text='Refuse requests without a valid X-Signature header.')),
-                ('callback_url', models.URLField(blank=True)),
-                ('rate_limit_per_minute', models.PositiveIntegerField(default=120000, help_text='Items accepted per minute; 0 means unlimited.')),
-                ('is_active', models.BooleanField(default=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('policies', models.ManyToManyField(blank=True, related_name='sources', to='moderation.policy')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=200)),
+                ("slug", models.SlugField(max_length=100, unique=True)),
+                ("api_key_id", models.CharField(editable=False, max_length=16, unique=True)),
+                ("api_key_hash", models.CharField(editable=False, max_length=64)),
+                ("hmac_secret", models.CharField(editable=False, max_length=128)),
+                (
+                    "require_signature",
+                    models.BooleanField(
+                        default=False, help_text="Refuse requests without a valid X-Signature header."
+                    ),
+                ),
+                ("callback_url", models.URLField(blank=True)),
+                (
+                    "rate_limit_per_minute",
+                    models.PositiveIntegerField(
+                        default=120000, help_text="Items accepted per minute; 0 means unlimited."
+                    ),
+                ),
+                ("is_active", models.BooleanField(default=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "policies",
+                    models.ManyToManyField(blank=True, related_name="sources", to="moderation.policy"),
+                ),
             ],
         ),
         migrations.AddField(
-            model_name='contentitem',
-            name='source',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='items', to='moderation.source'),
+            model_name="contentitem",
+            name="source",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT, related_name="items", to="moderation.source"
+            ),
         ),
         migrations.CreateModel(
-            name='TriageResult',
+            name="TriageResult",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('tier', models.CharField(choices=[('funnel', 'Funnel'), ('safeguard', 'Safeguard'), ('escalation', 'Escalation')], max_length=16)),
-                ('engine', models.CharField(blank=True, max_length=32)),
-                ('model', models.CharField(blank=True, max_length=200)),
-                ('reasoning_effort', models.CharField(blank=True, max_length=8)),
-                ('verdict', models.CharField(choices=[('violates', 'Violates'), ('safe', 'Safe'), ('undetermined', 'Undetermined')], max_length=16)),
-                ('policy_category', models.CharField(blank=True, max_length=200)),
-                ('rule_ids', django.contrib.postgres.fields.ArrayField(base_field=models.CharField(max_length=32), blank=True, default=list, size=None)),
-                ('hallucinated_rule_ids', django.contrib.postgres.fields.ArrayField(base_field=models.CharField(max_length=64), blank=True, default=list, size=None)),
-                ('confidence', models.CharField(blank=True, choices=[('low', 'Low'), ('medium', 'Medium'), ('high', 'High')], max_length=8)),
-                ('rationale', models.TextField(blank=True)),
-                ('chain_of_thought', models.TextField(blank=True)),
-                ('raw_final_text', models.TextField(blank=True)),
-                ('parse_path', models.CharField(blank=True, max_length=16)),
-                ('prompt_tokens', models.PositiveIntegerField(blank=True, null=True)),
-                ('cached_prompt_tokens', models.PositiveIntegerField(blank=True, null=True)),
-                ('completion_tokens', models.PositiveIntegerField(blank=True, null=True)),
-                ('latency_ms', models.PositiveIntegerField(blank=True, null=True)),
-                ('finish_reason', models.CharField(blank=True, max_length=32)),
-                ('error', models.CharField(blank=True, max_length=500)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('case', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='triage_results', to='moderation.case')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "tier",
+                    models.CharField(
+                        choices=[
+                            ("funnel", "Funnel"),
+                            ("safeguard", "Safeguard"),
+                            ("escalation", "Escalation"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("engine", models.CharField(blank=True, max_length=32)),
+                ("model", models.CharField(blank=True, max_length=200)),
+                ("reasoning_effort", models.CharField(blank=True, max_length=8)),
+                (
+                    "verdict",
+                    models.CharField(
+                        choices=[
+                            ("violates", "Violates"),
+                            ("safe", "Safe"),
+                            ("undetermined", "Undetermined"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("policy_category", models.CharField(blank=True, max_length=200)),
+                (
+                    "rule_ids",
+                    django.contrib.postgres.fields.ArrayField(
+                        base_field=models.CharField(max_length=32), blank=True, default=list, size=None
+                    ),
+                ),
+                (
+                    "hallucinated_rule_ids",
+                    django.contrib.postgres.fields.ArrayField(
+                        base_field=models.CharField(max_length=64), blank=True, default=list, size=None
+                    ),
+                ),
+                (
+                    "confidence",
+                    models.CharField(
+                        blank=True,
+                        choices=[("low", "Low"), ("medium", "Medium"), ("high", "High")],
+                        max_length=8,
+                    ),
+                ),
+                ("rationale", models.TextField(blank=True)),
+                ("chain_of_thought", models.TextField(blank=True)),
+                ("raw_final_text", models.TextField(blank=True)),
+                ("parse_path", models.CharField(blank=True, max_length=16)),
+                ("prompt_tokens", models.PositiveIntegerField(blank=True, null=True)),
+                ("cached_prompt_tokens", models.PositiveIntegerField(blank=True, null=True)),
+                ("completion_tokens", models.PositiveIntegerField(blank=True, null=True)),
+                ("latency_ms", models.PositiveIntegerField(blank=True, null=True)),
+                ("finish_reason", models.CharField(blank=True, max_length=32)),
+                ("error", models.CharField(blank=True, max_length=500)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "case",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="triage_results",
+                        to="moderation.case",
+                    ),
+                ),
             ],
         ),
         migrations.AddConstraint(
-            model_name='policyversion',
-            constraint=models.UniqueConstraint(fields=('policy', 'number'), name='policy_version_number_unique'),
+            model_name="policyversion",
+            constraint=models.UniqueConstraint(
+                fields=("policy", "number"), name="policy_version_number_unique"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='policyversion',
-            constraint=models.UniqueConstraint(condition=models.Q(('status', 'active')), fields=('policy',), name='policy_one_active_version'),
+            model_name="policyversion",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("status", "active")), fields=("policy",), name="policy_one_active_version"
+            ),
         ),
         migrations.AddIndex(
-            model_name='case',
-            index=models.Index(models.OrderBy(models.F('priority'), descending=True), models.F('queued_at'), models.F('id'), condition=models.Q(('state__in', ['queued', 'escalated', 'appealed'])), name='case_queue_idx'),
+            model_name="case",
+            index=models.Index(
+                models.OrderBy(models.F("priority"), descending=True),
+                models.F("queued_at"),
+                models.F("id"),
+                condition=models.Q(("state__in", ["queued", "escalated", "appealed"])),
+                name="case_queue_idx",
+            ),
         ),
         migrations.AddIndex(
-            model_name='case',
-            index=models.Index(condition=models.Q(('state__in', ['pending_triage', 'triaging'])), fields=['state', 'updated_at'], name='case_triage_idx'),
+            model_name="case",
+            index=models.Index(
+                condition=models.Q(("state__in", ["pending_triage", "triaging"])),
+                fields=["state", "updated_at"],
+                name="case_triage_idx",
+            ),
         ),
         migrations.AddIndex(
-            model_name='case',
-            index=models.Index(condition=models.Q(('state', 'claimed')), fields=['lease_expires_at'], name='case_lease_idx'),
+            model_name="case",
+            index=models.Index(
+                condition=models.Q(("state", "claimed")), fields=["lease_expires_at"], name="case_lease_idx"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='case',
-            constraint=models.UniqueConstraint(condition=models.Q(('appeal_of__isnull', True), ('qa_of__isnull', True)), fields=('item', 'policy_version'), name='case_one_per_item_and_version'),
+            model_name="case",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("appeal_of__isnull", True), ("qa_of__isnull", True)),
+                fields=("item", "policy_version"),
+                name="case_one_per_item_and_version",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='contentitem',
-            constraint=models.UniqueConstraint(fields=('source', 'external_id'), name='item_external_id_unique'),
+            model_name="contentitem",
+            constraint=models.UniqueConstraint(
+                fields=("source", "external_id"), name="item_external_id_unique"
+            ),
         ),
     ]

@@ -5,15 +5,16 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('moderation', '0001_initial'),
+        ("moderation", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='case',
-            index=models.Index(condition=models.Q(('state', 'pending_triage')), fields=['id'], name='case_pending_idx'),
+            model_name="case",
+            index=models.Index(
+                condition=models.Q(("state", "pending_triage")), fields=["id"], name="case_pending_idx"
+            ),
         ),
     ]

@@ -28,31 +28,42 @@ CREATE TRIGGER moderation_policyversion_frozen BEFORE UPDATE OR DELETE ON modera
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('moderation', '0003_case_autovacuum'),
+        ("moderation", "0003_case_autovacuum"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='policy',
-            name='activation_tolerance',
-            field=models.FloatField(default=0.02, help_text="How far F1 or accuracy on the golden set may drop below the active version's before activating a new version needs an override."),
+            model_name="policy",
+            name="activation_tolerance",
+            field=models.FloatField(
+                default=0.02,
+                help_text="How far F1 or accuracy on the golden set may drop below the active version's before activating a new version needs an override.",
+            ),
         ),
         migrations.AddField(
-            model_name='policyversion',
-            name='published_at',
+            model_name="policyversion",
+            name="published_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='policyversion',
-            name='updated_at',
+            model_name="policyversion",
+            name="updated_at",
             field=models.DateTimeField(auto_now=True),
         ),
         migrations.AlterField(
-            model_name='policyversion',
-            name='status',
-            field=models.CharField(choices=[('draft', 'Draft'), ('published', 'Published'), ('active', 'Active'), ('retired', 'Retired')], default='draft', max_length=9),
+            model_name="policyversion",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("draft", "Draft"),
+                    ("published", "Published"),
+                    ("active", "Active"),
+                    ("retired", "Retired"),
+                ],
+                default="draft",
+                max_length=9,
+            ),
         ),
         migrations.RunSQL(FROZEN_FUNCTION, "DROP FUNCTION IF EXISTS moderation_policyversion_frozen();"),
         migrations.RunSQL(

@@ -5,20 +5,27 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('moderation', '0004_policy_drafts_and_tolerance'),
+        ("moderation", "0004_policy_drafts_and_tolerance"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='policy',
-            name='funnel_target_recall',
-            field=models.FloatField(blank=True, help_text='Share of violations the funnel tier must pass on; empty: SAFEGUARD_FUNNEL_TARGET_RECALL.', null=True, validators=[django.core.validators.MinValueValidator(0.5), django.core.validators.MaxValueValidator(1.0)]),
+            model_name="policy",
+            name="funnel_target_recall",
+            field=models.FloatField(
+                blank=True,
+                help_text="Share of violations the funnel tier must pass on; empty: SAFEGUARD_FUNNEL_TARGET_RECALL.",
+                null=True,
+                validators=[
+                    django.core.validators.MinValueValidator(0.5),
+                    django.core.validators.MaxValueValidator(1.0),
+                ],
+            ),
         ),
         migrations.AddField(
-            model_name='triageresult',
-            name='funnel',
+            model_name="triageresult",
+            name="funnel",
             field=models.JSONField(blank=True, null=True),
         ),
     ]

@@ -5,15 +5,16 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('moderation', '0005_funnel_fields'),
+        ("moderation", "0005_funnel_fields"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='contentitem',
-            name='injection_signals',
-            field=django.contrib.postgres.fields.ArrayField(base_field=models.CharField(max_length=32), blank=True, default=list, size=None),
+            model_name="contentitem",
+            name="injection_signals",
+            field=django.contrib.postgres.fields.ArrayField(
+                base_field=models.CharField(max_length=32), blank=True, default=list, size=None
+            ),
         ),
     ]

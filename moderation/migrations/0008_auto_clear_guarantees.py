@@ -7,63 +7,101 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('moderation', '0007_case_holder_idx'),
+        ("moderation", "0007_case_holder_idx"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='AutoClearSuspension',
+            name="AutoClearSuspension",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('tier', models.CharField(choices=[('funnel', 'funnel tier'), ('safeguard', 'reasoner')], max_length=16)),
-                ('reason', models.CharField(max_length=300)),
-                ('qa_samples', models.PositiveIntegerField()),
-                ('qa_misses', models.PositiveIntegerField()),
-                ('miss_rate_upper_bound', models.FloatField()),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('resumed_at', models.DateTimeField(blank=True, null=True)),
-                ('resume_reason', models.TextField(blank=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "tier",
+                    models.CharField(
+                        choices=[("funnel", "funnel tier"), ("safeguard", "reasoner")], max_length=16
+                    ),
+                ),
+                ("reason", models.CharField(max_length=300)),
+                ("qa_samples", models.PositiveIntegerField()),
+                ("qa_misses", models.PositiveIntegerField()),
+                ("miss_rate_upper_bound", models.FloatField()),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("resumed_at", models.DateTimeField(blank=True, null=True)),
+                ("resume_reason", models.TextField(blank=True)),
             ],
         ),
         migrations.AddField(
-            model_name='case',
-            name='cleared_by',
-            field=models.CharField(blank=True, db_default='', default='', max_length=16),
+            model_name="case",
+            name="cleared_by",
+            field=models.CharField(blank=True, db_default="", default="", max_length=16),
         ),
         migrations.AddField(
-            model_name='policy',
-            name='funnel_auto_clear',
-            field=models.BooleanField(default=True, help_text='The funnel tier may clear items below its proven threshold.'),
+            model_name="policy",
+            name="funnel_auto_clear",
+            field=models.BooleanField(
+                default=True, help_text="The funnel tier may clear items below its proven threshold."
+            ),
         ),
         migrations.AddField(
-            model_name='policy',
-            name='reasoner_auto_clear',
-            field=models.BooleanField(default=True, help_text='Safe verdicts at a proven confidence may be cleared without a human.'),
+            model_name="policy",
+            name="reasoner_auto_clear",
+            field=models.BooleanField(
+                default=True, help_text="Safe verdicts at a proven confidence may be cleared without a human."
+            ),
         ),
         migrations.AddField(
-            model_name='policy',
-            name='recall_confidence',
-            field=models.FloatField(default=0.95, help_text='Probability that recall on new items meets the target before any tier may auto-clear.', validators=[django.core.validators.MinValueValidator(0.5), django.core.validators.MaxValueValidator(0.999)]),
+            model_name="policy",
+            name="recall_confidence",
+            field=models.FloatField(
+                default=0.95,
+                help_text="Probability that recall on new items meets the target before any tier may auto-clear.",
+                validators=[
+                    django.core.validators.MinValueValidator(0.5),
+                    django.core.validators.MaxValueValidator(0.999),
+                ],
+            ),
         ),
         migrations.AddIndex(
-            model_name='case',
-            index=models.Index(condition=models.Q(('cleared_by', ''), _negated=True), fields=['policy_version', 'cleared_by'], name='case_cleared_by_idx'),
+            model_name="case",
+            index=models.Index(
+                condition=models.Q(("cleared_by", ""), _negated=True),
+                fields=["policy_version", "cleared_by"],
+                name="case_cleared_by_idx",
+            ),
         ),
         migrations.AddField(
-            model_name='autoclearsuspension',
-            name='policy_version',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='auto_clear_suspensions', to='moderation.policyversion'),
+            model_name="autoclearsuspension",
+            name="policy_version",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="auto_clear_suspensions",
+                to="moderation.policyversion",
+            ),
         ),
         migrations.AddField(
-            model_name='autoclearsuspension',
-            name='resumed_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL),
+            model_name="autoclearsuspension",
+            name="resumed_by",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AddConstraint(
-            model_name='autoclearsuspension',
-            constraint=models.UniqueConstraint(condition=models.Q(('resumed_at__isnull', True)), fields=('policy_version', 'tier'), name='auto_clear_one_open_suspension'),
+            model_name="autoclearsuspension",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("resumed_at__isnull", True)),
+                fields=("policy_version", "tier"),
+                name="auto_clear_one_open_suspension",
+            ),
         ),
     ]

@@ -7,95 +7,220 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('moderation', '0001_initial'),
+        ("moderation", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='AuditEvent',
+            name="AuditEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True, db_index=True)),
-                ('actor_kind', models.CharField(choices=[('user', 'User'), ('source', 'Source'), ('system', 'System')], max_length=8)),
-                ('actor_id', models.CharField(blank=True, max_length=64)),
-                ('actor_label', models.CharField(blank=True, max_length=200)),
-                ('action', models.CharField(max_length=64)),
-                ('object_type', models.CharField(max_length=64)),
-                ('object_id', models.CharField(max_length=64)),
-                ('payload', models.JSONField(blank=True, default=dict)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True, db_index=True)),
+                (
+                    "actor_kind",
+                    models.CharField(
+                        choices=[("user", "User"), ("source", "Source"), ("system", "System")], max_length=8
+                    ),
+                ),
+                ("actor_id", models.CharField(blank=True, max_length=64)),
+                ("actor_label", models.CharField(blank=True, max_length=200)),
+                ("action", models.CharField(max_length=64)),
+                ("object_type", models.CharField(max_length=64)),
+                ("object_id", models.CharField(max_length=64)),
+                ("payload", models.JSONField(blank=True, default=dict)),
             ],
             options={
-                'indexes': [models.Index(fields=['object_type', 'object_id'], name='audit_object_idx'), models.Index(fields=['action', 'created_at'], name='audit_action_idx')],
+                "indexes": [
+                    models.Index(fields=["object_type", "object_id"], name="audit_object_idx"),
+                    models.Index(fields=["action", "created_at"], name="audit_action_idx"),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Decision',
+            name="Decision",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('action', models.CharField(choices=[('confirm', 'Confirm'), ('overturn', 'Overturn'), ('escalate', 'Escalate')], max_length=8)),
-                ('final_label', models.CharField(blank=True, choices=[('violates', 'Violates'), ('safe', 'Safe')], max_length=8)),
-                ('rule_ids', django.contrib.postgres.fields.ArrayField(base_field=models.CharField(max_length=32), blank=True, default=list, size=None)),
-                ('note', models.TextField(blank=True)),
-                ('seconds_spent', models.PositiveIntegerField(default=0)),
-                ('model_verdict', models.CharField(blank=True, max_length=16)),
-                ('agrees_with_reviewed', models.BooleanField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True, db_index=True)),
-                ('case', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='decisions', to='moderation.case')),
-                ('moderator', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='decisions', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "action",
+                    models.CharField(
+                        choices=[("confirm", "Confirm"), ("overturn", "Overturn"), ("escalate", "Escalate")],
+                        max_length=8,
+                    ),
+                ),
+                (
+                    "final_label",
+                    models.CharField(
+                        blank=True, choices=[("violates", "Violates"), ("safe", "Safe")], max_length=8
+                    ),
+                ),
+                (
+                    "rule_ids",
+                    django.contrib.postgres.fields.ArrayField(
+                        base_field=models.CharField(max_length=32), blank=True, default=list, size=None
+                    ),
+                ),
+                ("note", models.TextField(blank=True)),
+                ("seconds_spent", models.PositiveIntegerField(default=0)),
+                ("model_verdict", models.CharField(blank=True, max_length=16)),
+                ("agrees_with_reviewed", models.BooleanField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True, db_index=True)),
+                (
+                    "case",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="decisions",
+                        to="moderation.case",
+                    ),
+                ),
+                (
+                    "moderator",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="decisions",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='CallbackDelivery',
+            name="CallbackDelivery",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('url', models.URLField()),
-                ('attempt', models.PositiveSmallIntegerField()),
-                ('status_code', models.PositiveSmallIntegerField(blank=True, null=True)),
-                ('succeeded', models.BooleanField(default=False)),
-                ('error', models.CharField(blank=True, max_length=300)),
-                ('duration_ms', models.PositiveIntegerField(default=0)),
-                ('created_at', models.DateTimeField(auto_now_add=True, db_index=True)),
-                ('decision', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='callback_deliveries', to='reviews.decision')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("url", models.URLField()),
+                ("attempt", models.PositiveSmallIntegerField()),
+                ("status_code", models.PositiveSmallIntegerField(blank=True, null=True)),
+                ("succeeded", models.BooleanField(default=False)),
+                ("error", models.CharField(blank=True, max_length=300)),
+                ("duration_ms", models.PositiveIntegerField(default=0)),
+                ("created_at", models.DateTimeField(auto_now_add=True, db_index=True)),
+                (
+                    "decision",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="callback_deliveries",
+                        to="reviews.decision",
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'callback deliveries',
+                "verbose_name_plural": "callback deliveries",
             },
         ),
         migrations.CreateModel(
-            name='GoldenExample',
+            name="GoldenExample",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('text', models.TextField()),
-                ('text_hash', models.CharField(db_index=True, max_length=64)),
-                ('expected_label', models.CharField(choices=[('violates', 'Violates'), ('safe', 'Safe')], max_length=8)),
-                ('rule_ids', django.contrib.postgres.fields.ArrayField(base_field=models.CharField(max_length=32), blank=True, default=list, size=None)),
-                ('origin', models.CharField(choices=[('decision', 'Decision'), ('import', 'Import')], max_length=8)),
-                ('status', models.CharField(choices=[('candidate', 'Candidate'), ('accepted', 'Accepted'), ('rejected', 'Rejected')], default='candidate', max_length=9)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('decision', models.OneToOneField(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='golden_example', to='reviews.decision')),
-                ('policy', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='golden_examples', to='moderation.policy')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("text", models.TextField()),
+                ("text_hash", models.CharField(db_index=True, max_length=64)),
+                (
+                    "expected_label",
+                    models.CharField(choices=[("violates", "Violates"), ("safe", "Safe")], max_length=8),
+                ),
+                (
+                    "rule_ids",
+                    django.contrib.postgres.fields.ArrayField(
+                        base_field=models.CharField(max_length=32), blank=True, default=list, size=None
+                    ),
+                ),
+                (
+                    "origin",
+                    models.CharField(choices=[("decision", "Decision"), ("import", "Import")], max_length=8),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("candidate", "Candidate"),
+                            ("accepted", "Accepted"),
+                            ("rejected", "Rejected"),
+                        ],
+                        default="candidate",
+                        max_length=9,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "decision",
+                    models.OneToOneField(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="golden_example",
+                        to="reviews.decision",
+                    ),
+                ),
+                (
+                    "policy",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="golden_examples",
+                        to="moderation.policy",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='QueueGrant',
+            name="QueueGrant",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('policy', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='queue_grants', to='moderation.policy')),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='queue_grants', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "policy",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="queue_grants",
+                        to="moderation.policy",
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="queue_grants",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
         ),
         migrations.AddConstraint(
-            model_name='decision',
-            constraint=models.UniqueConstraint(condition=models.Q(('action', 'escalate'), _negated=True), fields=('case',), name='decision_one_final_per_case'),
+            model_name="decision",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("action", "escalate"), _negated=True),
+                fields=("case",),
+                name="decision_one_final_per_case",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='queuegrant',
-            constraint=models.UniqueConstraint(fields=('user', 'policy'), name='queue_grant_unique'),
+            model_name="queuegrant",
+            constraint=models.UniqueConstraint(fields=("user", "policy"), name="queue_grant_unique"),
         ),
     ]

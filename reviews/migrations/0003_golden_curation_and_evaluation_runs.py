@@ -7,118 +7,211 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('moderation', '0004_policy_drafts_and_tolerance'),
-        ('reviews', '0002_append_only_and_roles'),
+        ("moderation", "0004_policy_drafts_and_tolerance"),
+        ("reviews", "0002_append_only_and_roles"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='EvaluationResult',
+            name="EvaluationResult",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('position', models.PositiveIntegerField()),
-                ('text', models.TextField()),
-                ('text_hash', models.CharField(max_length=64)),
-                ('expected_label', models.CharField(choices=[('violates', 'Violates'), ('safe', 'Safe')], max_length=8)),
-                ('expected_rule_ids', django.contrib.postgres.fields.ArrayField(base_field=models.CharField(max_length=32), blank=True, default=list, size=None)),
-                ('category', models.CharField(blank=True, max_length=100)),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('done', 'Done'), ('failed', 'Failed')], default='pending', max_length=8)),
-                ('verdict', models.CharField(blank=True, max_length=16)),
-                ('rule_ids', django.contrib.postgres.fields.ArrayField(base_field=models.CharField(max_length=32), blank=True, default=list, size=None)),
-                ('hallucinated_rule_ids', django.contrib.postgres.fields.ArrayField(base_field=models.CharField(max_length=64), blank=True, default=list, size=None)),
-                ('policy_category', models.CharField(blank=True, max_length=200)),
-                ('confidence', models.CharField(blank=True, max_length=8)),
-                ('rationale', models.TextField(blank=True)),
-                ('chain_of_thought', models.TextField(blank=True)),
-                ('prompt_tokens', models.PositiveIntegerField(blank=True, null=True)),
-                ('completion_tokens', models.PositiveIntegerField(blank=True, null=True)),
-                ('latency_ms', models.PositiveIntegerField(blank=True, null=True)),
-                ('attempts', models.PositiveSmallIntegerField(default=0)),
-                ('error', models.CharField(blank=True, max_length=500)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("position", models.PositiveIntegerField()),
+                ("text", models.TextField()),
+                ("text_hash", models.CharField(max_length=64)),
+                (
+                    "expected_label",
+                    models.CharField(choices=[("violates", "Violates"), ("safe", "Safe")], max_length=8),
+                ),
+                (
+                    "expected_rule_ids",
+                    django.contrib.postgres.fields.ArrayField(
+                        base_field=models.CharField(max_length=32), blank=True, default=list, size=None
+                    ),
+                ),
+                ("category", models.CharField(blank=True, max_length=100)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("pending", "Pending"), ("done", "Done"), ("failed", "Failed")],
+                        default="pending",
+                        max_length=8,
+                    ),
+                ),
+                ("verdict", models.CharField(blank=True, max_length=16)),
+                (
+                    "rule_ids",
+                    django.contrib.postgres.fields.ArrayField(
+                        base_field=models.CharField(max_length=32), blank=True, default=list, size=None
+                    ),
+                ),
+                (
+                    "hallucinated_rule_ids",
+                    django.contrib.postgres.fields.ArrayField(
+                        base_field=models.CharField(max_length=64), blank=True, default=list, size=None
+                    ),
+                ),
+                ("policy_category", models.CharField(blank=True, max_length=200)),
+                ("confidence", models.CharField(blank=True, max_length=8)),
+                ("rationale", models.TextField(blank=True)),
+                ("chain_of_thought", models.TextField(blank=True)),
+                ("prompt_tokens", models.PositiveIntegerField(blank=True, null=True)),
+                ("completion_tokens", models.PositiveIntegerField(blank=True, null=True)),
+                ("latency_ms", models.PositiveIntegerField(blank=True, null=True)),
+                ("attempts", models.PositiveSmallIntegerField(default=0)),
+                ("error", models.CharField(blank=True, max_length=500)),
             ],
         ),
         migrations.CreateModel(
-            name='EvaluationRun',
+            name="EvaluationRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('dataset', models.CharField(choices=[('golden', 'Golden'), ('file', 'File')], default='golden', max_length=8)),
-                ('dataset_label', models.CharField(blank=True, max_length=300)),
-                ('golden_set_hash', models.CharField(blank=True, db_index=True, max_length=64)),
-                ('policy_text', models.TextField()),
-                ('policy_text_hash', models.CharField(max_length=64)),
-                ('transport', models.CharField(max_length=16)),
-                ('model', models.CharField(max_length=200)),
-                ('effort', models.CharField(max_length=8)),
-                ('status', models.CharField(choices=[('queued', 'Queued'), ('running', 'Running'), ('finished', 'Finished'), ('failed', 'Failed')], default='queued', max_length=8)),
-                ('total', models.PositiveIntegerField(default=0)),
-                ('done', models.PositiveIntegerField(default=0)),
-                ('failed', models.PositiveIntegerField(default=0)),
-                ('metrics', models.JSONField(blank=True, default=dict)),
-                ('error', models.CharField(blank=True, max_length=500)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('heartbeat_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "dataset",
+                    models.CharField(
+                        choices=[("golden", "Golden"), ("file", "File")], default="golden", max_length=8
+                    ),
+                ),
+                ("dataset_label", models.CharField(blank=True, max_length=300)),
+                ("golden_set_hash", models.CharField(blank=True, db_index=True, max_length=64)),
+                ("policy_text", models.TextField()),
+                ("policy_text_hash", models.CharField(max_length=64)),
+                ("transport", models.CharField(max_length=16)),
+                ("model", models.CharField(max_length=200)),
+                ("effort", models.CharField(max_length=8)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued"),
+                            ("running", "Running"),
+                            ("finished", "Finished"),
+                            ("failed", "Failed"),
+                        ],
+                        default="queued",
+                        max_length=8,
+                    ),
+                ),
+                ("total", models.PositiveIntegerField(default=0)),
+                ("done", models.PositiveIntegerField(default=0)),
+                ("failed", models.PositiveIntegerField(default=0)),
+                ("metrics", models.JSONField(blank=True, default=dict)),
+                ("error", models.CharField(blank=True, max_length=500)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("heartbeat_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
             ],
         ),
         migrations.AddField(
-            model_name='goldenexample',
-            name='category',
+            model_name="goldenexample",
+            name="category",
             field=models.CharField(blank=True, max_length=100),
         ),
         migrations.AddField(
-            model_name='goldenexample',
-            name='created_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL),
+            model_name="goldenexample",
+            name="created_by",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AddField(
-            model_name='goldenexample',
-            name='curated_at',
+            model_name="goldenexample",
+            name="curated_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='goldenexample',
-            name='curated_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL),
+            model_name="goldenexample",
+            name="curated_by",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AddIndex(
-            model_name='goldenexample',
-            index=models.Index(fields=['policy', 'status', 'id'], name='golden_policy_status_idx'),
+            model_name="goldenexample",
+            index=models.Index(fields=["policy", "status", "id"], name="golden_policy_status_idx"),
         ),
         migrations.AddConstraint(
-            model_name='goldenexample',
-            constraint=models.UniqueConstraint(condition=models.Q(('status', 'accepted')), fields=('policy', 'text_hash'), name='golden_accepted_text_unique'),
+            model_name="goldenexample",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("status", "accepted")),
+                fields=("policy", "text_hash"),
+                name="golden_accepted_text_unique",
+            ),
         ),
         migrations.AddField(
-            model_name='evaluationresult',
-            name='example',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='reviews.goldenexample'),
+            model_name="evaluationresult",
+            name="example",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to="reviews.goldenexample",
+            ),
         ),
         migrations.AddField(
-            model_name='evaluationrun',
-            name='created_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL),
+            model_name="evaluationrun",
+            name="created_by",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AddField(
-            model_name='evaluationrun',
-            name='policy',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='evaluation_runs', to='moderation.policy'),
+            model_name="evaluationrun",
+            name="policy",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="evaluation_runs",
+                to="moderation.policy",
+            ),
         ),
         migrations.AddField(
-            model_name='evaluationrun',
-            name='policy_version',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='evaluation_runs', to='moderation.policyversion'),
+            model_name="evaluationrun",
+            name="policy_version",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="evaluation_runs",
+                to="moderation.policyversion",
+            ),
         ),
         migrations.AddField(
-            model_name='evaluationresult',
-            name='run',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='results', to='reviews.evaluationrun'),
+            model_name="evaluationresult",
+            name="run",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="results",
+                to="reviews.evaluationrun",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='evaluationresult',
-            constraint=models.UniqueConstraint(fields=('run', 'position'), name='evaluation_result_position_unique'),
+            model_name="evaluationresult",
+            constraint=models.UniqueConstraint(
+                fields=("run", "position"), name="evaluation_result_position_unique"
+            ),
         ),
     ]

@@ -12,7 +12,7 @@ from typing import Any
 import django.utils.timezone
 from django.db import migrations, models
 
-from reviews import chain
+from audit import chain
 
 TABLE = "reviews_auditevent"
 TRIGGER = f"{TABLE}_append_only"
@@ -46,7 +46,9 @@ def chain_backfill(apps: Any, schema_editor: Any) -> None:
                 )
                 updates.append((seq, prev_hash, digest, event_id))
                 prev_hash = digest
-            writer.executemany(f"UPDATE {TABLE} SET seq = %s, prev_hash = %s, hash = %s WHERE id = %s", updates)
+            writer.executemany(
+                f"UPDATE {TABLE} SET seq = %s, prev_hash = %s, hash = %s WHERE id = %s", updates
+            )
     reader.close()
 
 
@@ -54,9 +56,7 @@ class Migration(migrations.Migration):
     dependencies = [("reviews", "0003_golden_curation_and_evaluation_runs")]
 
     operations = [
-        migrations.AddField(
-            model_name="auditevent", name="seq", field=models.BigIntegerField(null=True)
-        ),
+        migrations.AddField(model_name="auditevent", name="seq", field=models.BigIntegerField(null=True)),
         migrations.AddField(
             model_name="auditevent",
             name="prev_hash",
@@ -75,19 +75,21 @@ class Migration(migrations.Migration):
             field=models.DateTimeField(db_index=True, default=django.utils.timezone.now),
         ),
         migrations.RunSQL(
-            f"ALTER TABLE {TABLE} DISABLE TRIGGER {TRIGGER};", f"ALTER TABLE {TABLE} ENABLE TRIGGER {TRIGGER};"
+            f"ALTER TABLE {TABLE} DISABLE TRIGGER {TRIGGER};",
+            f"ALTER TABLE {TABLE} ENABLE TRIGGER {TRIGGER};",
         ),
         migrations.RunPython(chain_backfill, migrations.RunPython.noop),
         migrations.RunSQL(
-            f"ALTER TABLE {TABLE} ENABLE TRIGGER {TRIGGER};", f"ALTER TABLE {TABLE} DISABLE TRIGGER {TRIGGER};"
+            f"ALTER TABLE {TABLE} ENABLE TRIGGER {TRIGGER};",
+            f"ALTER TABLE {TABLE} DISABLE TRIGGER {TRIGGER};",
         ),
-        migrations.AlterField(
-            model_name="auditevent", name="seq", field=models.BigIntegerField(unique=True)
-        ),
+        migrations.AlterField(model_name="auditevent", name="seq", field=models.BigIntegerField(unique=True)),
         migrations.AlterModelOptions(
             name="decision",
             options={
-                "permissions": [("export_reasoning", "Can export the model's chain of thought with decisions")]
+                "permissions": [
+                    ("export_reasoning", "Can export the model's chain of thought with decisions")
+                ]
             },
         ),
     ]

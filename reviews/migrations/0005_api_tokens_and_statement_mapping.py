@@ -7,47 +7,188 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('moderation', '0003_case_autovacuum'),
-        ('reviews', '0004_audit_hash_chain'),
+        ("moderation", "0003_case_autovacuum"),
+        ("reviews", "0004_audit_hash_chain"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ApiToken',
+            name="ApiToken",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('key_id', models.CharField(editable=False, max_length=16, unique=True)),
-                ('key_hash', models.CharField(editable=False, max_length=64)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('last_used_at', models.DateTimeField(blank=True, null=True)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='api_tokens', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                ("key_id", models.CharField(editable=False, max_length=16, unique=True)),
+                ("key_hash", models.CharField(editable=False, max_length=64)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("last_used_at", models.DateTimeField(blank=True, null=True)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="api_tokens",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='StatementOfReasonsMapping',
+            name="StatementOfReasonsMapping",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('decision_ground', models.CharField(choices=[('DECISION_GROUND_ILLEGAL_CONTENT', 'Illegal Content'), ('DECISION_GROUND_INCOMPATIBLE_CONTENT', 'Incompatible Content')], default='DECISION_GROUND_INCOMPATIBLE_CONTENT', max_length=40)),
-                ('incompatible_content_ground', models.CharField(blank=True, help_text="The terms-of-service clause, e.g. 'Community rules §4 (spam)'.", max_length=500)),
-                ('incompatible_content_explanation', models.TextField(blank=True)),
-                ('decision_ground_reference_url', models.URLField(blank=True)),
-                ('illegal_content_legal_ground', models.CharField(blank=True, max_length=500)),
-                ('illegal_content_explanation', models.TextField(blank=True)),
-                ('category', models.CharField(choices=[('STATEMENT_CATEGORY_ANIMAL_WELFARE', 'Animal Welfare'), ('STATEMENT_CATEGORY_DATA_PROTECTION_AND_PRIVACY_VIOLATIONS', 'Data Protection And Privacy Violations'), ('STATEMENT_CATEGORY_ILLEGAL_OR_HARMFUL_SPEECH', 'Illegal Or Harmful Speech'), ('STATEMENT_CATEGORY_INTELLECTUAL_PROPERTY_INFRINGEMENTS', 'Intellectual Property Infringements'), ('STATEMENT_CATEGORY_NEGATIVE_EFFECTS_ON_CIVIC_DISCOURSE_OR_ELECTIONS', 'Negative Effects On Civic Discourse Or Elections'), ('STATEMENT_CATEGORY_NON_CONSENSUAL_BEHAVIOUR', 'Non Consensual Behaviour'), ('STATEMENT_CATEGORY_PORNOGRAPHY_OR_SEXUALIZED_CONTENT', 'Pornography Or Sexualized Content'), ('STATEMENT_CATEGORY_PROTECTION_OF_MINORS', 'Protection Of Minors'), ('STATEMENT_CATEGORY_RISK_FOR_PUBLIC_SECURITY', 'Risk For Public Security'), ('STATEMENT_CATEGORY_SCAMS_AND_FRAUD', 'Scams And Fraud'), ('STATEMENT_CATEGORY_SELF_HARM', 'Self Harm'), ('STATEMENT_CATEGORY_SCOPE_OF_PLATFORM_SERVICE', 'Scope Of Platform Service'), ('STATEMENT_CATEGORY_UNSAFE_AND_ILLEGAL_PRODUCTS', 'Unsafe And Illegal Products'), ('STATEMENT_CATEGORY_VIOLENCE', 'Violence')], default='STATEMENT_CATEGORY_SCOPE_OF_PLATFORM_SERVICE', max_length=80)),
-                ('category_by_rule', models.JSONField(blank=True, default=dict, help_text='Rule id -> category for decisions citing that rule, e.g. {"SP2": "STATEMENT_CATEGORY_SCAMS_AND_FRAUD"}.')),
-                ('decision_visibility', django.contrib.postgres.fields.ArrayField(base_field=models.CharField(choices=[('DECISION_VISIBILITY_CONTENT_REMOVED', 'Content Removed'), ('DECISION_VISIBILITY_CONTENT_DISABLED', 'Content Disabled'), ('DECISION_VISIBILITY_CONTENT_DEMOTED', 'Content Demoted'), ('DECISION_VISIBILITY_CONTENT_AGE_RESTRICTED', 'Content Age Restricted'), ('DECISION_VISIBILITY_CONTENT_INTERACTION_RESTRICTED', 'Content Interaction Restricted'), ('DECISION_VISIBILITY_CONTENT_LABELLED', 'Content Labelled'), ('DECISION_VISIBILITY_OTHER', 'Other')], max_length=60), blank=True, default=list, help_text='Empty means content removed.', size=None)),
-                ('territorial_scope', django.contrib.postgres.fields.ArrayField(base_field=models.CharField(max_length=10), blank=True, default=list, help_text='Country codes, EU or EEA; empty means EEA.', size=None)),
-                ('content_type', models.CharField(choices=[('CONTENT_TYPE_TEXT', 'Text'), ('CONTENT_TYPE_IMAGE', 'Image'), ('CONTENT_TYPE_VIDEO', 'Video'), ('CONTENT_TYPE_AUDIO', 'Audio'), ('CONTENT_TYPE_SYNTHETIC_MEDIA', 'Synthetic Media'), ('CONTENT_TYPE_PRODUCT', 'Product'), ('CONTENT_TYPE_APP', 'App'), ('CONTENT_TYPE_OTHER', 'Other')], default='CONTENT_TYPE_TEXT', max_length=40)),
-                ('source_type', models.CharField(choices=[('SOURCE_ARTICLE_16', 'Article 16'), ('SOURCE_TRUSTED_FLAGGER', 'Trusted Flagger'), ('SOURCE_TYPE_OTHER_NOTIFICATION', 'Other Notification'), ('SOURCE_VOLUNTARY', 'Voluntary')], default='SOURCE_VOLUNTARY', max_length=40)),
-                ('policy', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='statement_mapping', to='moderation.policy')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "decision_ground",
+                    models.CharField(
+                        choices=[
+                            ("DECISION_GROUND_ILLEGAL_CONTENT", "Illegal Content"),
+                            ("DECISION_GROUND_INCOMPATIBLE_CONTENT", "Incompatible Content"),
+                        ],
+                        default="DECISION_GROUND_INCOMPATIBLE_CONTENT",
+                        max_length=40,
+                    ),
+                ),
+                (
+                    "incompatible_content_ground",
+                    models.CharField(
+                        blank=True,
+                        help_text="The terms-of-service clause, e.g. 'Community rules §4 (spam)'.",
+                        max_length=500,
+                    ),
+                ),
+                ("incompatible_content_explanation", models.TextField(blank=True)),
+                ("decision_ground_reference_url", models.URLField(blank=True)),
+                ("illegal_content_legal_ground", models.CharField(blank=True, max_length=500)),
+                ("illegal_content_explanation", models.TextField(blank=True)),
+                (
+                    "category",
+                    models.CharField(
+                        choices=[
+                            ("STATEMENT_CATEGORY_ANIMAL_WELFARE", "Animal Welfare"),
+                            (
+                                "STATEMENT_CATEGORY_DATA_PROTECTION_AND_PRIVACY_VIOLATIONS",
+                                "Data Protection And Privacy Violations",
+                            ),
+                            ("STATEMENT_CATEGORY_ILLEGAL_OR_HARMFUL_SPEECH", "Illegal Or Harmful Speech"),
+                            (
+                                "STATEMENT_CATEGORY_INTELLECTUAL_PROPERTY_INFRINGEMENTS",
+                                "Intellectual Property Infringements",
+                            ),
+                            (
+                                "STATEMENT_CATEGORY_NEGATIVE_EFFECTS_ON_CIVIC_DISCOURSE_OR_ELECTIONS",
+                                "Negative Effects On Civic Discourse Or Elections",
+                            ),
+                            ("STATEMENT_CATEGORY_NON_CONSENSUAL_BEHAVIOUR", "Non Consensual Behaviour"),
+                            (
+                                "STATEMENT_CATEGORY_PORNOGRAPHY_OR_SEXUALIZED_CONTENT",
+                                "Pornography Or Sexualized Content",
+                            ),
+                            ("STATEMENT_CATEGORY_PROTECTION_OF_MINORS", "Protection Of Minors"),
+                            ("STATEMENT_CATEGORY_RISK_FOR_PUBLIC_SECURITY", "Risk For Public Security"),
+                            ("STATEMENT_CATEGORY_SCAMS_AND_FRAUD", "Scams And Fraud"),
+                            ("STATEMENT_CATEGORY_SELF_HARM", "Self Harm"),
+                            ("STATEMENT_CATEGORY_SCOPE_OF_PLATFORM_SERVICE", "Scope Of Platform Service"),
+                            ("STATEMENT_CATEGORY_UNSAFE_AND_ILLEGAL_PRODUCTS", "Unsafe And Illegal Products"),
+                            ("STATEMENT_CATEGORY_VIOLENCE", "Violence"),
+                        ],
+                        default="STATEMENT_CATEGORY_SCOPE_OF_PLATFORM_SERVICE",
+                        max_length=80,
+                    ),
+                ),
+                (
+                    "category_by_rule",
+                    models.JSONField(
+                        blank=True,
+                        default=dict,
+                        help_text='Rule id -> category for decisions citing that rule, e.g. {"SP2": "STATEMENT_CATEGORY_SCAMS_AND_FRAUD"}.',
+                    ),
+                ),
+                (
+                    "decision_visibility",
+                    django.contrib.postgres.fields.ArrayField(
+                        base_field=models.CharField(
+                            choices=[
+                                ("DECISION_VISIBILITY_CONTENT_REMOVED", "Content Removed"),
+                                ("DECISION_VISIBILITY_CONTENT_DISABLED", "Content Disabled"),
+                                ("DECISION_VISIBILITY_CONTENT_DEMOTED", "Content Demoted"),
+                                ("DECISION_VISIBILITY_CONTENT_AGE_RESTRICTED", "Content Age Restricted"),
+                                (
+                                    "DECISION_VISIBILITY_CONTENT_INTERACTION_RESTRICTED",
+                                    "Content Interaction Restricted",
+                                ),
+                                ("DECISION_VISIBILITY_CONTENT_LABELLED", "Content Labelled"),
+                                ("DECISION_VISIBILITY_OTHER", "Other"),
+                            ],
+                            max_length=60,
+                        ),
+                        blank=True,
+                        default=list,
+                        help_text="Empty means content removed.",
+                        size=None,
+                    ),
+                ),
+                (
+                    "territorial_scope",
+                    django.contrib.postgres.fields.ArrayField(
+                        base_field=models.CharField(max_length=10),
+                        blank=True,
+                        default=list,
+                        help_text="Country codes, EU or EEA; empty means EEA.",
+                        size=None,
+                    ),
+                ),
+                (
+                    "content_type",
+                    models.CharField(
+                        choices=[
+                            ("CONTENT_TYPE_TEXT", "Text"),
+                            ("CONTENT_TYPE_IMAGE", "Image"),
+                            ("CONTENT_TYPE_VIDEO", "Video"),
+                            ("CONTENT_TYPE_AUDIO", "Audio"),
+                            ("CONTENT_TYPE_SYNTHETIC_MEDIA", "Synthetic Media"),
+                            ("CONTENT_TYPE_PRODUCT", "Product"),
+                            ("CONTENT_TYPE_APP", "App"),
+                            ("CONTENT_TYPE_OTHER", "Other"),
+                        ],
+                        default="CONTENT_TYPE_TEXT",
+                        max_length=40,
+                    ),
+                ),
+                (
+                    "source_type",
+                    models.CharField(
+                        choices=[
+                            ("SOURCE_ARTICLE_16", "Article 16"),
+                            ("SOURCE_TRUSTED_FLAGGER", "Trusted Flagger"),
+                            ("SOURCE_TYPE_OTHER_NOTIFICATION", "Other Notification"),
+                            ("SOURCE_VOLUNTARY", "Voluntary"),
+                        ],
+                        default="SOURCE_VOLUNTARY",
+                        max_length=40,
+                    ),
+                ),
+                (
+                    "policy",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="statement_mapping",
+                        to="moderation.policy",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'statement-of-reasons mapping',
+                "verbose_name": "statement-of-reasons mapping",
             },
         ),
     ]

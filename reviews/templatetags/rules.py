@@ -1,6 +1,6 @@
 """Rule names beside rule ids: ``{% rule_names_for version as names %}``, then
 ``{{ rule_id|rule_name:names }}`` or ``{{ rule_ids|rules_named:names }}``. Names come from the policy's
-Definitions/Criteria/Rules sections (inference_worker.policy_rules.policy_rule_names)."""
+Definitions/Criteria/Rules sections (policies.rules.policy_rule_names)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 
 from django import template
 
-from moderation.models import Policy, PolicyVersion
+from policies.models import Policy, PolicyVersion
 from reviews.selectors import rule_names_of
 
 register = template.Library()

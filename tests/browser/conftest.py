@@ -37,7 +37,7 @@ from playwright.sync_api import (
 )
 from pytest_django.live_server_helper import LiveServer
 
-from moderation.models import Policy
+from policies.models import Policy
 from reviews.models import QueueGrant, Role
 
 CHROMIUM = Path("/usr/bin/chromium")

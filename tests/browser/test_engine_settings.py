@@ -10,13 +10,14 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
+from audit.models import AuditEvent
 from inference_worker import engine_settings
 from inference_worker.engine_settings import FIELDS
 from inference_worker.models import EngineSettings
 from inference_worker.services import EngineConfig
 from inference_worker.testing.engine_simulator import EngineSimulator
-from moderation.models import Policy, PolicyVersion
-from reviews.models import AuditEvent, Role
+from policies.models import Policy, PolicyVersion
+from reviews.models import Role
 from tests.browser.conftest import Tab, screenshot, user_with_role
 from tests.browser.test_policy_setup import log_in_as_policy_editor
 

@@ -17,10 +17,11 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 from playwright.sync_api import expect
 
-from moderation import services as moderation
-from moderation.models import Case, Policy, PolicyVersion
-from reviews import evaluation_metrics, evaluations
-from reviews.models import Decision, EvaluationResult, EvaluationRun, Role
+from moderation.models import Case
+from policies import evaluation_metrics, evaluations
+from policies import services as policy_services
+from policies.models import EvaluationResult, EvaluationRun, Policy, PolicyVersion
+from reviews.models import Decision, Role
 from tests.browser.conftest import Tab, screenshot, user_with_role
 from tests.browser.sessions import log_in
 from tests.conftest import ApiClient
@@ -105,7 +106,7 @@ def assert_fits(tab: Tab, path: str, name: str) -> None:
 
 def stressed_version(policy: Policy) -> PolicyVersion:
     text = "# Harassment\n\n## Criteria\n" + "\n".join(f"- {r}: what rule {r} forbids." for r in RULES)
-    return moderation.policy_version_create(policy=policy, text=text)
+    return policy_services.policy_version_create(policy=policy, text=text)
 
 
 def stressed_run(version: PolicyVersion, *, shift: int) -> EvaluationRun:

@@ -7,9 +7,10 @@ import pytest
 from django.contrib.auth.models import User
 from playwright.sync_api import expect
 
-from moderation import services as moderation
-from moderation.models import Policy, PolicyVersion
-from reviews.models import AuditEvent, Role
+from audit.models import AuditEvent
+from policies import services as policy_services
+from policies.models import Policy, PolicyVersion
+from reviews.models import Role
 from tests.browser.conftest import Tab, screenshot, user_with_role
 from tests.browser.sessions import log_in
 from tests.reviews.evaluation_helpers import golden_set_small
@@ -25,7 +26,7 @@ def editor(db: None) -> User:
 def test_publishing_a_draft_with_unsaved_edits_publishes_the_text_as_shown(
     tab: Tab, editor: User, policy: Policy
 ) -> None:
-    moderation.policy_draft_create(policy=policy, author=editor)
+    policy_services.policy_draft_create(policy=policy, author=editor)
     log_in(tab, editor)
     page = tab.page
     page.goto(tab.url("/policies/spam/v2/"))
@@ -54,8 +55,8 @@ def test_an_override_without_a_reason_is_asked_for_one_by_name(
     tab: Tab, editor: User, policy: Policy, active_version: PolicyVersion
 ) -> None:
     golden_set_small(policy)
-    draft = moderation.policy_draft_create(policy=policy, author=editor)
-    moderation.policy_version_publish(version=draft, author=editor)
+    draft = policy_services.policy_draft_create(policy=policy, author=editor)
+    policy_services.policy_version_publish(version=draft, author=editor)
     log_in(tab, editor)
     page = tab.page
     page.goto(tab.url("/policies/spam/"))

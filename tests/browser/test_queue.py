@@ -10,7 +10,8 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 from playwright.sync_api import expect
 
-from moderation.models import Case, ContentItem, Policy, PolicyVersion
+from moderation.models import Case, ContentItem
+from policies.models import Policy, PolicyVersion
 from tests.browser.conftest import Tab, screenshot
 from tests.conftest import ApiClient
 
@@ -86,12 +87,12 @@ def test_next_case_on_an_empty_queue_says_there_is_nothing_left(tab: Tab, modera
 def test_the_next_case_button_respects_the_policy_filter(
     tab: Tab, moderator: User, source: ApiClient, policy: Policy
 ) -> None:
-    from moderation import services
+    from policies import services as policy_services
     from reviews.models import QueueGrant
     from tests.conftest import POLICY_TEXT
 
     other = Policy.objects.create(slug="harassment", name="Harassment")
-    services.policy_version_create(policy=other, text=POLICY_TEXT, activate=True)
+    policy_services.policy_version_create(policy=other, text=POLICY_TEXT, activate=True)
     QueueGrant.objects.create(user=moderator, policy=other)
     queued(source, policy, "spam, top priority", verdict="violates", priority=80)
     wanted = queued(source, other, "harassment, lower priority", verdict="violates", priority=60)

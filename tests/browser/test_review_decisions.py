@@ -11,7 +11,8 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 from playwright.sync_api import expect
 
-from moderation.models import Case, ContentItem, Policy, PolicyVersion
+from moderation.models import Case, ContentItem
+from policies.models import Policy, PolicyVersion
 from reviews.models import Decision
 from tests.browser.conftest import Tab, screenshot
 from tests.conftest import ApiClient
@@ -121,12 +122,12 @@ def test_a_senior_sees_the_appeal_reason_and_the_decision_under_appeal_at_the_to
 def test_the_policy_filter_is_kept_after_decide_and_skip_and_each_decision_is_confirmed(
     tab: Tab, moderator: User, source: ApiClient, policy: Policy
 ) -> None:
-    from moderation import services as moderation
+    from policies import services as policy_services
     from reviews.models import QueueGrant
     from tests.conftest import POLICY_TEXT
 
     other = Policy.objects.create(slug="harassment", name="Harassment")
-    moderation.policy_version_create(policy=other, text=POLICY_TEXT, activate=True)
+    policy_services.policy_version_create(policy=other, text=POLICY_TEXT, activate=True)
     QueueGrant.objects.create(user=moderator, policy=other)
     # Spam is the top of "all my queues" throughout; the moderator works Harassment.
     for n in range(3):
@@ -165,13 +166,13 @@ def test_the_policy_filter_is_kept_after_decide_and_skip_and_each_decision_is_co
 
 def test_two_policies_one_claim_and_one_submit_per_item(tab: Tab, source: ApiClient, policy: Policy) -> None:
     """Issue 16, item 1: the text is read once; one claim and one submit decide every policy."""
-    from moderation import services as moderation_services
+    from policies import services as policy_services
     from reviews.models import Role
     from tests.browser.conftest import user_with_role
     from tests.conftest import POLICY_TEXT
 
     harassment = Policy.objects.create(slug="harassment", name="Harassment", qa_sample_rate=0)
-    moderation_services.policy_version_create(
+    policy_services.policy_version_create(
         policy=harassment, text=POLICY_TEXT.replace("SP1", "HA1").replace("SP2", "HA2"), activate=True
     )
     Policy.objects.filter(pk=policy.pk).update(qa_sample_rate=0)

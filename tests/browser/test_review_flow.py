@@ -13,7 +13,8 @@ from playwright.sync_api import expect
 from inference_worker import services as inference
 from inference_worker.services import EngineConfig
 from moderation import services as moderation
-from moderation.models import Case, Policy, TriageResult
+from moderation.models import Case, TriageResult
+from policies.models import Policy
 from reviews import services as reviews
 from reviews.models import Decision, Role
 from tests.browser.conftest import Tab, TabOpener, screenshot, user_with_role

@@ -17,7 +17,9 @@ from inference_worker import services as inference
 from inference_worker.services import EngineConfig
 from inference_worker.testing.engine_simulator import EngineSimulator
 from moderation import services as moderation
-from moderation.models import Case, ContentItem, Policy, TriageResult, Verdict
+from moderation.models import Case, ContentItem, TriageResult
+from policies import services as policy_services
+from policies.models import Policy, Verdict
 from reviews.models import Role
 from reviews.views import metadata_rows
 from tests.browser.conftest import Tab, screenshot, user_with_role
@@ -43,7 +45,7 @@ ACTIVE_ELEMENTS = (
 def xss_policy() -> Policy:
     policy = Policy.objects.create(slug="xss", name='Spam <i>"policy"</i>')
     text = POLICY_TEXT.replace("- SP2: Links", "- SP2: <script>window.__pwned=1</script> Links")
-    moderation.policy_version_create(policy=policy, text=text, activate=True)
+    policy_services.policy_version_create(policy=policy, text=text, activate=True)
     return policy
 
 

@@ -11,7 +11,8 @@ import pytest
 from bench.stack import PYTHON, ROOT
 from inference_worker.testing.engine_simulator import EngineSimulator
 from moderation import services
-from moderation.models import Policy
+from policies import services as policy_services
+from policies.models import Policy
 from tests.conftest import POLICY_TEXT
 from tests.faults.stack import manage_env
 
@@ -31,7 +32,7 @@ def platform_create(transactional_db: None) -> PlatformFactory:
         policies = []
         for slug in ("spam", "scam"):
             policy = Policy.objects.create(slug=slug, name=slug.title(), qa_sample_rate=0)
-            services.policy_version_create(policy=policy, text=POLICY_TEXT, activate=True)
+            policy_services.policy_version_create(policy=policy, text=POLICY_TEXT, activate=True)
             policies.append(policy)
         return services.source_create(
             name="Faults Platform",

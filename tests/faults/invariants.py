@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 from django.db.models import Count, Q
 
-from moderation.models import Case, ContentItem, PolicyVersion, Source, TriageResult, Verdict
+from audit.services import chain_verify
+from moderation.models import Case, ContentItem, Source, TriageResult
 from moderation.routing import REASON_ENGINE_UNAVAILABLE, REASON_NO_ENGINE
-from reviews.audit import chain_verify
+from policies.models import PolicyVersion, Verdict
 from reviews.models import CallbackDelivery, Decision
 
 # Where a case may rest once the triage sweep has had its chance: nothing stays in pending / triaging.

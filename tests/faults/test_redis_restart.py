@@ -19,11 +19,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from audit.models import AuditEvent
 from inference_worker.testing.engine_simulator import EngineSimulator
 from moderation.models import Case
 from moderation.redis import redis_client
 from moderation.signatures import signature_compute
-from reviews.models import AuditEvent
 from tests.faults.conftest import Platform
 from tests.faults.invariants import assert_nothing_lost
 from tests.faults.stack import (

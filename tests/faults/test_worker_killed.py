@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from audit.models import AuditEvent
 from inference_worker.testing.engine_simulator import EngineSimulator
 from moderation.models import Case
-from reviews.models import AuditEvent
 from tests.faults.conftest import Platform
 from tests.faults.invariants import assert_nothing_lost
 from tests.faults.stack import (

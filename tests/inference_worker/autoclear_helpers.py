@@ -5,8 +5,8 @@ from __future__ import annotations
 from django.utils import timezone
 
 from inference_worker import autoclear, guarantee
-from moderation.models import Policy, PolicyVersion
-from reviews.models import Decision, EvaluationResult, EvaluationRun
+from policies.models import EvaluationResult, EvaluationRun, Policy, PolicyVersion
+from reviews.models import Decision
 
 TEST_MODEL = "openai/gpt-oss-safeguard-20b"
 

@@ -10,12 +10,14 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
+from audit.models import AuditEvent
 from inference_worker import autoclear, services, tasks
 from inference_worker.services import EngineConfig
-from moderation.models import AutoClearSuspension, Case, ContentItem, Policy
+from moderation.models import AutoClearSuspension, Case, ContentItem
 from moderation.routing import PRIORITY_INJECTION, PRIORITY_UNSURE_SAFE
+from policies.models import Policy
 from reviews import services as review_services
-from reviews.models import AuditEvent, Decision, Role
+from reviews.models import Decision, Role
 from reviews.services import DecisionIn
 from tests.inference_worker.autoclear_helpers import reasoner_proven
 from tests.inference_worker.test_triage import cases_for, triage

@@ -21,10 +21,10 @@ from inference_worker.engine import (
     engine_session,
     transport_build,
 )
-from inference_worker.policy_rules import policy_rule_ids_parse
 from inference_worker.prompts import harmony_encoding
 from inference_worker.testing.engine_simulator import EngineSimulator
 from inference_worker.verdicts import Verdict, verdict_parse
+from policies.rules import policy_rule_ids_parse
 
 POLICY = """# Spam policy
 

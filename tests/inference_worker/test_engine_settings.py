@@ -12,13 +12,14 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
+from audit.models import AuditEvent
 from inference_worker import engine_check, engine_settings
 from inference_worker.engine_settings import FIELDS
 from inference_worker.models import EngineSettings
 from inference_worker.services import EngineConfig
 from inference_worker.testing.engine_simulator import EngineSimulator
-from moderation.models import Policy, PolicyVersion
-from reviews.models import AuditEvent, Role
+from policies.models import Policy, PolicyVersion
+from reviews.models import Role
 from tests.reviews.helpers import text_of, user_create
 
 SECRET = "sk-test-0123456789abcdef"

@@ -12,15 +12,16 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from audit.models import AuditEvent
 from inference_worker import embeddings, funnel, services
 from inference_worker.models import FunnelCalibration
 from inference_worker.services import CaseOutcome, CaseWork, EngineConfig
 from inference_worker.testing.engine_simulator import EngineSimulator
-from moderation import services as moderation_services
 from moderation.injection import injection_signals
-from moderation.models import Case, ContentItem, Policy, PolicyVersion, TriageResult
+from moderation.models import Case, ContentItem, TriageResult
 from moderation.routing import REASON_NO_ENGINE
-from reviews.models import AuditEvent, GoldenExample
+from policies import services as policy_services
+from policies.models import GoldenExample, Policy, PolicyVersion
 from tests.inference_worker.test_triage import cases_for
 
 pytestmark = pytest.mark.usefixtures("sentence_model")
@@ -58,7 +59,7 @@ VIOLATING_ITEM = "I will kill you and your whole family tonight."
 def threats_unproven(db: None) -> Policy:
     """The policy text's examples only (5 of each class): enough to score, never to clear."""
     policy = Policy.objects.create(slug="threats", name="Threats", qa_sample_rate=0)
-    moderation_services.policy_version_create(policy=policy, text=THREATS_POLICY, activate=True)
+    policy_services.policy_version_create(policy=policy, text=THREATS_POLICY, activate=True)
     return policy
 
 

@@ -24,8 +24,9 @@ from inference_worker.engine import EngineError, EngineReply, EngineUnavailable,
 from inference_worker.prompts import harmony_encoding
 from inference_worker.services import CaseWork, EngineConfig
 from inference_worker.testing.engine_simulator import EngineSimulator
-from moderation.models import Case, Policy, TriageResult
+from moderation.models import Case, TriageResult
 from moderation.routing import REASON_ENGINE_UNAVAILABLE
+from policies.models import Policy
 from tests.inference_worker.test_engine import (
     TRANSPORTS,
     canned,

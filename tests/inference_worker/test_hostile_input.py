@@ -16,7 +16,8 @@ from inference_worker import services
 from inference_worker.prompts import harmony_encoding, prompt_token_ids
 from inference_worker.services import EngineConfig
 from inference_worker.testing.engine_simulator import EngineSimulator
-from moderation.models import Case, ContentItem, Policy, PolicyVersion, TriageResult
+from moderation.models import Case, ContentItem, TriageResult
+from policies.models import Policy, PolicyVersion
 from tests.conftest import POLICY_TEXT, ApiClient
 
 pytestmark = pytest.mark.hostile

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from inference_worker.policy_examples import policy_examples_parse
+from policies.examples import policy_examples_parse
 
 DEMO = Path(__file__).resolve().parents[2] / "moderation" / "demo"
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from inference_worker.policy_rules import policy_rule_ids_parse
+from policies.rules import policy_rule_ids_parse
 
 
 @pytest.mark.parametrize(

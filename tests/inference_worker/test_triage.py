@@ -11,19 +11,20 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from audit.models import AuditEvent
 from inference_worker import services
 from inference_worker.breaker import CircuitBreaker
 from inference_worker.services import CaseOutcome, EngineConfig
 from inference_worker.testing.engine_simulator import EngineSimulator
 from moderation.injection import injection_signals
-from moderation.models import Case, ContentItem, Policy, PolicyVersion, Source, TriageResult
+from moderation.models import Case, ContentItem, Source, TriageResult
 from moderation.routing import (
     PRIORITY_INJECTION,
     PRIORITY_UNSURE_SAFE,
     REASON_ENGINE_UNAVAILABLE,
     REASON_NO_ENGINE,
 )
-from reviews.models import AuditEvent
+from policies.models import Policy, PolicyVersion
 from tests.inference_worker.autoclear_helpers import reasoner_proven
 
 

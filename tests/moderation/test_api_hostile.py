@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from moderation.models import ContentItem, Policy
+from moderation.models import ContentItem
 from moderation.signatures import signature_compute
+from policies.models import Policy
 from tests.conftest import ApiClient, source_api_client
 
 pytestmark = pytest.mark.hostile

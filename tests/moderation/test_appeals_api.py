@@ -13,12 +13,14 @@ from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
 
+from audit.models import AuditEvent
 from inference_worker.services import EngineConfig, cases_triage
 from inference_worker.testing.fixtures import engine_config_for
-from moderation import services as moderation_services
-from moderation.models import Case, Policy, TriageResult
+from moderation.models import Case, TriageResult
+from policies import services as policy_services
+from policies.models import Policy
 from reviews import callbacks, services
-from reviews.models import AuditEvent, CallbackDelivery, Decision, Role
+from reviews.models import CallbackDelivery, Decision, Role
 from reviews.services import DecisionIn
 from tests.conftest import POLICY_TEXT, ApiClient, source_api_client
 from tests.reviews.helpers import CallbackReceiver, case_ids_in, user_create
@@ -168,7 +170,7 @@ def test_it_needs_the_policy_when_an_item_was_judged_under_several(
     source: ApiClient, policy: Policy, moderator: User
 ) -> None:
     other = Policy.objects.create(slug="harassment", name="Harassment", qa_sample_rate=0)
-    moderation_services.policy_version_create(policy=other, text=POLICY_TEXT, activate=True)
+    policy_services.policy_version_create(policy=other, text=POLICY_TEXT, activate=True)
     source.source.policies.add(other)
     spam_case, harassment_case = ingested(source)
     Case.objects.filter(pk__in=[spam_case.pk, harassment_case.pk]).update(state=Case.State.DECIDED)

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from moderation.models import Case, ContentItem, Policy
+from audit.models import AuditEvent
+from moderation.models import Case, ContentItem
 from moderation.signatures import signature_compute
-from reviews.models import AuditEvent
+from policies.models import Policy
 from tests.conftest import ApiClient, source_api_client
 
 
@@ -47,11 +48,11 @@ def test_it_creates_an_item_with_one_case_per_active_policy(
 
 
 def test_it_opens_cases_for_every_active_policy_of_the_source(source: ApiClient, policy: Policy) -> None:
-    from moderation import services
+    from policies import services as policy_services
     from tests.conftest import POLICY_TEXT
 
     other = Policy.objects.create(slug="harassment", name="Harassment")
-    services.policy_version_create(policy=other, text=POLICY_TEXT, activate=True)
+    policy_services.policy_version_create(policy=other, text=POLICY_TEXT, activate=True)
     source.source.policies.add(other)
     response = source.post_items({"items": [item("a"), item("b")]})
     assert response.status_code == 201

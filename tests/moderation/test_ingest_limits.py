@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from moderation.models import ContentItem, Policy
+from moderation.models import ContentItem
+from policies.models import Policy
 from tests.conftest import ApiClient, source_api_client
 
 pytestmark = pytest.mark.hostile

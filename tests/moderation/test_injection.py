@@ -23,7 +23,8 @@ from moderation.injection import (
     injection_signals,
     normalise,
 )
-from moderation.models import ContentItem, Policy
+from moderation.models import ContentItem
+from policies.models import Policy
 from reviews.models import Role
 from tests.conftest import ApiClient
 from tests.reviews.helpers import user_create

@@ -11,7 +11,8 @@ from django.test import Client
 
 from inference_worker.services import cases_triage
 from inference_worker.testing.fixtures import engine_config_for
-from moderation.models import Case, Policy
+from moderation.models import Case
+from policies.models import Policy
 from reviews import services
 from reviews.models import Decision, Role
 from reviews.services import DecisionIn

@@ -10,10 +10,13 @@ from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.utils import DatabaseError
 
+from audit.models import AuditEvent
 from moderation import services
-from moderation.models import Case, Policy, PolicyVersion, Source
-from moderation.policy_lint import OUTLINE_PLACEHOLDERS, POLICY_OUTLINE, policy_lint
-from reviews.models import AuditEvent, Role
+from moderation.models import Case, Source
+from policies import services as policy_services
+from policies.lint import OUTLINE_PLACEHOLDERS, POLICY_OUTLINE, policy_lint
+from policies.models import Policy, PolicyVersion
+from reviews.models import Role
 from tests.conftest import POLICY_TEXT, ApiClient
 from tests.reviews.evaluation_helpers import finished_run, golden_set_small
 from tests.reviews.helpers import user_create
@@ -29,20 +32,20 @@ def editor(db: None) -> User:
 def test_it_saves_a_draft_with_its_rule_ids_tokens_and_hash_and_audits_the_edit(
     policy: Policy, editor: User
 ) -> None:
-    draft = services.policy_draft_create(policy=policy, author=editor)
+    draft = policy_services.policy_draft_create(policy=policy, author=editor)
     assert draft.is_draft and draft.number == 2 and draft.text == POLICY_TEXT
-    edited = services.policy_draft_update(version=draft, text=NEW_TEXT, author=editor)
+    edited = policy_services.policy_draft_update(version=draft, text=NEW_TEXT, author=editor)
     assert edited.rule_ids == ["SP1", "SP3", "SP2"]
-    assert edited.token_count > 0 and edited.content_hash == services.policy_text_hash(NEW_TEXT)
+    assert edited.token_count > 0 and edited.content_hash == policy_services.policy_text_hash(NEW_TEXT)
     event = AuditEvent.objects.get(action="policy.draft_edited")
     assert event.actor_label == "pete" and event.payload["content_hash"] == edited.content_hash
 
 
 def test_it_refuses_to_change_a_published_version_in_the_service(policy: Policy, editor: User) -> None:
-    draft = services.policy_draft_create(policy=policy, author=editor)
-    services.policy_version_publish(version=draft, author=editor)
-    with pytest.raises(services.PolicyVersionRefused):
-        services.policy_draft_update(version=draft, text=NEW_TEXT, author=editor)
+    draft = policy_services.policy_draft_create(policy=policy, author=editor)
+    policy_services.policy_version_publish(version=draft, author=editor)
+    with pytest.raises(policy_services.PolicyVersionRefused):
+        policy_services.policy_draft_update(version=draft, text=NEW_TEXT, author=editor)
     draft.refresh_from_db()
     draft.text = NEW_TEXT
     with pytest.raises(ValidationError):
@@ -69,7 +72,7 @@ def test_it_refuses_to_change_a_published_version_in_the_database(active_version
 def test_it_lets_the_database_change_a_draft_and_the_status_of_a_published_version(
     policy: Policy, editor: User, active_version: PolicyVersion
 ) -> None:
-    draft = services.policy_draft_create(policy=policy, author=editor)
+    draft = policy_services.policy_draft_create(policy=policy, author=editor)
     with connection.cursor() as cursor:
         cursor.execute("UPDATE moderation_policyversion SET text = 'x' WHERE id = %s", [draft.pk])
         cursor.execute(
@@ -79,40 +82,40 @@ def test_it_lets_the_database_change_a_draft_and_the_status_of_a_published_versi
 
 
 def test_it_refuses_to_publish_twice(policy: Policy, editor: User) -> None:
-    draft = services.policy_draft_create(policy=policy, author=editor)
-    services.policy_version_publish(version=draft, author=editor)
-    with pytest.raises(services.PolicyVersionRefused, match="already published"):
-        services.policy_version_publish(version=draft, author=editor)
+    draft = policy_services.policy_draft_create(policy=policy, author=editor)
+    policy_services.policy_version_publish(version=draft, author=editor)
+    with pytest.raises(policy_services.PolicyVersionRefused, match="already published"):
+        policy_services.policy_version_publish(version=draft, author=editor)
 
 
 def test_publishing_with_the_editors_text_saves_it_then_freezes_it_in_one_call(
     policy: Policy, editor: User
 ) -> None:
-    draft = services.policy_draft_create(policy=policy, author=editor)
-    published = services.policy_version_publish(version=draft, author=editor, text=NEW_TEXT)
+    draft = policy_services.policy_draft_create(policy=policy, author=editor)
+    published = policy_services.policy_version_publish(version=draft, author=editor, text=NEW_TEXT)
     assert published.status == PolicyVersion.Status.PUBLISHED
     assert (published.text, published.rule_ids) == (NEW_TEXT, ["SP1", "SP3", "SP2"])
-    assert PolicyVersion.objects.get(pk=draft.pk).content_hash == services.policy_text_hash(NEW_TEXT)
+    assert PolicyVersion.objects.get(pk=draft.pk).content_hash == policy_services.policy_text_hash(NEW_TEXT)
     edited = AuditEvent.objects.get(action="policy.draft_edited")
     frozen = AuditEvent.objects.get(action="policy.version_published")
     assert edited.seq < frozen.seq and frozen.payload["content_hash"] == published.content_hash
 
 
 def test_publishing_refuses_a_blank_text_and_leaves_the_draft_as_it_was(policy: Policy, editor: User) -> None:
-    draft = services.policy_draft_create(policy=policy, author=editor)
-    with pytest.raises(services.PolicyVersionRefused, match="empty"):
-        services.policy_version_publish(version=draft, author=editor, text=" \n")
+    draft = policy_services.policy_draft_create(policy=policy, author=editor)
+    with pytest.raises(policy_services.PolicyVersionRefused, match="empty"):
+        policy_services.policy_version_publish(version=draft, author=editor, text=" \n")
     draft.refresh_from_db()
     assert draft.is_draft and draft.text == POLICY_TEXT
-    with pytest.raises(services.PolicyVersionRefused, match="already published"):
-        services.policy_version_publish(
+    with pytest.raises(policy_services.PolicyVersionRefused, match="already published"):
+        policy_services.policy_version_publish(
             version=_published(policy, editor), author=editor, text="# rewritten after publishing"
         )
 
 
 def _published(policy: Policy, editor: User, text: str = NEW_TEXT) -> PolicyVersion:
-    draft = services.policy_draft_create(policy=policy, author=editor, text=text)
-    return services.policy_version_publish(version=draft, author=editor)
+    draft = policy_services.policy_draft_create(policy=policy, author=editor, text=text)
+    return policy_services.policy_version_publish(version=draft, author=editor)
 
 
 def test_the_gate_blocks_a_version_without_a_run_on_the_current_golden_set(
@@ -120,8 +123,8 @@ def test_the_gate_blocks_a_version_without_a_run_on_the_current_golden_set(
 ) -> None:
     golden_set_small(policy)
     candidate = _published(policy, editor)
-    with pytest.raises(services.PolicyVersionRefused, match="no finished evaluation run"):
-        services.policy_version_activate(version=candidate, actor=editor)
+    with pytest.raises(policy_services.PolicyVersionRefused, match="no finished evaluation run"):
+        policy_services.policy_version_activate(version=candidate, actor=editor)
     assert PolicyVersion.objects.get(pk=active_version.pk).status == PolicyVersion.Status.ACTIVE
 
 
@@ -132,8 +135,8 @@ def test_the_gate_blocks_a_regression_beyond_the_tolerance(
     candidate = _published(policy, editor)
     finished_run(active_version, f1=0.90, accuracy=0.90)
     finished_run(candidate, f1=0.85, accuracy=0.91)  # F1 drops 0.05 > tolerance 0.02
-    with pytest.raises(services.PolicyVersionRefused, match=r"f1 0\.850 is below"):
-        services.policy_version_activate(version=candidate, actor=editor)
+    with pytest.raises(policy_services.PolicyVersionRefused, match=r"f1 0\.850 is below"):
+        policy_services.policy_version_activate(version=candidate, actor=editor)
     candidate.refresh_from_db()
     assert candidate.status == PolicyVersion.Status.PUBLISHED
 
@@ -147,8 +150,8 @@ def test_the_gate_ignores_runs_made_before_the_golden_set_changed(
     finished_run(candidate, f1=0.95, accuracy=0.95)
     examples[0].status = "rejected"
     examples[0].save()
-    with pytest.raises(services.PolicyVersionRefused, match="current golden set"):
-        services.policy_version_activate(version=candidate, actor=editor)
+    with pytest.raises(policy_services.PolicyVersionRefused, match="current golden set"):
+        policy_services.policy_version_activate(version=candidate, actor=editor)
 
 
 def test_the_gate_passes_within_the_tolerance_and_activation_applies_to_new_cases_only(
@@ -159,7 +162,7 @@ def test_the_gate_passes_within_the_tolerance_and_activation_applies_to_new_case
     candidate = _published(policy, editor)
     finished_run(active_version, f1=0.90, accuracy=0.90)
     finished_run(candidate, f1=0.89, accuracy=0.95)  # within 0.02
-    activation = services.policy_version_activate(version=candidate, actor=editor)
+    activation = policy_services.policy_version_activate(version=candidate, actor=editor)
     assert not activation.overridden
     assert PolicyVersion.objects.get(pk=active_version.pk).status == PolicyVersion.Status.RETIRED
     assert PolicyVersion.objects.get(pk=candidate.pk).status == PolicyVersion.Status.ACTIVE
@@ -174,9 +177,9 @@ def test_an_override_needs_a_reason_and_is_audited(
 ) -> None:
     golden_set_small(policy)
     candidate = _published(policy, editor)
-    with pytest.raises(services.PolicyVersionRefused):
-        services.policy_version_activate(version=candidate, actor=editor, override_reason="   ")
-    activation = services.policy_version_activate(
+    with pytest.raises(policy_services.PolicyVersionRefused):
+        policy_services.policy_version_activate(version=candidate, actor=editor, override_reason="   ")
+    activation = policy_services.policy_version_activate(
         version=candidate, actor=editor, override_reason="Legal asked for the new wording today."
     )
     assert activation.overridden
@@ -189,22 +192,22 @@ def test_the_first_version_of_a_policy_needs_only_a_finished_run(editor: User) -
     policy = Policy.objects.create(slug="new", name="New")
     version = _published(policy, editor, POLICY_TEXT)
     golden_set_small(policy)
-    with pytest.raises(services.PolicyVersionRefused, match="no finished evaluation run"):
-        services.policy_version_activate(version=version, actor=editor)
+    with pytest.raises(policy_services.PolicyVersionRefused, match="no finished evaluation run"):
+        policy_services.policy_version_activate(version=version, actor=editor)
     finished_run(version, f1=0.1, accuracy=0.1)
-    assert not services.policy_version_activate(version=version, actor=editor).overridden
+    assert not policy_services.policy_version_activate(version=version, actor=editor).overridden
 
 
 def test_the_gate_needs_a_golden_set(policy: Policy, editor: User) -> None:
     candidate = _published(policy, editor)
-    with pytest.raises(services.PolicyVersionRefused, match="no accepted examples"):
-        services.policy_version_activate(version=candidate, actor=editor)
+    with pytest.raises(policy_services.PolicyVersionRefused, match="no accepted examples"):
+        policy_services.policy_version_activate(version=candidate, actor=editor)
 
 
 def test_a_draft_cannot_be_activated(policy: Policy, editor: User) -> None:
-    draft = services.policy_draft_create(policy=policy, author=editor)
-    with pytest.raises(services.PolicyVersionRefused, match="publish it first"):
-        services.policy_version_activate(version=draft, actor=editor, override_reason="because")
+    draft = policy_services.policy_draft_create(policy=policy, author=editor)
+    with pytest.raises(policy_services.PolicyVersionRefused, match="publish it first"):
+        policy_services.policy_version_activate(version=draft, actor=editor, override_reason="because")
 
 
 def test_the_lint_lists_rule_ids_missing_sections_duplicates_and_length() -> None:

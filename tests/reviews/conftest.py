@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 
-from moderation.models import Case, Policy
+from moderation.models import Case
+from policies.models import Policy
 from reviews.models import Role
 from tests.conftest import ApiClient
 from tests.reviews.helpers import CallbackReceiver, cases_create, user_create

@@ -7,9 +7,8 @@ from typing import Any
 
 from django.utils import timezone
 
-from moderation.models import Policy, PolicyVersion
-from reviews import evaluations
-from reviews.models import EvaluationRun, GoldenExample
+from policies import evaluations
+from policies.models import EvaluationRun, GoldenExample, Policy, PolicyVersion
 from reviews.services import text_hash
 
 

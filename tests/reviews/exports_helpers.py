@@ -9,7 +9,8 @@ from typing import Any
 
 from django.contrib.auth.models import User
 
-from moderation.models import Case, Policy, TriageResult
+from moderation.models import Case, TriageResult
+from policies.models import Policy
 from reviews.models import Decision
 from tests.conftest import ApiClient
 from tests.reviews.helpers import cases_create

@@ -19,7 +19,8 @@ from typing import Any
 from django.contrib.auth.models import Group, User
 from django.utils import timezone
 
-from moderation.models import Case, ContentItem, Policy, PolicyVersion, Source
+from moderation.models import Case, ContentItem, Source
+from policies.models import Policy, PolicyVersion
 from reviews.models import QueueGrant
 
 _serial = itertools.count(1)

@@ -13,9 +13,10 @@ from django.core.management.base import CommandError
 from django.db import DatabaseError, connection, transaction
 from django.test import Client
 
-from moderation.models import Policy
-from reviews import audit, chain
-from reviews.models import AuditEvent
+from audit import chain
+from audit import services as audit
+from audit.models import AuditEvent
+from policies.models import Policy
 
 
 def events_record(policy: Policy, count: int) -> list[AuditEvent]:

@@ -9,9 +9,9 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
-from moderation.models import Policy
-from reviews import audit
-from reviews.models import AuditEvent
+from audit import services as audit
+from audit.models import AuditEvent
+from policies.models import Policy
 from reviews.selectors import AUDIT_PAGE_SIZE
 from tests.reviews.test_audit_chain import events_record, with_trigger_disabled
 

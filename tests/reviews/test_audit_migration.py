@@ -6,7 +6,7 @@ import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
-from reviews import audit
+from audit import services as audit
 
 BEFORE_CHAIN = ("reviews", "0003_golden_curation_and_evaluation_runs")
 

@@ -18,12 +18,14 @@ from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from django.test import Client
 
+from audit.models import AuditEvent
 from moderation import services
-from moderation.models import Policy, Source
+from moderation.models import Source
+from policies.models import Policy
 from reviews import callbacks
 from reviews import services as review_services
 from reviews.callbacks import CallbackFailed
-from reviews.models import AuditEvent, CallbackDelivery, Decision
+from reviews.models import CallbackDelivery, Decision
 from reviews.services import DecisionIn
 from tests.conftest import ApiClient
 from tests.reviews.conftest import CasesFactory

@@ -21,12 +21,14 @@ from django.test import Client
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
+from audit.models import AuditEvent
 from config.celery import app as celery_app
-from moderation.models import Case, Policy, Source
+from moderation.models import Case, Source
 from moderation.signatures import signature_verify
+from policies.models import Policy
 from reviews import callbacks, services, tasks
 from reviews.callbacks import CallbackFailed
-from reviews.models import AuditEvent, CallbackDelivery, Decision
+from reviews.models import CallbackDelivery, Decision
 from reviews.services import DecisionIn
 from tests.conftest import ApiClient
 from tests.reviews.conftest import CasesFactory

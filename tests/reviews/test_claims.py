@@ -12,9 +12,11 @@ from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
-from moderation.models import Case, Policy, Source
+from audit.models import AuditEvent
+from moderation.models import Case, Source
+from policies.models import Policy
 from reviews import selectors, services, tasks
-from reviews.models import AuditEvent, Decision, Role
+from reviews.models import Decision, Role
 from reviews.services import DecisionIn, DecisionRefused
 from tests.reviews.conftest import CasesFactory
 from tests.reviews.helpers import cases_create, text_of, user_create

@@ -9,8 +9,9 @@ import pytest
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 
-from moderation.models import Policy
-from reviews.models import AuditEvent, QueueGrant
+from audit.models import AuditEvent
+from policies.models import Policy
+from reviews.models import QueueGrant
 
 
 def createuser(*args: str) -> str:

@@ -18,11 +18,11 @@ from django.db import connections
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
+from audit import services as audit
+from audit.models import AuditEvent
 from config import db_router
 from config.env import database_from_url
-from moderation.models import Policy
-from reviews import audit
-from reviews.models import AuditEvent
+from policies.models import Policy
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -9,9 +9,11 @@ from django.contrib.auth.models import User
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.test import Client
 
-from moderation.models import Case, Policy
+from audit.models import AuditEvent
+from moderation.models import Case
+from policies.models import GoldenExample, Policy
 from reviews import services
-from reviews.models import AuditEvent, Decision, GoldenExample
+from reviews.models import Decision
 from reviews.services import DecisionIn, DecisionRefused
 from tests.reviews.conftest import CasesFactory
 

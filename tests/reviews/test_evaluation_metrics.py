@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reviews.evaluation_metrics import (
+from policies.evaluation_metrics import (
     ItemResult,
     confusion_of,
     evaluation_metrics,

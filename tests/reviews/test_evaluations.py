@@ -16,12 +16,12 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
 
+from audit.models import AuditEvent
 from inference_worker.services import EngineConfig
 from inference_worker.testing.engine_simulator import EngineSimulator
 from inference_worker.testing.fixtures import engine_config_for
-from moderation.models import Policy, PolicyVersion
-from reviews import evaluations, golden
-from reviews.models import AuditEvent, EvaluationResult, EvaluationRun
+from policies import evaluations, golden
+from policies.models import EvaluationResult, EvaluationRun, Policy, PolicyVersion
 from tests.reviews.evaluation_helpers import golden_accepted, golden_set_small
 
 
@@ -197,10 +197,10 @@ def test_the_gate_passes_and_blocks_on_real_runs(
     engine_simulator: EngineSimulator,
     admin: User,
 ) -> None:
-    from moderation import services as moderation
+    from policies import services as policy_services
 
     golden_set_small(policy)
-    draft = moderation.policy_draft_create(policy=policy, author=admin)
+    draft = policy_services.policy_draft_create(policy=policy, author=admin)
     run_now(active_version, engine_config)
     engine_simulator.violating_words = frozenset()  # the new wording catches nothing
     run_now(draft, engine_config)

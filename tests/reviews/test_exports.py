@@ -10,10 +10,12 @@ from django.contrib.auth.models import Permission, User
 from django.db import connection
 from django.test import Client
 
-from moderation import services as moderation_services
-from moderation.models import ContentItem, Policy, TriageResult
-from reviews import audit, exports, tokens
-from reviews.models import ApiToken, AuditEvent
+from audit import exports, tokens
+from audit import services as audit
+from audit.models import ApiToken, AuditEvent
+from moderation.models import ContentItem, TriageResult
+from policies import services as policy_services
+from policies.models import Policy
 from tests.conftest import POLICY_TEXT, ApiClient
 from tests.reviews.exports_helpers import CHAIN_OF_THOUGHT, csv_rows, decided_case, jsonl_rows
 
@@ -36,7 +38,7 @@ def token_of(user: User) -> str:
 @pytest.fixture
 def other_policy(db: None) -> Policy:
     policy = Policy.objects.create(slug="harassment", name="Harassment")
-    moderation_services.policy_version_create(policy=policy, text=POLICY_TEXT, activate=True)
+    policy_services.policy_version_create(policy=policy, text=POLICY_TEXT, activate=True)
     return policy
 
 

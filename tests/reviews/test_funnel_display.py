@@ -10,9 +10,10 @@ from django.test import Client
 
 from inference_worker import services
 from inference_worker.services import EngineConfig
-from moderation import services as moderation_services
-from moderation.models import Case, Policy
-from reviews.models import GoldenExample, Role
+from moderation.models import Case
+from policies import services as policy_services
+from policies.models import GoldenExample, Policy
+from reviews.models import Role
 from tests.inference_worker.test_funnel import SAFE, THREATS_POLICY, VIOLATING_ITEM, VIOLATIONS, golden
 from tests.inference_worker.test_triage import cases_for
 from tests.reviews.helpers import user_create
@@ -28,7 +29,7 @@ def threats(db: None) -> Policy:
         slug="threats", name="Threats", qa_sample_rate=0, funnel_target_recall=0.8, recall_confidence=0.5
     )
     text = THREATS_POLICY.replace("## Examples\n", "## Examples\n" + UNTRUSTED_EXAMPLE)
-    moderation_services.policy_version_create(policy=policy, text=text, activate=True)
+    policy_services.policy_version_create(policy=policy, text=text, activate=True)
     for text in VIOLATIONS:
         golden(policy, text, "violates", GoldenExample.Status.ACCEPTED)
     for text in SAFE:

@@ -9,9 +9,12 @@ from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
-from moderation.models import Case, Policy
-from reviews import golden, services
-from reviews.models import AuditEvent, Decision, GoldenExample
+from audit.models import AuditEvent
+from moderation.models import Case
+from policies import golden
+from policies.models import GoldenExample, Policy
+from reviews import services
+from reviews.models import Decision
 from reviews.services import DecisionIn
 from tests.reviews.conftest import CasesFactory
 from tests.reviews.evaluation_helpers import golden_accepted

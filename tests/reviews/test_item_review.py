@@ -9,10 +9,12 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
-from moderation import services as moderation_services
-from moderation.models import Case, ContentItem, Policy, PolicyVersion
+from audit.models import AuditEvent
+from moderation.models import Case, ContentItem
+from policies import services as policy_services
+from policies.models import Policy, PolicyVersion
 from reviews import services
-from reviews.models import AuditEvent, Decision, QueueGrant
+from reviews.models import Decision, QueueGrant
 from tests.conftest import POLICY_TEXT, ApiClient
 from tests.reviews.helpers import user_create
 
@@ -24,7 +26,7 @@ HARASSMENT_TEXT = (
 @pytest.fixture
 def harassment(db: None) -> Policy:
     policy = Policy.objects.create(slug="harassment", name="Harassment", qa_sample_rate=0)
-    moderation_services.policy_version_create(policy=policy, text=HARASSMENT_TEXT, activate=True)
+    policy_services.policy_version_create(policy=policy, text=HARASSMENT_TEXT, activate=True)
     return policy
 
 
@@ -214,7 +216,7 @@ def test_concurrent_item_claims_never_share_a_case_and_decide_each_once(policy: 
     from reviews.services import DecisionIn
 
     harassment = Policy.objects.create(slug="harassment", name="Harassment", qa_sample_rate=0)
-    moderation_services.policy_version_create(policy=harassment, text=HARASSMENT_TEXT, activate=True)
+    policy_services.policy_version_create(policy=harassment, text=HARASSMENT_TEXT, activate=True)
     Policy.objects.filter(pk=policy.pk).update(qa_sample_rate=0)
     queues = [policy, harassment]
     source = Source.objects.create(name="S", slug="s", api_key_id="k", api_key_hash="h")

@@ -9,7 +9,8 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from moderation.models import Case, Policy
+from moderation.models import Case
+from policies.models import Policy
 from reviews import metrics
 from reviews.models import Decision
 from reviews.templatetags.figures import hourly_chart, metric, metric_change, rate

@@ -149,14 +149,14 @@ def test_the_item_history_shows_only_cases_of_granted_policies(
     moderator: User, queued_cases: CasesFactory, source: Any
 ) -> None:
     """Issue 14: another policy's decision on the same item, and who made it, are not the viewer's to see."""
-    from moderation import services as moderation_services
-    from moderation.models import Policy
+    from policies import services as policy_services
+    from policies.models import Policy
     from tests.conftest import POLICY_TEXT
     from tests.reviews.helpers import user_create
 
     [case] = queued_cases()
     secret = Policy.objects.create(slug="secret-team", name="Secret team")
-    version = moderation_services.policy_version_create(policy=secret, text=POLICY_TEXT, activate=True)
+    version = policy_services.policy_version_create(policy=secret, text=POLICY_TEXT, activate=True)
     hidden_moderator = user_create("hank", Role.MODERATOR, grants=[secret])
     other = Case.objects.create(item=case.item, policy_version=version, state=Case.State.DECIDED)
     Decision.objects.create(

@@ -10,11 +10,11 @@ import redis
 from django.contrib.auth.models import User
 from django.test import Client
 
+from audit.models import AuditEvent
 from inference_worker.services import EngineConfig
-from moderation import services as moderation
-from moderation.models import Policy, PolicyVersion
-from reviews import evaluations
-from reviews.models import AuditEvent, EvaluationRun
+from policies import evaluations
+from policies import services as policy_services
+from policies.models import EvaluationRun, Policy, PolicyVersion
 from tests.conftest import POLICY_TEXT
 from tests.reviews.evaluation_helpers import finished_run, golden_accepted, golden_set_small
 
@@ -78,7 +78,7 @@ def editor_client(client: Client, policy_editor: User) -> Client:
 def test_the_draft_editor_checks_the_text_as_typed_without_saving_it(
     editor_client: Client, policy: Policy, policy_editor: User
 ) -> None:
-    draft = moderation.policy_draft_create(policy=policy, author=policy_editor)
+    draft = policy_services.policy_draft_create(policy=policy, author=policy_editor)
     page = editor_client.get(f"/policies/spam/v{draft.number}/").content.decode()
     assert 'hx-post="/policies/spam/v2/lint"' in page and 'hx-trigger="input changed delay:400ms"' in page
     typed = POLICY_TEXT + "\n- SP9: <b>new</b> rule\n- SP1: twice\n"
@@ -97,7 +97,7 @@ def test_the_draft_editor_checks_the_text_as_typed_without_saving_it(
 def test_saving_a_draft_and_publishing_freezes_it(
     editor_client: Client, policy: Policy, policy_editor: User
 ) -> None:
-    draft = moderation.policy_draft_create(policy=policy, author=policy_editor)
+    draft = policy_services.policy_draft_create(policy=policy, author=policy_editor)
     new_text = POLICY_TEXT + "\n- SP3: Fake giveaways.\n"
     assert editor_client.post("/policies/spam/v2/", {"text": new_text}).status_code == 302
     draft.refresh_from_db()
@@ -116,7 +116,7 @@ def test_saving_a_draft_and_publishing_freezes_it(
 def test_publishing_from_the_editor_saves_the_text_as_shown_first(
     editor_client: Client, policy: Policy, policy_editor: User
 ) -> None:
-    draft = moderation.policy_draft_create(policy=policy, author=policy_editor)
+    draft = policy_services.policy_draft_create(policy=policy, author=policy_editor)
     page = editor_client.get("/policies/spam/v2/").content.decode()
     # One form: "Publish" submits the textarea too, so an edit not saved yet is not lost.
     assert 'formaction="/policies/spam/v2/publish"' in page and 'data-unsaved-note="unsaved-note"' in page
@@ -136,7 +136,7 @@ def test_publishing_from_the_editor_saves_the_text_as_shown_first(
 def test_publishing_a_blank_editor_is_refused_in_the_editor_and_publishes_nothing(
     editor_client: Client, policy: Policy, policy_editor: User
 ) -> None:
-    draft = moderation.policy_draft_create(policy=policy, author=policy_editor)
+    draft = policy_services.policy_draft_create(policy=policy, author=policy_editor)
     for blank in ("", "  \n "):
         response = editor_client.post("/policies/spam/v2/publish", {"text": blank})
         assert response.status_code == 400
@@ -151,7 +151,7 @@ def test_publishing_a_blank_editor_is_refused_in_the_editor_and_publishes_nothin
 def test_publishing_from_the_policy_page_freezes_the_saved_text(
     editor_client: Client, policy: Policy, policy_editor: User
 ) -> None:
-    draft = moderation.policy_draft_create(policy=policy, author=policy_editor)
+    draft = policy_services.policy_draft_create(policy=policy, author=policy_editor)
     response = editor_client.post("/policies/spam/v2/publish", follow=True)
     assert "v2 published: its text is now frozen." in response.content.decode()
     draft.refresh_from_db()
@@ -163,7 +163,7 @@ def test_publishing_from_the_policy_page_freezes_the_saved_text(
 def test_the_diff_shows_both_versions_side_by_side_escaped(
     editor_client: Client, policy: Policy, policy_editor: User
 ) -> None:
-    moderation.policy_draft_create(
+    policy_services.policy_draft_create(
         policy=policy,
         author=policy_editor,
         text=POLICY_TEXT.replace("SP2: Links", "SP2: <script>alert(1)</script>"),
@@ -204,7 +204,7 @@ def test_a_run_of_another_policys_version_is_refused_with_the_field_error(
 ) -> None:
     settings.SAFEGUARD_BASE_URL = engine_simulator.base_url  # type: ignore[attr-defined]
     other = Policy.objects.create(slug="other", name="Other")
-    version = moderation.policy_version_create(policy=other, text=POLICY_TEXT)
+    version = policy_services.policy_version_create(policy=other, text=POLICY_TEXT)
     response = editor_client.post("/policies/spam/runs", {"version": version.pk, "effort": "extreme"})
     assert response.status_code == 400
     body = response.content.decode()
@@ -313,8 +313,8 @@ def test_activation_through_the_page_is_blocked_then_overridden_with_a_reason(
     editor_client: Client, policy: Policy, policy_editor: User, active_version: PolicyVersion
 ) -> None:
     golden_set_small(policy)
-    draft = moderation.policy_draft_create(policy=policy, author=policy_editor)
-    moderation.policy_version_publish(version=draft, author=policy_editor)
+    draft = policy_services.policy_draft_create(policy=policy, author=policy_editor)
+    policy_services.policy_version_publish(version=draft, author=policy_editor)
     blocked = editor_client.post("/policies/spam/v2/activate", {"override_reason": "  "})
     assert blocked.status_code == 400
     body = blocked.content.decode()
@@ -334,8 +334,8 @@ def test_the_policy_page_offers_activation_when_the_gate_is_open(
     editor_client: Client, policy: Policy, policy_editor: User, active_version: PolicyVersion
 ) -> None:
     golden_set_small(policy)
-    draft = moderation.policy_draft_create(policy=policy, author=policy_editor)
-    moderation.policy_version_publish(version=draft, author=policy_editor)
+    draft = policy_services.policy_draft_create(policy=policy, author=policy_editor)
+    policy_services.policy_version_publish(version=draft, author=policy_editor)
     baseline = finished_run(active_version, f1=0.8, accuracy=0.8)
     candidate = finished_run(draft, f1=0.9, accuracy=0.9)
     page = editor_client.get("/policies/spam/").content.decode()

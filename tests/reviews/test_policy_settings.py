@@ -6,10 +6,11 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from moderation import services as moderation
-from moderation.models import Case, Policy, PolicyVersion
-from moderation.policy_lint import policy_lint
-from reviews.models import AuditEvent
+from audit.models import AuditEvent
+from moderation.models import Case
+from policies import services as policy_services
+from policies.lint import policy_lint
+from policies.models import Policy, PolicyVersion
 from tests.conftest import ApiClient
 from tests.reviews.helpers import text_of
 
@@ -99,8 +100,10 @@ def test_it_refuses_a_bad_new_policy_with_the_reason(
 
 
 def test_the_service_refuses_a_slug_taken_meanwhile(policy: Policy, policy_editor: User) -> None:
-    with pytest.raises(moderation.PolicyRefused, match="already exists"):
-        moderation.policy_create(name="Spam 2", slug="spam", description="", text="# x", author=policy_editor)
+    with pytest.raises(policy_services.PolicyRefused, match="already exists"):
+        policy_services.policy_create(
+            name="Spam 2", slug="spam", description="", text="# x", author=policy_editor
+        )
     assert Policy.objects.count() == 1 and not PolicyVersion.objects.filter(number=2).exists()
 
 
@@ -172,7 +175,7 @@ def test_linking_a_source_sends_its_new_items_to_the_policy(
     editor_client: Client, policy: Policy, source: ApiClient
 ) -> None:
     threats = Policy.objects.create(slug="threats", name="Threats")
-    moderation.policy_version_create(policy=threats, text="# Threats\n- TH1: threats", activate=True)
+    policy_services.policy_version_create(policy=threats, text="# Threats\n- TH1: threats", activate=True)
     assert source.post_items({"external_id": "before", "text": "hello"}).status_code == 201
     response = editor_client.post(
         "/policies/threats/settings", settings_post(threats, sources=[source.source.pk])

@@ -9,10 +9,12 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
+from audit.models import AuditEvent
 from inference_worker.services import EngineConfig, cases_triage
-from moderation.models import Case, Policy
+from moderation.models import Case
+from policies.models import GoldenExample, Policy
 from reviews import services, tasks
-from reviews.models import AuditEvent, Decision, GoldenExample
+from reviews.models import Decision
 from reviews.services import DecisionIn
 from tests.conftest import ApiClient
 from tests.inference_worker.autoclear_helpers import reasoner_proven

@@ -10,8 +10,9 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
-from moderation import services as moderation_services
-from moderation.models import Case, Policy
+from moderation.models import Case
+from policies import services as policy_services
+from policies.models import Policy
 from reviews import selectors
 from reviews.models import QueueGrant
 from tests.conftest import POLICY_TEXT, ApiClient
@@ -35,7 +36,7 @@ def claim_order(cases: list[Case]) -> list[int]:
 @pytest.fixture
 def second_policy(policy: Policy, source: ApiClient, moderator: User) -> Policy:
     other = Policy.objects.create(slug="harassment", name="Harassment")
-    moderation_services.policy_version_create(policy=other, text=POLICY_TEXT, activate=True)
+    policy_services.policy_version_create(policy=other, text=POLICY_TEXT, activate=True)
     source.source.policies.add(other)
     QueueGrant.objects.create(user=moderator, policy=other)
     return other
@@ -95,7 +96,7 @@ def test_it_scopes_the_policy_filter_to_granted_queues(
     moderator: User, queued_cases: CasesFactory, source: ApiClient
 ) -> None:
     secret = Policy.objects.create(slug="secret", name="Secret")
-    moderation_services.policy_version_create(policy=secret, text=POLICY_TEXT, activate=True)
+    policy_services.policy_version_create(policy=secret, text=POLICY_TEXT, activate=True)
     [hidden] = cases_create(secret, source.source)
     [mine] = queued_cases()
     ids = case_ids_in(logged_in(moderator).get(f"/queue/?policy={secret.pk}").content)

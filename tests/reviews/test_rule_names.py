@@ -5,8 +5,8 @@ from __future__ import annotations
 from django.contrib.auth.models import User
 from django.test import Client
 
-from inference_worker.policy_rules import policy_rule_names
-from moderation.models import Policy
+from policies.models import Policy
+from policies.rules import policy_rule_names
 from reviews import services
 from tests.reviews.conftest import CasesFactory
 from tests.reviews.evaluation_helpers import finished_run, golden_accepted

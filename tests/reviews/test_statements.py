@@ -9,8 +9,8 @@ from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.test import Client
 
-from moderation.models import Case, Policy, TriageResult
-from reviews.models import StatementOfReasonsMapping
+from moderation.models import Case, TriageResult
+from policies.models import Policy, StatementOfReasonsMapping
 from tests.conftest import ApiClient
 from tests.reviews.exports_helpers import decided_case, jsonl_rows
 from tests.reviews.helpers import cases_create

@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from inference_worker import embeddings, funnel
 from inference_worker.services import CaseWork
-from moderation.models import PolicyVersion
+from policies.models import PolicyVersion
 
 
 class Command(BaseCommand):

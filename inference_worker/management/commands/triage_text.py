@@ -15,7 +15,7 @@ from inference_worker.engine import (
     transport_build,
 )
 from inference_worker.services import EngineConfig
-from moderation.models import PolicyVersion
+from policies.models import PolicyVersion
 
 
 class Command(BaseCommand):

@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils.text import slugify
 
 from moderation import services
-from moderation.models import Policy
+from policies.models import Policy
 
 
 class Command(BaseCommand):

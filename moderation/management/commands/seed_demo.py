@@ -12,9 +12,12 @@ from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandError
 
 from moderation import services
-from moderation.models import Policy, Source
-from reviews import golden, users
-from reviews.models import GoldenExample, Role
+from moderation.models import Source
+from policies import golden
+from policies import services as policy_services
+from policies.models import GoldenExample, Policy
+from reviews import users
+from reviews.models import Role
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "demo"
 DEMO_POLICIES = [
@@ -121,7 +124,7 @@ class Command(BaseCommand):
     def _policy(self, slug: str, name: str, filename: str) -> Policy:
         policy, _ = Policy.objects.get_or_create(slug=slug, defaults={"name": name})
         if not policy.versions.exists():
-            services.policy_version_create(
+            policy_services.policy_version_create(
                 policy=policy, text=(DEMO_DIR / filename).read_text(), activate=True
             )
         return policy

@@ -9,12 +9,10 @@ from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from inference_worker.services import EngineConfig
-from moderation import services as moderation
-from moderation.models import Policy, PolicyVersion
-from reviews import evaluations
-from reviews.evaluations import ExampleIn
-from reviews.golden import GoldenRefused, label_parse
-from reviews.models import EvaluationRun
+from policies import evaluations, services
+from policies.evaluations import ExampleIn
+from policies.golden import GoldenRefused, label_parse
+from policies.models import EvaluationRun, Policy, PolicyVersion
 
 METRIC_ROWS = (
     ("accuracy", "accuracy"),
@@ -92,8 +90,8 @@ class Command(BaseCommand):
             if author is None:
                 raise CommandError("--draft-file needs a superuser to author the draft")
             try:
-                return moderation.policy_draft_create(policy=policy, author=author, text=text)
-            except moderation.PolicyVersionRefused as exc:
+                return services.policy_draft_create(policy=policy, author=author, text=text)
+            except services.PolicyVersionRefused as exc:
                 raise CommandError(str(exc)) from exc
         versions = policy.versions.select_related("policy")
         version = (

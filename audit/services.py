@@ -17,9 +17,9 @@ from django.db import connection, models, transaction
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
+from audit import chain
+from audit.models import AuditEvent
 from moderation.models import Source
-from reviews import chain
-from reviews.models import AuditEvent
 
 Actor = AbstractBaseUser | Source | None
 

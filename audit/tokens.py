@@ -9,8 +9,8 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from reviews import audit
-from reviews.models import ApiToken
+from audit import services as audit
+from audit.models import ApiToken
 
 # last_used_at is informative: refreshing it at most this often keeps a burst of requests read-only.
 LAST_USED_RESOLUTION = timedelta(minutes=1)

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from reviews.audit import chain_verify
+from audit.services import chain_verify
 
 
 class Command(BaseCommand):

@@ -14,10 +14,10 @@ from ninja.errors import ValidationError as NinjaValidationError
 from ninja.security import HttpBearer
 from pydantic import Field, field_validator
 
+from audit import exports
+from audit.tokens import api_token_user
 from moderation.schemas import ErrorOut
-from reviews import exports
 from reviews.forms import ExportForm
-from reviews.tokens import api_token_user
 
 
 class UserTokenAuth(HttpBearer):

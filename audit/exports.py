@@ -19,10 +19,11 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.db import connections, models, transaction
 from django.db.models import OuterRef, Subquery
 
+from audit import services as audit
 from config import db_router
-from moderation.models import Case, Policy, TriageResult, Verdict
-from reviews import audit
-from reviews.models import Decision, Role, StatementOfReasonsMapping
+from moderation.models import Case, TriageResult
+from policies.models import Policy, StatementOfReasonsMapping, Verdict
+from reviews.models import Decision, Role
 from reviews.selectors import user_roles
 
 EXPORT_ROLES = {Role.AUDITOR, Role.ADMIN}

@@ -21,9 +21,9 @@ from django.db import transaction
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from moderation.models import Policy, PolicyVersion
-from reviews import audit
-from reviews.models import Decision, GoldenExample
+from audit import services as audit
+from policies.models import GoldenExample, Policy, PolicyVersion
+from reviews.models import Decision
 from reviews.services import text_hash
 
 GOLDEN_PAGE_SIZE = 50

@@ -29,6 +29,7 @@ from django.db.models import Count, Q, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from audit import services as audit
 from inference_worker import verdicts
 from inference_worker.engine import (
     EngineError,
@@ -39,11 +40,10 @@ from inference_worker.engine import (
     engine_session,
     transport_build,
 )
-from inference_worker.policy_rules import policy_rule_ids_parse
 from inference_worker.services import EngineConfig
-from moderation.models import Policy, PolicyVersion
-from reviews import audit, evaluation_metrics
-from reviews.models import EvaluationResult, EvaluationRun, GoldenExample
+from policies import evaluation_metrics
+from policies.models import EvaluationResult, EvaluationRun, GoldenExample, Policy, PolicyVersion
+from policies.rules import policy_rule_ids_parse
 from reviews.services import text_hash
 
 NO_ENGINE = "no reasoning engine configured: set SAFEGUARD_BASE_URL (see README)"

@@ -16,11 +16,10 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from inference_worker import autoclear, engine_settings
 from inference_worker.selectors import funnel_calibration_for_policy
-from moderation import services as moderation
-from moderation.models import AutoClearSuspension, Policy, PolicyVersion
-from moderation.policy_lint import SWEET_SPOT, policy_lint
-from reviews import evaluations, golden, policy_selectors, selectors
-from reviews.forms_policies import (
+from moderation.models import AutoClearSuspension
+from policies import evaluations, golden, services
+from policies import selectors as policy_selectors
+from policies.forms import (
     ActivateForm,
     CompareForm,
     DraftForm,
@@ -32,7 +31,9 @@ from reviews.forms_policies import (
     PolicySettingsForm,
     RunForm,
 )
-from reviews.models import EvaluationRun, GoldenExample
+from policies.lint import SWEET_SPOT, policy_lint
+from policies.models import EvaluationRun, GoldenExample, Policy, PolicyVersion
+from reviews import selectors
 from reviews.views import AuthedRequest, _page, _partial_wanted, _redirect
 
 IMPORT_SESSION_KEY = "golden_import_{policy_id}"
@@ -83,14 +84,14 @@ def policy_create(request: AuthedRequest) -> HttpResponse:
     form = PolicyCreateForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            draft = moderation.policy_create(
+            draft = services.policy_create(
                 name=form.cleaned_data["name"],
                 slug=form.cleaned_data["slug"],
                 description=form.cleaned_data["description"],
                 text=form.first_draft_text(),
                 author=request.user,
             )
-        except moderation.PolicyRefused as exc:
+        except services.PolicyRefused as exc:
             form.add_error("slug", str(exc))
         else:
             messages.success(
@@ -111,11 +112,11 @@ def policy_settings(request: AuthedRequest, slug: str) -> HttpResponse:
     # The form works on its own copy: a refused POST must not change what the page header shows.
     form = PolicySettingsForm(request.POST or None, instance=Policy.objects.get(pk=policy.pk))
     if request.method == "POST" and form.is_valid():
-        changed = moderation.policy_settings_update(
+        changed = services.policy_settings_update(
             policy=policy,
             actor=request.user,
             settings=form.policy_settings(),
-            sources=form.cleaned_data["sources"],
+            source_ids=[s.pk for s in form.cleaned_data["sources"]],
         )
         messages.success(
             request,
@@ -161,7 +162,7 @@ def policy_draft_new(request: AuthedRequest, slug: str) -> HttpResponse:
     policy = _policy(request, slug)
     base = request.POST.get("from", "")
     text = _version(policy, int(base)).text if base.isdigit() else None
-    draft = moderation.policy_draft_create(policy=policy, author=request.user, text=text)
+    draft = services.policy_draft_create(policy=policy, author=request.user, text=text)
     messages.success(request, f"Draft v{draft.number} created.")
     return _redirect(request, reverse("reviews:policy_version", args=[policy.slug, draft.number]))
 
@@ -192,10 +193,10 @@ def policy_version(request: AuthedRequest, slug: str, number: int) -> HttpRespon
         raise PermissionDenied("A published version is immutable: start a new draft.")
     if form.is_valid():
         try:
-            version = moderation.policy_draft_update(
+            version = services.policy_draft_update(
                 version=version, text=form.cleaned_data["text"], author=request.user
             )
-        except moderation.PolicyVersionRefused as exc:
+        except services.PolicyVersionRefused as exc:
             form.add_error("text", str(exc))
         else:
             messages.success(request, f"Draft v{version.number} saved.")
@@ -237,10 +238,10 @@ def policy_version_publish(request: AuthedRequest, slug: str, number: int) -> Ht
         return _draft_refused(request, version, form)
     saved_hash = version.content_hash
     try:
-        published = moderation.policy_version_publish(
+        published = services.policy_version_publish(
             version=version, author=request.user, text=form.cleaned_data["text"] if form else None
         )
-    except moderation.PolicyVersionRefused as exc:
+    except services.PolicyVersionRefused as exc:
         version.refresh_from_db(fields=["status"])  # published meanwhile (another tab)?
         if form is not None and version.is_draft:  # the text was refused (blank): say so in the editor
             form.add_error("text", str(exc))
@@ -266,10 +267,10 @@ def policy_version_activate(request: AuthedRequest, slug: str, number: int) -> H
         reasons = " ".join(str(e) for errors in form.errors.values() for e in errors)
         return _activation_refused(request, policy, reasons, form=form, status=400)
     try:
-        activation = moderation.policy_version_activate(
+        activation = services.policy_version_activate(
             version=version, actor=request.user, override_reason=form.cleaned_data["override_reason"]
         )
-    except moderation.PolicyVersionRefused as exc:
+    except services.PolicyVersionRefused as exc:
         return _activation_refused(request, policy, str(exc))
     note = " (gate overridden)" if activation.overridden else ""
     messages.success(request, f"v{version.number} is now active for new cases{note}.")

@@ -23,7 +23,7 @@ from django.forms import ModelForm
 from django.forms.formsets import BaseFormSet
 from django.http import HttpRequest, HttpResponse
 
-from reviews import audit
+from audit import services as audit
 
 ModelT = TypeVar("ModelT", bound=models.Model)
 

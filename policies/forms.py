@@ -6,12 +6,13 @@ from django import forms
 from django.conf import settings
 from django.utils.text import slugify
 
-from moderation.models import Policy, PolicyVersion, Source
-from moderation.policy_lint import POLICY_OUTLINE
-from moderation.services import POLICY_SETTINGS, POLICY_TEXT_MAX_CHARS
-from reviews.evaluations import EFFORTS
-from reviews.golden import GoldenFilters
-from reviews.models import Decision, GoldenExample
+from moderation.models import Source
+from policies.evaluations import EFFORTS
+from policies.golden import GoldenFilters
+from policies.lint import POLICY_OUTLINE
+from policies.models import GoldenExample, Policy, PolicyVersion
+from policies.services import POLICY_SETTINGS, POLICY_TEXT_MAX_CHARS
+from reviews.models import Decision
 
 
 class DraftForm(forms.Form):

@@ -11,9 +11,9 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from inference_worker.policy_examples import policy_examples_parse
-from inference_worker.policy_rules import policy_rule_definitions, policy_rule_ids_parse
 from inference_worker.prompts import token_count
+from policies.examples import policy_examples_parse
+from policies.rules import policy_rule_definitions, policy_rule_ids_parse
 
 SECTIONS = ("Instructions", "Definitions", "Criteria", "Examples", "Output")
 SWEET_SPOT = (400, 600)

@@ -1,0 +1,85 @@
+"""The audit log (an append-only hash chain every app writes) and personal API tokens.
+
+The tables keep their first app's names (reviews_*): the models moved here without copying rows.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from audit import keys
+
+
+class AuditEvent(models.Model):
+    """Append-only record of everything that happened. PostgreSQL refuses UPDATE and DELETE.
+
+    A hash chain (reviews/chain.py): `hash` covers this event's content and `prev_hash`, the hash of
+    the event with the previous `seq`. Write through reviews/audit.py only: it takes the chain's lock.
+    """
+
+    class ActorKind(models.TextChoices):
+        USER = "user"
+        SOURCE = "source"
+        SYSTEM = "system"
+
+    # Position in the chain: 1, 2, 3... without gaps (appends are serialised, see reviews/audit.py).
+    seq = models.BigIntegerField(unique=True)
+    # Set in Python before hashing (not auto_now_add) so the stored value is the hashed value.
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor_kind = models.CharField(max_length=8, choices=ActorKind.choices)
+    actor_id = models.CharField(max_length=64, blank=True)
+    actor_label = models.CharField(max_length=200, blank=True)
+    action = models.CharField(max_length=64)
+    object_type = models.CharField(max_length=64)
+    object_id = models.CharField(max_length=64)
+    payload = models.JSONField(default=dict, blank=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64)
+
+    class Meta:
+        db_table = "reviews_auditevent"
+        indexes: ClassVar = [
+            models.Index(fields=["object_type", "object_id"], name="audit_object_idx"),
+            models.Index(fields=["action", "created_at"], name="audit_action_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.object_type}:{self.object_id}"
+
+
+API_TOKEN_PREFIX = "sgu"  # noqa: S105 - a public prefix, not a secret
+
+
+class ApiToken(models.Model):
+    """A person's token for the export API (`Authorization: Bearer sgu_<id>_<secret>`); stored hashed."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    key_id = models.CharField(max_length=16, unique=True, editable=False)
+    key_hash = models.CharField(max_length=64, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "reviews_apitoken"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.user})"
+
+    def issue(self) -> str:
+        """Set a new secret; returns the token, which is never stored in clear."""
+        issued = keys.key_issue(API_TOKEN_PREFIX)
+        self.key_id, self.key_hash = issued.key_id, issued.key_hash
+        return issued.key
+
+    def matches(self, token: str) -> bool:
+        return keys.key_matches(self.key_hash, token)
+
+    @staticmethod
+    def key_id_of(token: str) -> str | None:
+        return keys.key_id_of(API_TOKEN_PREFIX, token)
