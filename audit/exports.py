@@ -19,12 +19,12 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.db import connections, models, transaction
 from django.db.models import OuterRef, Subquery
 
+from accounts.roles import Role, user_roles
 from audit import services as audit
 from config import db_router
 from moderation.models import Case, TriageResult
 from policies.models import Policy, StatementOfReasonsMapping, Verdict
-from reviews.models import Decision, Role
-from reviews.selectors import user_roles
+from reviews.models import Decision
 
 EXPORT_ROLES = {Role.AUDITOR, Role.ADMIN}
 # Bytes gathered before a chunk goes to the client: COPY hands over one row per message.

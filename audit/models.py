@@ -21,6 +21,9 @@ class AuditEvent(models.Model):
     the event with the previous `seq`. Write through reviews/audit.py only: it takes the chain's lock.
     """
 
+    # Audit events name it as they did before it moved here (one history per object).
+    audit_object_type: ClassVar[str] = "reviews.auditevent"
+
     class ActorKind(models.TextChoices):
         USER = "user"
         SOURCE = "source"
@@ -56,6 +59,9 @@ API_TOKEN_PREFIX = "sgu"  # noqa: S105 - a public prefix, not a secret
 
 class ApiToken(models.Model):
     """A person's token for the export API (`Authorization: Bearer sgu_<id>_<secret>`); stored hashed."""
+
+    # Audit events name it as they did before it moved here (one history per object).
+    audit_object_type: ClassVar[str] = "reviews.apitoken"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
     name = models.CharField(max_length=100)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import connection, models, transaction
@@ -19,25 +19,33 @@ from psycopg.types.json import Jsonb
 
 from audit import chain
 from audit.models import AuditEvent
-from moderation.models import Source
 
-Actor = AbstractBaseUser | Source | None
+
+class SourceActor(Protocol):
+    """A platform acting through its API key (moderation.Source): audited by its slug."""
+
+    pk: Any
+    slug: str
+
+
+Actor = AbstractBaseUser | SourceActor | None
 
 
 def _actor_fields(actor: Actor) -> dict[str, str]:
     if actor is None:
         return {"actor_kind": AuditEvent.ActorKind.SYSTEM, "actor_id": "", "actor_label": "system"}
-    if isinstance(actor, Source):
+    if isinstance(actor, AbstractBaseUser):
         return {
-            "actor_kind": AuditEvent.ActorKind.SOURCE,
+            "actor_kind": AuditEvent.ActorKind.USER,
             "actor_id": str(actor.pk),
-            "actor_label": actor.slug,
+            "actor_label": actor.get_username(),
         }
-    return {
-        "actor_kind": AuditEvent.ActorKind.USER,
-        "actor_id": str(actor.pk),
-        "actor_label": actor.get_username(),
-    }
+    return {"actor_kind": AuditEvent.ActorKind.SOURCE, "actor_id": str(actor.pk), "actor_label": actor.slug}
+
+
+def object_type_of(obj: models.Model) -> str:
+    """How audit events name a model: its label, or the label it had before it moved to another app."""
+    return getattr(type(obj), "audit_object_type", obj._meta.label_lower)
 
 
 def _append(events: list[AuditEvent]) -> list[AuditEvent]:
@@ -112,7 +120,7 @@ def record(
     action: str, *, actor: Actor, obj: models.Model, payload: dict[str, Any] | None = None
 ) -> AuditEvent:
     return record_about(
-        action, actor=actor, object_type=obj._meta.label_lower, object_id=str(obj.pk), payload=payload
+        action, actor=actor, object_type=object_type_of(obj), object_id=str(obj.pk), payload=payload
     )
 
 
@@ -144,7 +152,7 @@ def record_many(
         [
             AuditEvent(
                 action=action,
-                object_type=obj._meta.label_lower,
+                object_type=object_type_of(obj),
                 object_id=str(obj.pk),
                 payload=payload,
                 **actor_fields,

@@ -35,8 +35,7 @@ from audit import services as audit
 from inference_worker import autoclear, embeddings, guarantee
 from inference_worker.models import FunnelCalibration
 from policies.examples import policy_examples_parse
-from policies.models import GoldenExample
-from reviews.models import Decision
+from policies.models import GoldenExample, Label
 
 if TYPE_CHECKING:
     from sklearn.linear_model import LogisticRegression
@@ -416,7 +415,7 @@ def training_examples(policy_text: str, golden: list[tuple[str, str]]) -> list[T
     for example in policy_examples_parse(policy_text).examples:
         by_text[example.text] = TrainingExample(example.text, example.violation, "policy")
     for text, label in golden:
-        by_text[text] = TrainingExample(text, label == Decision.Label.VIOLATES, "golden")
+        by_text[text] = TrainingExample(text, label == Label.VIOLATES, "golden")
     return list(by_text.values())
 
 

@@ -6,7 +6,7 @@ from celery import shared_task
 from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerError
 
-from inference_worker import autoclear, services
+from inference_worker import services
 
 logger = logging.getLogger(__name__)
 
@@ -41,24 +41,3 @@ def triage_enqueue(*, case_ids: list[int], countdown: float = 0) -> None:
         triage_cases.apply_async(kwargs={"case_ids": case_ids}, countdown=countdown)
     except BrokerError:
         logger.warning("broker unavailable; %d cases wait for the triage sweep", len(case_ids))
-
-
-@shared_task(
-    name="inference_worker.autoclear_monitor",
-    acks_late=True,
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=True,
-    max_retries=5,
-    soft_time_limit=60,
-    time_limit=90,
-)
-def autoclear_monitor(*, policy_version_id: int, tier: str, **_: object) -> None:
-    autoclear.autoclear_monitor_check(policy_version_id=policy_version_id, tier=tier)
-
-
-def autoclear_monitor_enqueue(*, policy_version_id: int, tier: str) -> None:
-    """After a QA decision on an auto-clear. If the broker is away, the next QA decision checks again."""
-    try:
-        autoclear_monitor.delay(policy_version_id=policy_version_id, tier=tier)
-    except BrokerError:
-        logger.warning("broker unavailable; auto-clear monitoring of version %d waits", policy_version_id)

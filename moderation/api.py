@@ -34,6 +34,8 @@ from moderation.schemas import (
     ItemStatusOut,
 )
 from moderation.signatures import SignatureRefused, signature_verify
+from reviews import selectors as review_selectors
+from reviews.services import AppealRefused, appeal_open
 
 # An id no item can have (NUL, '/', control characters) is refused as a field error, never looked up.
 ExternalIdPath = Annotated[str, Path(pattern=EXTERNAL_ID_PATTERN, max_length=255)]
@@ -288,7 +290,7 @@ def items_create(request: HttpRequest) -> HttpResponse:
 def item_status(request: HttpRequest, external_id: ExternalIdPath) -> dict[str, Any]:
     source: Source = request.auth  # type: ignore[attr-defined]
     item = _item_of(source, external_id)
-    return selectors.item_status(item)
+    return review_selectors.item_status(item)
 
 
 @api.post(
@@ -298,8 +300,6 @@ def item_status(request: HttpRequest, external_id: ExternalIdPath) -> dict[str, 
     summary="Appeal the decision on an item: re-judged at high effort and reviewed by a senior moderator",
 )
 def item_appeal(request: HttpRequest, external_id: ExternalIdPath, body: AppealIn) -> Status[dict[str, Any]]:
-    from reviews.services import AppealRefused, appeal_open
-
     source: Source = request.auth  # type: ignore[attr-defined]
     item = _item_of(source, external_id)
     try:

@@ -42,9 +42,9 @@ from inference_worker.engine import (
 )
 from inference_worker.services import EngineConfig
 from policies import evaluation_metrics
+from policies.golden import text_hash
 from policies.models import EvaluationResult, EvaluationRun, GoldenExample, Policy, PolicyVersion
 from policies.rules import policy_rule_ids_parse
-from reviews.services import text_hash
 
 NO_ENGINE = "no reasoning engine configured: set SAFEGUARD_BASE_URL (see README)"
 RETRY_MAX_DELAY_SECONDS = 30.0

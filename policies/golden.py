@@ -8,6 +8,7 @@ enforces it too: ``golden_accepted_text_unique``).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from collections.abc import Sequence
@@ -22,9 +23,7 @@ from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from audit import services as audit
-from policies.models import GoldenExample, Policy, PolicyVersion
-from reviews.models import Decision
-from reviews.services import text_hash
+from policies.models import GoldenExample, Label, Policy, PolicyVersion
 
 GOLDEN_PAGE_SIZE = 50
 IMPORT_STATUSES = (GoldenExample.Status.CANDIDATE, GoldenExample.Status.ACCEPTED)
@@ -38,6 +37,11 @@ CATEGORY_MAX_CHARS = 100
 
 class GoldenRefused(Exception):
     """A curation step that would break the golden set (duplicate, unknown rule id, bad label)."""
+
+
+def text_hash(text: str) -> str:
+    """Of the normalised text (whitespace collapsed, case folded): duplicates are found by it."""
+    return hashlib.sha256(" ".join(text.split()).casefold().encode()).hexdigest()
 
 
 def policy_rule_ids(policy: Policy) -> list[str]:
@@ -55,9 +59,9 @@ def label_parse(value: object) -> str:
         value = int(value)
     text = "" if value is None else str(value).strip().casefold()
     if text in _VIOLATES:
-        return Decision.Label.VIOLATES
+        return Label.VIOLATES
     if text in _SAFE:
-        return Decision.Label.SAFE
+        return Label.SAFE
     raise GoldenRefused(f"unknown label {str(value)[:40]!r}: expected violation / safe (or 1 / 0)")
 
 

@@ -36,6 +36,9 @@ class Label(models.TextChoices):
 
 
 class Policy(models.Model):
+    # Audit events name it as they did before it moved here (one history per object).
+    audit_object_type: ClassVar[str] = "moderation.policy"
+
     slug = models.SlugField(max_length=100, unique=True)
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)
@@ -95,6 +98,9 @@ class Policy(models.Model):
 
 
 class PolicyVersion(models.Model):
+    # Audit events name it as they did before it moved here (one history per object).
+    audit_object_type: ClassVar[str] = "moderation.policyversion"
+
     class Status(models.TextChoices):
         DRAFT = "draft"
         PUBLISHED = "published"
@@ -158,6 +164,9 @@ class PolicyVersion(models.Model):
 class GoldenExample(models.Model):
     """A labelled example for a policy's golden set; moderator decisions arrive as candidates."""
 
+    # Audit events name it as they did before it moved here (one history per object).
+    audit_object_type: ClassVar[str] = "reviews.goldenexample"
+
     class Status(models.TextChoices):
         CANDIDATE = "candidate"
         ACCEPTED = "accepted"
@@ -207,6 +216,9 @@ class GoldenExample(models.Model):
 
 class EvaluationRun(models.Model):
     """A policy version judged over a frozen snapshot of examples (the golden set, or a file)."""
+
+    # Audit events name it as they did before it moved here (one history per object).
+    audit_object_type: ClassVar[str] = "reviews.evaluationrun"
 
     class Status(models.TextChoices):
         QUEUED = "queued"
@@ -269,6 +281,9 @@ class EvaluationRun(models.Model):
 class EvaluationResult(models.Model):
     """One example of a run: a copy of what was expected, and what the engine answered."""
 
+    # Audit events name it as they did before it moved here (one history per object).
+    audit_object_type: ClassVar[str] = "reviews.evaluationresult"
+
     class Status(models.TextChoices):
         PENDING = "pending"
         DONE = "done"
@@ -313,6 +328,9 @@ class StatementOfReasonsMapping(models.Model):
 
     Without one, a policy maps to the defaults below: terms-of-service ground, content removed, EEA-wide.
     """
+
+    # Audit events name it as they did before it moved here (one history per object).
+    audit_object_type: ClassVar[str] = "reviews.statementofreasonsmapping"
 
     class Ground(models.TextChoices):
         ILLEGAL_CONTENT = "DECISION_GROUND_ILLEGAL_CONTENT"

@@ -9,10 +9,9 @@ from typing import Any
 from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import QuerySet
 
+from accounts.roles import Role, user_roles
 from policies import evaluations, golden
 from policies.models import EvaluationResult, EvaluationRun, Policy, PolicyVersion
-from reviews.models import Role
-from reviews.selectors import user_roles
 
 POLICY_TEAM_ROLES = {Role.POLICY_EDITOR, Role.ADMIN}
 RESULTS_SHOWN = 1000

@@ -15,7 +15,6 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from inference_worker import autoclear, engine_settings
-from inference_worker.selectors import funnel_calibration_for_policy
 from moderation.models import AutoClearSuspension
 from policies import evaluations, golden, services
 from policies import selectors as policy_selectors
@@ -34,6 +33,7 @@ from policies.forms import (
 from policies.lint import SWEET_SPOT, policy_lint
 from policies.models import EvaluationRun, GoldenExample, Policy, PolicyVersion
 from reviews import selectors
+from reviews.autoclear_status import funnel_calibration_for_policy
 from reviews.views import AuthedRequest, _page, _partial_wanted, _redirect
 
 IMPORT_SESSION_KEY = "golden_import_{policy_id}"

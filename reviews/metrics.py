@@ -12,11 +12,12 @@ from django.db.models import Count, Min, Q, QuerySet
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
+from accounts.roles import Role, user_roles
 from config.db_router import read_alias, replica_reads
 from moderation.models import Case
 from policies.models import Policy, PolicyVersion
 from reviews import selectors
-from reviews.models import Decision, Role
+from reviews.models import Decision
 
 WIDE_VIEW_ROLES = {Role.ADMIN, Role.SENIOR_MODERATOR, Role.POLICY_EDITOR, Role.AUDITOR}
 CHART_HOURS = 24
@@ -24,7 +25,7 @@ CHART_HOURS = 24
 
 def policies_for_metrics(user: User) -> QuerySet[Policy] | None:
     """Managers see every policy; moderators the queues granted to them; anyone else nothing (None)."""
-    roles = selectors.user_roles(user)
+    roles = user_roles(user)
     if roles & WIDE_VIEW_ROLES:
         return Policy.objects.all()
     if selectors.user_is_reviewer(user):

@@ -11,16 +11,6 @@ from moderation.models import Case
 from policies.models import Label, Policy
 
 
-class Role(models.TextChoices):
-    """Django groups; a user's role is the set of groups they belong to."""
-
-    MODERATOR = "moderator"
-    SENIOR_MODERATOR = "senior moderator"
-    POLICY_EDITOR = "policy editor"
-    AUDITOR = "auditor"
-    ADMIN = "admin"
-
-
 class QueueGrant(models.Model):
     """A moderator may review the cases of this policy (admins see every queue)."""
 

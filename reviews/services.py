@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -15,10 +14,12 @@ from django.db.models import F
 from django.utils import timezone
 
 from audit import services as audit
-from moderation.models import Case
+from inference_worker import tasks as inference_tasks
+from moderation.models import Case, Source
 from moderation.routing import qa_sampled
+from policies import golden
 from policies.models import GoldenExample, Verdict
-from reviews import selectors
+from reviews import selectors, tasks
 from reviews.models import Decision
 
 LEASE_MINUTES = 10
@@ -156,10 +157,6 @@ class DecisionIn:
     seconds_spent: int = 0
 
 
-def text_hash(text: str) -> str:
-    return hashlib.sha256(" ".join(text.split()).casefold().encode()).hexdigest()
-
-
 @dataclass(frozen=True)
 class _Decided:
     """A decision made, and the audit event it still owes (recorded last: see case_decide)."""
@@ -181,9 +178,6 @@ def case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> Decisio
 
 def _case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> _Decided:
     """case_decide without its audit event; the caller's transaction records it."""
-    from inference_worker import tasks as inference_tasks
-    from reviews import tasks
-
     with transaction.atomic():
         locked = (
             Case.objects.select_for_update(of=("self",))
@@ -250,7 +244,7 @@ def _case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> _Decid
         if locked.cleared_by:
             transaction.on_commit(
                 partial(
-                    inference_tasks.autoclear_monitor_enqueue,
+                    tasks.autoclear_monitor_enqueue,
                     policy_version_id=locked.policy_version_id,
                     tier=locked.cleared_by,
                 )
@@ -357,7 +351,7 @@ def _golden_candidate_from_decision(case: Case, decision: Decision) -> GoldenExa
     return GoldenExample.objects.create(
         policy=case.policy_version.policy,
         text=text,
-        text_hash=text_hash(text),
+        text_hash=golden.text_hash(text),
         expected_label=decision.final_label,
         rule_ids=list(decision.rule_ids),
         origin=GoldenExample.Origin.DECISION,
@@ -420,9 +414,6 @@ def appeal_open(*, case: Case, reason: str, actor: object) -> tuple[Case, bool]:
 
     Returns the appeal case and whether this call created it.
     """
-    from inference_worker import tasks as inference_tasks
-    from moderation.models import Source
-
     with transaction.atomic():
         # Locking the appealed case serialises two requests for the same appeal: the second finds the first's.
         locked = Case.objects.select_for_update().filter(pk=case.pk).only("state").first()

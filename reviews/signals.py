@@ -7,18 +7,16 @@ from typing import Any
 from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.dispatch import receiver
 
+from audit import services as audit
+
 
 @receiver(user_logged_in)
 def login_audit(sender: Any, request: Any, user: Any, **_: Any) -> None:
-    from audit import services as audit
-
     audit.record("user.login", actor=user, obj=user, payload={})
 
 
 @receiver(user_login_failed)
 def login_failed_audit(sender: Any, credentials: dict[str, Any], request: Any = None, **_: Any) -> None:
-    from audit import services as audit
-
     # No user object: record the username tried (never the password) against the system actor.
     username = str(credentials.get("username", ""))
     audit.record_about(

@@ -9,7 +9,7 @@ from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerError
 
 from policies import evaluations
-from reviews import callbacks, services
+from reviews import callbacks, qa, services
 
 logger = logging.getLogger(__name__)
 
@@ -80,3 +80,24 @@ def evaluation_run_enqueue(*, run_id: int) -> None:
         evaluation_run.delay(run_id=run_id)
     except BrokerError:
         logger.warning("broker unavailable; evaluation run %s stays queued", run_id)
+
+
+@shared_task(
+    name="inference_worker.autoclear_monitor",  # its first name: messages in flight keep working
+    acks_late=True,
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=True,
+    max_retries=5,
+    soft_time_limit=60,
+    time_limit=90,
+)
+def autoclear_monitor(*, policy_version_id: int, tier: str, **_: object) -> None:
+    qa.autoclear_monitor_check(policy_version_id=policy_version_id, tier=tier)
+
+
+def autoclear_monitor_enqueue(*, policy_version_id: int, tier: str) -> None:
+    """After a QA decision on an auto-clear. If the broker is away, the next QA decision checks again."""
+    try:
+        autoclear_monitor.delay(policy_version_id=policy_version_id, tier=tier)
+    except BrokerError:
+        logger.warning("broker unavailable; auto-clear monitoring of version %d waits", policy_version_id)

@@ -9,9 +9,10 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from accounts.roles import Role
 from audit import services as audit
 from policies.models import Policy
-from reviews.models import QueueGrant, Role
+from reviews.models import QueueGrant
 
 # Roles that review queues; a queue grant given to anyone else would do nothing.
 QUEUE_ROLES = {Role.MODERATOR, Role.SENIOR_MODERATOR}

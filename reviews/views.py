@@ -27,12 +27,12 @@ from audit import exports, tokens
 from audit import services as audit
 from audit.api import stream_response
 from config.middleware import session_passive
-from inference_worker.selectors import funnel_calibrations_for_policies, suspensions_open_for_policies
 from inference_worker.services import EngineConfig
 from moderation.models import Case
 from policies import selectors as policy_selectors
 from policies.models import Verdict
 from reviews import metrics, selectors, services
+from reviews.autoclear_status import funnel_calibrations_for_policies, suspensions_open_for_policies
 from reviews.forms import (
     ApiTokenForm,
     AuditLogFilterForm,

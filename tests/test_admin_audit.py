@@ -10,10 +10,11 @@ import pytest
 from django.contrib.auth.models import Group, Permission, User
 from django.test import Client
 
+from accounts.roles import Role
 from audit import services as audit
 from audit.models import AuditEvent
 from policies.models import Policy
-from reviews.models import QueueGrant, Role
+from reviews.models import QueueGrant
 from tests.conftest import ApiClient
 from tests.reviews.helpers import user_create
 

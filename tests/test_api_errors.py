@@ -10,9 +10,9 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
+from accounts.roles import Role
 from audit.tokens import api_token_create
 from policies.models import Policy
-from reviews.models import Role
 from tests.conftest import ApiClient
 from tests.reviews.helpers import user_create
 

@@ -23,13 +23,14 @@ from django.db import transaction
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
+from accounts.roles import Role
 from audit.tokens import api_token_create
 from inference_worker.testing.fixtures import engine_config_for
 from moderation.models import AutoClearSuspension, Case
 from policies.evaluations import ExampleIn, evaluation_run_create
 from policies.models import GoldenExample, Policy, StatementOfReasonsMapping
 from policies.services import policy_draft_create
-from reviews.models import CallbackDelivery, Decision, QueueGrant, Role
+from reviews.models import CallbackDelivery, Decision, QueueGrant
 from tests.conftest import ApiClient, source_api_client
 from tests.reviews.helpers import cases_create, user_create
 

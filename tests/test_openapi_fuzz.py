@@ -30,13 +30,14 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from accounts.roles import Role
 from audit.tokens import api_token_create
 from inference_worker.services import cases_triage
 from inference_worker.testing.fixtures import engine_config_for
 from moderation import services
 from policies.models import Policy
 from reviews import services as reviews
-from reviews.models import Decision, Role
+from reviews.models import Decision
 from reviews.services import DecisionIn
 from tests.reviews.helpers import user_create
 

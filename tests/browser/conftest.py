@@ -37,8 +37,9 @@ from playwright.sync_api import (
 )
 from pytest_django.live_server_helper import LiveServer
 
+from accounts.roles import Role
 from policies.models import Policy
-from reviews.models import QueueGrant, Role
+from reviews.models import QueueGrant
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

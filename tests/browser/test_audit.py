@@ -9,9 +9,9 @@ import re
 import pytest
 from playwright.sync_api import expect
 
+from accounts.roles import Role
 from audit.models import AuditEvent
 from policies.models import Policy
-from reviews.models import Role
 from tests.browser.conftest import PASSWORD, Tab, screenshot, user_with_role
 
 pytestmark = pytest.mark.browser

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
+from accounts.roles import Role
 from audit.models import AuditEvent
 from inference_worker import embeddings, funnel
 from inference_worker.models import FunnelCalibration
 from moderation.models import AutoClearSuspension
 from policies.models import Policy, PolicyVersion
-from reviews.models import Role
 from tests.browser.conftest import Tab, screenshot, user_with_role
 from tests.inference_worker.autoclear_helpers import reasoner_proven
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
+from accounts.roles import Role
 from audit.models import AuditEvent
 from inference_worker import engine_settings
 from inference_worker.engine_settings import FIELDS
@@ -17,7 +18,6 @@ from inference_worker.models import EngineSettings
 from inference_worker.services import EngineConfig
 from inference_worker.testing.engine_simulator import EngineSimulator
 from policies.models import Policy, PolicyVersion
-from reviews.models import Role
 from tests.browser.conftest import Tab, screenshot, user_with_role
 from tests.browser.test_policy_setup import log_in_as_policy_editor
 

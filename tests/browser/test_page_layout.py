@@ -17,11 +17,12 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 from playwright.sync_api import expect
 
+from accounts.roles import Role
 from moderation.models import Case
 from policies import evaluation_metrics, evaluations
 from policies import services as policy_services
 from policies.models import EvaluationResult, EvaluationRun, Policy, PolicyVersion
-from reviews.models import Decision, Role
+from reviews.models import Decision
 from tests.browser.conftest import Tab, screenshot, user_with_role
 from tests.browser.sessions import log_in
 from tests.conftest import ApiClient

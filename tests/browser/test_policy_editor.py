@@ -7,10 +7,10 @@ import pytest
 from django.contrib.auth.models import User
 from playwright.sync_api import expect
 
+from accounts.roles import Role
 from audit.models import AuditEvent
 from policies import services as policy_services
 from policies.models import Policy, PolicyVersion
-from reviews.models import Role
 from tests.browser.conftest import Tab, screenshot, user_with_role
 from tests.browser.sessions import log_in
 from tests.reviews.evaluation_helpers import golden_set_small

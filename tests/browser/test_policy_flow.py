@@ -11,12 +11,12 @@ import pytest
 from django.db import connection
 from playwright.sync_api import expect
 
+from accounts.roles import Role
 from audit.models import AuditEvent
 from inference_worker.testing.engine_simulator import EngineSimulator
 from inference_worker.testing.fixtures import engine_config_for
 from policies import evaluations
 from policies.models import EvaluationRun, Policy, PolicyVersion
-from reviews.models import Role
 from tests.browser.conftest import PASSWORD, Tab, screenshot, user_with_role
 from tests.reviews.evaluation_helpers import golden_accepted, golden_set_small
 

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
+from accounts.roles import Role
 from audit.models import AuditEvent
 from inference_worker.testing.engine_simulator import EngineSimulator
 from policies.models import EvaluationResult, EvaluationRun, Policy, PolicyVersion
-from reviews.models import Role
 from tests.browser.conftest import PASSWORD, Tab, screenshot, user_with_role
 from tests.browser.test_policy_flow import RUN_URL, run_in_a_worker_thread
 from tests.conftest import source_api_client

@@ -85,8 +85,8 @@ def test_an_undetermined_case_has_no_label_chosen_and_no_confirm_key(
 def test_a_senior_sees_the_appeal_reason_and_the_decision_under_appeal_at_the_top(
     tab: Tab, source: ApiClient, policy: Policy
 ) -> None:
+    from accounts.roles import Role
     from reviews import services
-    from reviews.models import Role
     from reviews.services import DecisionIn
     from tests.browser.conftest import user_with_role
 
@@ -166,8 +166,8 @@ def test_the_policy_filter_is_kept_after_decide_and_skip_and_each_decision_is_co
 
 def test_two_policies_one_claim_and_one_submit_per_item(tab: Tab, source: ApiClient, policy: Policy) -> None:
     """Issue 16, item 1: the text is read once; one claim and one submit decide every policy."""
+    from accounts.roles import Role
     from policies import services as policy_services
-    from reviews.models import Role
     from tests.browser.conftest import user_with_role
     from tests.conftest import POLICY_TEXT
 

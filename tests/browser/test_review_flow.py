@@ -10,13 +10,14 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 from playwright.sync_api import expect
 
+from accounts.roles import Role
 from inference_worker import services as inference
 from inference_worker.services import EngineConfig
 from moderation import services as moderation
 from moderation.models import Case, TriageResult
 from policies.models import Policy
 from reviews import services as reviews
-from reviews.models import Decision, Role
+from reviews.models import Decision
 from tests.browser.conftest import Tab, TabOpener, screenshot, user_with_role
 from tests.conftest import ApiClient
 

@@ -13,6 +13,7 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 from playwright.sync_api import expect
 
+from accounts.roles import Role
 from inference_worker import services as inference
 from inference_worker.services import EngineConfig
 from inference_worker.testing.engine_simulator import EngineSimulator
@@ -20,7 +21,6 @@ from moderation import services as moderation
 from moderation.models import Case, ContentItem, TriageResult
 from policies import services as policy_services
 from policies.models import Policy, Verdict
-from reviews.models import Role
 from reviews.views import metadata_rows
 from tests.browser.conftest import Tab, screenshot, user_with_role
 from tests.conftest import POLICY_TEXT

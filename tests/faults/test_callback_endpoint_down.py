@@ -18,11 +18,12 @@ from typing import Any
 import httpx
 import pytest
 
+from accounts.roles import Role
 from audit.models import AuditEvent
 from inference_worker.testing.engine_simulator import EngineSimulator
 from moderation.models import Case
 from moderation.signatures import signature_compute
-from reviews.models import CallbackDelivery, Decision, Role
+from reviews.models import CallbackDelivery, Decision
 from reviews.tasks import CALLBACK_MAX_RETRIES
 from tests.faults.conftest import PlatformFactory
 from tests.faults.invariants import assert_nothing_lost

@@ -12,6 +12,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
+from accounts.roles import Role
 from audit.models import AuditEvent
 from inference_worker import engine_check, engine_settings
 from inference_worker.engine_settings import FIELDS
@@ -19,7 +20,6 @@ from inference_worker.models import EngineSettings
 from inference_worker.services import EngineConfig
 from inference_worker.testing.engine_simulator import EngineSimulator
 from policies.models import Policy, PolicyVersion
-from reviews.models import Role
 from tests.reviews.helpers import text_of, user_create
 
 SECRET = "sk-test-0123456789abcdef"

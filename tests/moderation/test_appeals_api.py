@@ -13,6 +13,7 @@ from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
 
+from accounts.roles import Role
 from audit.models import AuditEvent
 from inference_worker.services import EngineConfig, cases_triage
 from inference_worker.testing.fixtures import engine_config_for
@@ -20,7 +21,7 @@ from moderation.models import Case, TriageResult
 from policies import services as policy_services
 from policies.models import Policy
 from reviews import callbacks, services
-from reviews.models import CallbackDelivery, Decision, Role
+from reviews.models import CallbackDelivery, Decision
 from reviews.services import DecisionIn
 from tests.conftest import POLICY_TEXT, ApiClient, source_api_client
 from tests.reviews.helpers import CallbackReceiver, case_ids_in, user_create

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
+from accounts.roles import Role
 from moderation.injection import (
     ADDRESSED,
     CLAIM,
@@ -25,7 +26,6 @@ from moderation.injection import (
 )
 from moderation.models import ContentItem
 from policies.models import Policy
-from reviews.models import Role
 from tests.conftest import ApiClient
 from tests.reviews.helpers import user_create
 

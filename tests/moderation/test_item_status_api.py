@@ -9,12 +9,13 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
+from accounts.roles import Role
 from inference_worker.services import cases_triage
 from inference_worker.testing.fixtures import engine_config_for
 from moderation.models import Case
 from policies.models import Policy
 from reviews import services
-from reviews.models import Decision, Role
+from reviews.models import Decision
 from reviews.services import DecisionIn
 from tests.conftest import ApiClient
 from tests.reviews.helpers import user_create

@@ -10,13 +10,13 @@ from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.utils import DatabaseError
 
+from accounts.roles import Role
 from audit.models import AuditEvent
 from moderation import services
 from moderation.models import Case, Source
 from policies import services as policy_services
 from policies.lint import OUTLINE_PLACEHOLDERS, POLICY_OUTLINE, policy_lint
 from policies.models import Policy, PolicyVersion
-from reviews.models import Role
 from tests.conftest import POLICY_TEXT, ApiClient
 from tests.reviews.evaluation_helpers import finished_run, golden_set_small
 from tests.reviews.helpers import user_create

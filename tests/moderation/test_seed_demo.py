@@ -9,13 +9,14 @@ import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
 
+from accounts.roles import Role
 from audit.models import AuditEvent
 from inference_worker import services
 from inference_worker.models import FunnelCalibration
 from inference_worker.services import EngineConfig
 from moderation.models import Case
 from policies.models import GoldenExample
-from reviews.models import QueueGrant, Role
+from reviews.models import QueueGrant
 
 
 def test_seed_demo_gives_each_demo_policy_an_accepted_golden_set_once(db: None) -> None:

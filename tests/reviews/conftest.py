@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 
+from accounts.roles import Role
 from moderation.models import Case
 from policies.models import Policy
-from reviews.models import Role
 from tests.conftest import ApiClient
 from tests.reviews.helpers import CallbackReceiver, cases_create, user_create
 

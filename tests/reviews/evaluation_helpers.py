@@ -8,8 +8,8 @@ from typing import Any
 from django.utils import timezone
 
 from policies import evaluations
+from policies.golden import text_hash
 from policies.models import EvaluationRun, GoldenExample, Policy, PolicyVersion
-from reviews.services import text_hash
 
 
 def golden_accepted(

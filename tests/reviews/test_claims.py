@@ -12,11 +12,12 @@ from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
+from accounts.roles import Role
 from audit.models import AuditEvent
 from moderation.models import Case, Source
 from policies.models import Policy
 from reviews import selectors, services, tasks
-from reviews.models import Decision, Role
+from reviews.models import Decision
 from reviews.services import DecisionIn, DecisionRefused
 from tests.reviews.conftest import CasesFactory
 from tests.reviews.helpers import cases_create, text_of, user_create

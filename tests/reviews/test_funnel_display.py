@@ -8,12 +8,12 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
+from accounts.roles import Role
 from inference_worker import services
 from inference_worker.services import EngineConfig
 from moderation.models import Case
 from policies import services as policy_services
 from policies.models import GoldenExample, Policy
-from reviews.models import Role
 from tests.inference_worker.test_funnel import SAFE, THREATS_POLICY, VIOLATING_ITEM, VIOLATIONS, golden
 from tests.inference_worker.test_triage import cases_for
 from tests.reviews.helpers import user_create

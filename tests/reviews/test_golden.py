@@ -74,7 +74,7 @@ def test_it_refuses_to_accept_a_duplicate_of_an_accepted_example_and_flags_it(
     twin = GoldenExample.objects.create(
         policy=policy,
         text="buy zorblax NOW",
-        text_hash=services.text_hash("buy zorblax NOW"),
+        text_hash=golden.text_hash("buy zorblax NOW"),
         expected_label="violates",
         origin=GoldenExample.Origin.IMPORT,
     )
@@ -109,7 +109,7 @@ def test_an_edit_validates_rule_ids_recomputes_the_hash_and_is_audited(
         ["SP2"],
         "links",
     )
-    assert example.text_hash == services.text_hash("new text")
+    assert example.text_hash == golden.text_hash("new text")
     event = AuditEvent.objects.get(action="golden.edited")
     assert event.payload["before"]["expected_label"] == "violates" and event.payload["after"]["rule_ids"] == [
         "SP2"
@@ -242,7 +242,7 @@ def test_without_htmx_a_refused_accept_shows_the_list_with_the_reason(
     twin = GoldenExample.objects.create(
         policy=policy,
         text="SAME text",
-        text_hash=services.text_hash("same text"),
+        text_hash=golden.text_hash("same text"),
         expected_label="violates",
         origin=GoldenExample.Origin.IMPORT,
     )

@@ -10,9 +10,10 @@ from django.contrib.auth.models import Group, User
 from django.test import Client
 from django.utils import timezone
 
+from accounts.roles import Role
 from moderation.models import Case
 from reviews import services
-from reviews.models import Decision, Role
+from reviews.models import Decision
 from tests.reviews.conftest import CasesFactory
 from tests.reviews.helpers import case_ids_in
 

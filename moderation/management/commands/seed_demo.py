@@ -11,13 +11,13 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandError
 
+from accounts.roles import Role
 from moderation import services
 from moderation.models import Source
 from policies import golden
 from policies import services as policy_services
 from policies.models import GoldenExample, Policy
 from reviews import users
-from reviews.models import Role
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "demo"
 DEMO_POLICIES = [

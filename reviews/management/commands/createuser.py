@@ -9,8 +9,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from accounts.roles import Role
 from reviews import users
-from reviews.models import Role
 
 
 class Command(BaseCommand):

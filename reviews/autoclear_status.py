@@ -1,4 +1,5 @@
-"""Reads for the funnel tier's pages. Callers pass policies the user may already see."""
+"""Auto-clear status for the policy and queue pages: the funnel's calibration, the reasoner's proof, open
+suspensions and QA monitors, per policy. Callers pass policies the user may already see."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from inference_worker import autoclear, embeddings, funnel
 from inference_worker.models import FunnelCalibration
 from moderation.models import AutoClearSuspension
 from policies.models import Policy, PolicyVersion
+from reviews import qa
 
 
 @dataclass(frozen=True)
@@ -24,7 +26,7 @@ class FunnelCalibrationView:
     # Per tier: the reasoner's proof, the open suspensions and the QA monitors of the active version.
     reasoner: autoclear.ReasonerGuarantee | None = None
     suspensions: tuple[AutoClearSuspension, ...] = ()
-    monitors: tuple[autoclear.QaMonitor, ...] = ()
+    monitors: tuple[qa.QaMonitor, ...] = ()
 
     @property
     def funnel_suspension(self) -> AutoClearSuspension | None:
@@ -71,7 +73,7 @@ def funnel_calibrations_for_policies(policies: Iterable[Policy]) -> list[FunnelC
         latest.setdefault(row.policy_version_id, row)
     fingerprints = funnel.golden_fingerprints([p.pk for p in policies]) if policies else {}
     open_suspensions = autoclear.suspensions_open(v.pk for v in versions.values())
-    monitors = autoclear.qa_monitors(versions.values())
+    monitors = qa.qa_monitors(versions.values())
     views = []
     for policy in policies:
         version = versions.get(policy.pk)
