@@ -15,9 +15,9 @@ from ninja.security import HttpBearer
 from pydantic import Field, field_validator
 
 from audit import exports
+from audit.forms import ExportForm
 from audit.tokens import api_token_user
 from moderation.schemas import ErrorOut
-from reviews.forms import ExportForm
 
 
 class UserTokenAuth(HttpBearer):

@@ -5,9 +5,9 @@ from django.contrib import admin
 from django.db import models
 
 from audit.admin import AuditedModelAdmin
+from moderation import callback_urls
 from moderation.models import Source
 from policies.models import Policy, PolicyVersion
-from reviews import callbacks
 
 
 class SourceAdminForm(forms.ModelForm[Source]):
@@ -15,8 +15,8 @@ class SourceAdminForm(forms.ModelForm[Source]):
         url: str = self.cleaned_data["callback_url"]
         if url:
             try:
-                callbacks.callback_url_check(url)  # the callback URL policy (https, public addresses)
-            except callbacks.CallbackUrlRefused as exc:
+                callback_urls.callback_url_check(url)  # the callback URL policy (https, public addresses)
+            except callback_urls.CallbackUrlRefused as exc:
                 raise forms.ValidationError(str(exc), code="callback_url_refused") from exc
         return url
 

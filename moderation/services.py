@@ -13,10 +13,10 @@ from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from audit import services as audit
+from moderation import callback_urls
 from moderation.injection import injection_signals
 from moderation.models import Case, ContentItem, Source
 from policies.models import Policy, PolicyVersion
-from reviews import callbacks
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ def source_create(
         source.rate_limit_per_minute = rate_limit_per_minute
     api_key = source.api_key_issue()
     source.full_clean()
-    callbacks.callback_url_validate(callback_url)
+    callback_urls.callback_url_validate(callback_url)
     source.save()
     source.policies.set(policies)
     audit.record(

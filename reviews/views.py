@@ -24,8 +24,10 @@ from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
 
 from audit import exports, tokens
+from audit import selectors as audit_selectors
 from audit import services as audit
 from audit.api import stream_response
+from audit.forms import ApiTokenForm, AuditLogFilterForm, ExportForm
 from config.middleware import session_passive
 from inference_worker.services import EngineConfig
 from moderation.models import Case
@@ -33,14 +35,7 @@ from policies import selectors as policy_selectors
 from policies.models import Verdict
 from reviews import metrics, selectors, services
 from reviews.autoclear_status import funnel_calibrations_for_policies, suspensions_open_for_policies
-from reviews.forms import (
-    ApiTokenForm,
-    AuditLogFilterForm,
-    DecisionForm,
-    ExportForm,
-    ItemDecisionForm,
-    QueueFilterForm,
-)
+from reviews.forms import DecisionForm, ItemDecisionForm, QueueFilterForm
 from reviews.models import Decision
 from reviews.services import DecisionIn, DecisionRefused, LeaseLost
 
@@ -478,7 +473,7 @@ def audit_log(request: AuthedRequest) -> HttpResponse:
         context = {"form": form, "rows": [], "check": None, "older_query": ""}
         return _page(request, "reviews/audit_log.html", context, status=400)
     filters = form.filters()
-    events, older_than = selectors.audit_events_page(filters, before_seq=form.cleaned_data["before"])
+    events, older_than = audit_selectors.audit_events_page(filters, before_seq=form.cleaned_data["before"])
     older_query = ""
     if older_than is not None:
         kept = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in vars(filters).items() if v}

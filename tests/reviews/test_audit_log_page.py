@@ -11,8 +11,8 @@ from django.utils import timezone
 
 from audit import services as audit
 from audit.models import AuditEvent
+from audit.selectors import AUDIT_PAGE_SIZE
 from policies.models import Policy
-from reviews.selectors import AUDIT_PAGE_SIZE
 from tests.reviews.test_audit_chain import events_record, with_trigger_disabled
 
 

@@ -19,7 +19,7 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 
 from audit.models import AuditEvent
-from moderation import services
+from moderation import callback_urls, services
 from moderation.models import Source
 from policies.models import Policy
 from reviews import callbacks
@@ -46,14 +46,14 @@ def production(settings: Any) -> Any:
 def resolver(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
     """names -> addresses the resolver answers (literal addresses resolve to themselves)."""
     answers: dict[str, list[str]] = {}
-    real = callbacks.host_addresses
+    real = callback_urls.host_addresses
 
     def resolve(host: str, port: int) -> list[Any]:
         if host in answers:
             return [ipaddress.ip_address(a) for a in answers[host]]
         return real(host, port)
 
-    monkeypatch.setattr(callbacks, "host_addresses", resolve)
+    monkeypatch.setattr(callback_urls, "host_addresses", resolve)
     return answers
 
 
@@ -116,17 +116,17 @@ def test_the_allow_list_names_hosts_and_networks(
     resolver["hooks.internal"] = ["10.9.9.9"]
     resolver["platform.internal"] = ["10.20.3.4"]
     for url in ("https://hooks.internal/a", "https://platform.internal/b", "https://[::1]:8443/c"):
-        callbacks.callback_url_check(url)
-    with pytest.raises(callbacks.CallbackAddressRefused):
-        callbacks.callback_url_check("https://10.21.0.1/d")
+        callback_urls.callback_url_check(url)
+    with pytest.raises(callback_urls.CallbackAddressRefused):
+        callback_urls.callback_url_check("https://10.21.0.1/d")
 
 
 def test_http_is_allowed_only_by_setting(db: None, production: Any, resolver: dict[str, list[str]]) -> None:
     resolver["platform.example"] = [str(PUBLIC)]
-    with pytest.raises(callbacks.CallbackUrlRefused, match="must use https"):
-        callbacks.callback_url_check("http://platform.example/hooks")
+    with pytest.raises(callback_urls.CallbackUrlRefused, match="must use https"):
+        callback_urls.callback_url_check("http://platform.example/hooks")
     production.CALLBACK_ALLOW_HTTP = True
-    callbacks.callback_url_check("http://platform.example/hooks")
+    callback_urls.callback_url_check("http://platform.example/hooks")
 
 
 def test_createsource_refuses_with_the_reason(db: None, production: Any) -> None:
@@ -190,7 +190,7 @@ def test_a_name_rebound_to_the_loopback_after_it_was_checked_is_refused(
     port = callback_receiver.server.server_address[1]
     resolver["platform.example"] = [str(PUBLIC)]
     url = f"http://platform.example:{port}/hooks/decisions"
-    callbacks.callback_url_check(url)  # fine when set
+    callback_urls.callback_url_check(url)  # fine when set
     Source.objects.filter(pk=source.source.pk).update(callback_url=url)
     decision = decided(source, moderator, queued_cases)
 
