@@ -24,8 +24,8 @@ from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
 
 from config.middleware import session_passive
+from inference_worker.runner import EngineConfig
 from inference_worker.selectors import funnel_calibrations_for_policies, suspensions_open_for_policies
-from inference_worker.services import EngineConfig
 from moderation.models import Case, Verdict
 from reviews import audit, exports, metrics, policy_selectors, selectors, services, tokens
 from reviews.api import stream_response

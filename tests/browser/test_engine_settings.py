@@ -13,7 +13,7 @@ from playwright.sync_api import expect
 from inference_worker import engine_settings
 from inference_worker.engine_settings import FIELDS
 from inference_worker.models import EngineSettings
-from inference_worker.services import EngineConfig
+from inference_worker.runner import EngineConfig
 from inference_worker.testing.engine_simulator import EngineSimulator
 from moderation.models import Policy, PolicyVersion
 from reviews.models import AuditEvent, Role

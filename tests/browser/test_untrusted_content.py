@@ -14,7 +14,7 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from inference_worker import services as inference
-from inference_worker.services import EngineConfig
+from inference_worker.runner import EngineConfig
 from inference_worker.testing.engine_simulator import EngineSimulator
 from moderation import services as moderation
 from moderation.models import Case, ContentItem, Policy, TriageResult, Verdict

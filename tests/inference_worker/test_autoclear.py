@@ -11,7 +11,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from inference_worker import autoclear, services, tasks
-from inference_worker.services import EngineConfig
+from inference_worker.runner import EngineConfig
 from moderation.models import AutoClearSuspension, Case, ContentItem, Policy
 from moderation.routing import PRIORITY_INJECTION, PRIORITY_UNSURE_SAFE
 from reviews import services as review_services

@@ -15,7 +15,7 @@ from django.test import Client
 from inference_worker import engine_check, engine_settings
 from inference_worker.engine_settings import FIELDS
 from inference_worker.models import EngineSettings
-from inference_worker.services import EngineConfig
+from inference_worker.runner import EngineConfig
 from inference_worker.testing.engine_simulator import EngineSimulator
 from moderation.models import Policy, PolicyVersion
 from reviews.models import AuditEvent, Role

@@ -13,7 +13,8 @@ from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
 
-from inference_worker.services import EngineConfig, cases_triage
+from inference_worker.runner import EngineConfig
+from inference_worker.services import cases_triage
 from inference_worker.testing.fixtures import engine_config_for
 from moderation import services as moderation_services
 from moderation.models import Case, Policy, TriageResult

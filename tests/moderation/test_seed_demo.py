@@ -11,7 +11,7 @@ from django.core.management import call_command
 
 from inference_worker import services
 from inference_worker.models import FunnelCalibration
-from inference_worker.services import EngineConfig
+from inference_worker.runner import EngineConfig
 from moderation.models import Case
 from reviews.models import AuditEvent, GoldenExample, QueueGrant, Role
 

@@ -16,7 +16,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
 
-from inference_worker.services import EngineConfig
+from inference_worker.runner import EngineConfig
 from inference_worker.testing.engine_simulator import EngineSimulator
 from inference_worker.testing.fixtures import engine_config_for
 from moderation.models import Policy, PolicyVersion

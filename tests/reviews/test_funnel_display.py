@@ -9,7 +9,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from inference_worker import services
-from inference_worker.services import EngineConfig
+from inference_worker.runner import EngineConfig
 from moderation import services as moderation_services
 from moderation.models import Case, Policy
 from reviews.models import GoldenExample, Role

@@ -10,7 +10,7 @@ import redis
 from django.contrib.auth.models import User
 from django.test import Client
 
-from inference_worker.services import EngineConfig
+from inference_worker.runner import EngineConfig
 from moderation import services as moderation
 from moderation.models import Policy, PolicyVersion
 from reviews import evaluations

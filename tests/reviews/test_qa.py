@@ -9,7 +9,8 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from inference_worker.services import EngineConfig, cases_triage
+from inference_worker.runner import EngineConfig
+from inference_worker.services import cases_triage
 from moderation.models import Case, Policy
 from reviews import services, tasks
 from reviews.models import AuditEvent, Decision, GoldenExample

@@ -8,7 +8,7 @@ from typing import Any
 from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from inference_worker.services import EngineConfig
+from inference_worker.runner import EngineConfig
 from moderation import services as moderation
 from moderation.models import Policy, PolicyVersion
 from reviews import evaluations
