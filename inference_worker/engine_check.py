@@ -27,7 +27,7 @@ from inference_worker.engine import (
     engine_session,
     transport_build,
 )
-from inference_worker.services import EngineConfig
+from inference_worker.runner import EngineConfig
 from policies.models import PolicyVersion
 
 CHECK_TIMEOUT_CAP_SECONDS = 30.0

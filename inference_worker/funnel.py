@@ -40,7 +40,7 @@ from policies.models import GoldenExample, Label
 if TYPE_CHECKING:
     from sklearn.linear_model import LogisticRegression
 
-    from inference_worker.services import CaseWork
+    from inference_worker.claims import CaseWork
 
 # Below this many labels of either class there is nothing to score with.
 MIN_PER_CLASS_FOR_SCORING = 2

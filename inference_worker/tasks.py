@@ -6,7 +6,7 @@ from celery import shared_task
 from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerError
 
-from inference_worker import services
+from inference_worker import services, sweep
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def triage_cases(*, case_ids: list[int], **_: object) -> None:
 
 @shared_task(name="inference_worker.triage_sweep", acks_late=True, soft_time_limit=120, time_limit=180)
 def triage_sweep(**_: object) -> None:
-    services.cases_triage_sweep()
+    sweep.cases_triage_sweep()
 
 
 def triage_enqueue(*, case_ids: list[int], countdown: float = 0) -> None:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from typing import Annotated, Any
 
-import pydantic
 import redis
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
@@ -20,9 +18,8 @@ from ninja.params.functions import Path
 from ninja.security import HttpBearer
 
 from config.views import forbidden_logged
-from moderation import selectors, services
+from moderation import ingestion, selectors
 from moderation.models import ContentItem, Source
-from moderation.ratelimit import source_rate_limit_take
 from moderation.schemas import (
     EXTERNAL_ID_PATTERN,
     AppealIn,
@@ -154,21 +151,9 @@ def _item_of(source: Source, external_id: str) -> ContentItem:
     return item
 
 
-def _field_errors(exc: pydantic.ValidationError | NinjaValidationError) -> list[dict[str, Any]]:
-    raw = exc.errors() if isinstance(exc, pydantic.ValidationError) else exc.errors
-    return [
-        {
-            "loc": [str(p) if not isinstance(p, int) else p for p in e.get("loc", ())],
-            # pydantic prefixes our validators' sentences with "Value error, ": the sentence is the message.
-            "msg": str(e.get("msg", "")).removeprefix("Value error, "),
-        }
-        for e in raw
-    ]
-
-
 @api.exception_handler(NinjaValidationError)
 def validation_error(request: HttpRequest, exc: NinjaValidationError) -> HttpResponse:
-    return _error_response(request, 400, "invalid request", _field_errors(exc))
+    return _error_response(request, 400, "invalid request", ingestion.field_errors(exc.errors))
 
 
 @api.exception_handler(HttpError)
@@ -191,31 +176,16 @@ def body_too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
     )
 
 
-def _items_parse(body: bytes) -> list[ItemIn]:
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HttpError(400, f"body is not valid JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise HttpError(400, "body is nested too deeply") from exc
-    if not isinstance(data, dict):
-        raise HttpError(400, 'body must be a JSON object: one item, or {"items": [...]}')
-    try:
-        if "items" in data:
-            return BatchIn.model_validate(data).items
-        return [ItemIn.model_validate(data)]
-    except pydantic.ValidationError as exc:
-        raise _BadItems(_field_errors(exc)) from exc
+@api.exception_handler(ingestion.ItemsRefused)
+def items_refused(request: HttpRequest, exc: ingestion.ItemsRefused) -> HttpResponse:
+    return _error_response(request, 400, exc.detail, exc.errors)
 
 
-class _BadItems(Exception):
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
-        self.errors = errors
-
-
-@api.exception_handler(_BadItems)
-def bad_items(request: HttpRequest, exc: _BadItems) -> HttpResponse:
-    return _error_response(request, 400, "invalid items; nothing was stored", exc.errors)
+@api.exception_handler(ingestion.BudgetExceeded)
+def budget_exceeded(request: HttpRequest, exc: ingestion.BudgetExceeded) -> HttpResponse:
+    response = _error_response(request, 429, str(exc))
+    response["Retry-After"] = str(exc.retry_after_seconds)
+    return response
 
 
 @api.post(
@@ -245,23 +215,7 @@ def bad_items(request: HttpRequest, exc: _BadItems) -> HttpResponse:
 )
 def items_create(request: HttpRequest) -> HttpResponse:
     source: Source = request.auth  # type: ignore[attr-defined]
-    items = _items_parse(request.body)
-    # Re-sent items are answered from what is stored and cost nothing: only new ones spend the budget.
-    # The lookup is handed to the service, which neither scans nor inserts them again.
-    stored = services.items_stored(source, [i.external_id for i in items])
-    limit = source_rate_limit_take(source, len(items) - len(stored))
-    if not limit.allowed:
-        response = _error_response(request, 429, "rate limit exceeded for this source; retry later")
-        response["Retry-After"] = str(limit.retry_after_seconds)
-        return response
-    service_items = []
-    for i in items:
-        turns = [t.model_dump() for t in i.transcript] if i.transcript is not None else None
-        text = i.text if i.text is not None else services.transcript_render(turns or [])
-        service_items.append(
-            services.ItemIn(external_id=i.external_id, text=text, transcript=turns, metadata=i.metadata)
-        )
-    ingested = services.items_ingest(source=source, items=service_items, stored=stored)
+    ingested = ingestion.items_receive(source=source, items=ingestion.items_parse(request.body))
     created = sum(1 for i in ingested if i.created)
     # The body is IngestOut, built here as plain data: validating 500 items' worth of output models
     # again would cost as much as the service's own work for nothing (the shape is fixed right here).

@@ -105,7 +105,7 @@ class Case(models.Model):
     verdict = models.CharField(max_length=16, choices=Verdict.choices, blank=True)
     confidence = models.CharField(max_length=8, choices=Confidence.choices, blank=True)
     # p(violation) as triage last saw it (the queue reads the riskiest first within a priority): the
-    # model's verdict and confidence mapped by inference_worker.services.case_risk, else the funnel's
+    # model's verdict and confidence mapped by inference_worker.outcomes.case_risk, else the funnel's
     # score, else 0.5 (nothing known). A database default too: ingestion and benchmarks insert set-based.
     risk = models.FloatField(default=0.5, db_default=0.5)
     route_reason = models.CharField(max_length=200, blank=True)

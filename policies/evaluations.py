@@ -1,8 +1,9 @@
 """Evaluation runs: a policy version judged by the engine over a frozen snapshot of labelled examples.
 
 A run copies its examples (text, expected label, rule ids) into result rows when it is made, so later
-curation never changes it. It runs in Celery (``reviews.evaluation_run``): up to SAFEGUARD_MAX_IN_FLIGHT
-requests in flight on an asyncio loop in a helper thread, results saved in batches on the task's thread
+curation never changes it. It runs in Celery (``reviews.evaluation_run``) on the engine harness triage uses
+(``inference_worker.runner``): up to SAFEGUARD_MAX_IN_FLIGHT items in flight on the runner's loop, each
+retried with its backoff while the engine is unavailable, results saved in batches on the task's thread
 (the only one that touches the database). A re-delivered task resumes: only pending rows are judged.
 A policy editor may cancel a queued or running run: the worker notices at its next save and stops the
 requests still in flight. The activation gate (``activation_gate``) reads finished runs.
@@ -10,13 +11,10 @@ requests still in flight. The activation gate (``activation_gate``) reads finish
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import json
-import queue
-import threading
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -31,22 +29,15 @@ from django.utils import timezone
 
 from audit import services as audit
 from inference_worker import verdicts
-from inference_worker.engine import (
-    EngineError,
-    EngineRequest,
-    EngineUnavailable,
-    Transport,
-    engine_judge,
-    engine_session,
-    transport_build,
-)
-from inference_worker.services import EngineConfig
+from inference_worker.engine import EngineRequest, Transport
+from inference_worker.runner import EngineConfig, engine_judge_retrying, engine_runner
 from policies import evaluation_metrics
 from policies.golden import text_hash
 from policies.models import EvaluationResult, EvaluationRun, GoldenExample, Policy, PolicyVersion
 from policies.rules import policy_rule_ids_parse
 
 NO_ENGINE = "no reasoning engine configured: set SAFEGUARD_BASE_URL (see README)"
+# An item retried in place waits at most this long between attempts (triage reschedules instead).
 RETRY_MAX_DELAY_SECONDS = 30.0
 SAVE_BATCH = 200
 # A running run whose worker has not saved anything for this long is taken over by a re-delivered task.
@@ -207,104 +198,28 @@ class ItemOutcome:
 
 
 async def _item_judge(
-    transport: Transport,
-    session: aiohttp.ClientSession,
-    limit: asyncio.Semaphore,
     config: EngineConfig,
     result_id: int,
     request: EngineRequest,
     rule_ids: Sequence[str],
+    transport: Transport,
+    session: aiohttp.ClientSession,
 ) -> ItemOutcome:
-    attempts = 0
-    while True:
-        attempts += 1
-        try:
-            async with limit:
-                reply = await engine_judge(transport, session, request)
-        except EngineUnavailable as exc:
-            if attempts >= config.max_attempts:
-                return ItemOutcome(result_id, attempts, error=str(exc))
-            delay = exc.retry_after_seconds or config.retry_base_seconds * 2 ** (attempts - 1)
-            await asyncio.sleep(min(delay, RETRY_MAX_DELAY_SECONDS))
-            continue
-        except EngineError as exc:
-            return ItemOutcome(result_id, attempts, error=str(exc))
-        return ItemOutcome(
-            result_id,
-            attempts,
-            verdict=verdicts.verdict_parse(reply.final_text, policy_rule_ids=rule_ids),
-            reasoning=reply.reasoning,
-            prompt_tokens=reply.prompt_tokens,
-            completion_tokens=reply.completion_tokens,
-            latency_ms=reply.latency_ms,
-        )
-
-
-def _outcomes_stream(
-    requests: list[tuple[int, EngineRequest]], config: EngineConfig, rule_ids: Sequence[str]
-) -> Generator[list[ItemOutcome]]:
-    """Judge everything on an asyncio loop in a helper thread; yield outcomes in batches as they land.
-
-    Closing the generator early (a cancelled run) cancels the requests still queued or in flight.
-    """
-    landed: queue.Queue[ItemOutcome | BaseException | None] = queue.Queue()
-    running: list[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = []
-    stop = threading.Event()
-
-    async def judge_all() -> None:
-        transport = transport_build(
-            config.transport, config.base_url, config.api_key, affinity_header=config.affinity_header
-        )
-        limit = asyncio.Semaphore(config.max_in_flight)
-        task = asyncio.current_task()
-        assert task is not None
-        running.append((asyncio.get_running_loop(), task))
-
-        async def one(result_id: int, request: EngineRequest) -> None:
-            if not stop.is_set():  # the stop may come before the task could be cancelled
-                landed.put(await _item_judge(transport, session, limit, config, result_id, request, rule_ids))
-
-        async with engine_session(
-            timeout_seconds=config.timeout_seconds, max_connections=config.max_in_flight + 8
-        ) as session:
-            await asyncio.gather(*(one(result_id, request) for result_id, request in requests))
-
-    def run_loop() -> None:
-        try:
-            asyncio.run(judge_all())
-        except BaseException as exc:  # handed to the saving thread, which raises it
-            landed.put(exc)
-        finally:
-            landed.put(None)
-
-    thread = threading.Thread(target=run_loop, name="evaluation-run", daemon=True)
-    thread.start()
-    finished = False
-    try:
-        while not finished:
-            batch: list[ItemOutcome] = []
-            item = landed.get()
-            while True:
-                if item is None:
-                    finished = True
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                batch.append(item)
-                if len(batch) >= SAVE_BATCH:
-                    break
-                try:
-                    item = landed.get_nowait()
-                except queue.Empty:
-                    break
-            if batch:
-                yield batch
-    finally:
-        if not finished:
-            stop.set()
-            for loop, task in running:
-                loop.call_soon_threadsafe(task.cancel)
-        thread.join()
+    retried = await engine_judge_retrying(
+        transport, session, request, config=config, max_delay_seconds=RETRY_MAX_DELAY_SECONDS
+    )
+    reply = retried.reply
+    if reply is None:
+        return ItemOutcome(result_id, retried.attempts, error=retried.error)
+    return ItemOutcome(
+        result_id,
+        retried.attempts,
+        verdict=verdicts.verdict_parse(reply.final_text, policy_rule_ids=rule_ids),
+        reasoning=reply.reasoning,
+        prompt_tokens=reply.prompt_tokens,
+        completion_tokens=reply.completion_tokens,
+        latency_ms=reply.latency_ms,
+    )
 
 
 def _run_claim(run_id: int) -> bool:
@@ -420,10 +335,13 @@ def evaluation_run_execute(*, run_id: int, config: EngineConfig | None = None) -
         for row in pending.only("id", "text")
     ]
     if requests:
-        stream = _outcomes_stream(requests, config, rule_ids)
+        stream = engine_runner(config).results_stream(
+            (partial(_item_judge, config, result_id, request, rule_ids) for result_id, request in requests),
+            batch_size=SAVE_BATCH,
+        )
         for batch in stream:
             if not _outcomes_save(run, batch):
-                stream.close()
+                stream.close()  # cancels the requests still in flight
                 return None
     return _run_end(run, status=EvaluationRun.Status.FINISHED)
 

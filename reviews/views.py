@@ -29,7 +29,7 @@ from audit import services as audit
 from audit.api import stream_response
 from audit.forms import ApiTokenForm, AuditLogFilterForm, ExportForm
 from config.middleware import session_passive
-from inference_worker.services import EngineConfig
+from inference_worker.runner import EngineConfig
 from moderation.models import Case
 from policies import selectors as policy_selectors
 from policies.models import Verdict

@@ -15,7 +15,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from inference_worker import engine_check, engine_settings
 from inference_worker.engine_check import CHECK_TIMEOUT_CAP_SECONDS, EngineCheck
 from inference_worker.models import EngineSettings
-from inference_worker.services import EngineConfig
+from inference_worker.runner import EngineConfig
 from reviews import selectors
 from reviews.forms_engine import EngineCheckForm, EngineSettingsForm
 from reviews.views import AuthedRequest, _page, _partial_wanted, _redirect

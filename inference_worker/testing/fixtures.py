@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from inference_worker.services import EngineConfig
+from inference_worker.runner import EngineConfig
 from inference_worker.testing.engine_simulator import EngineSimulator
 
 

@@ -15,7 +15,7 @@ from audit.models import AuditEvent
 from inference_worker import engine_settings
 from inference_worker.engine_settings import FIELDS
 from inference_worker.models import EngineSettings
-from inference_worker.services import EngineConfig
+from inference_worker.runner import EngineConfig
 from inference_worker.testing.engine_simulator import EngineSimulator
 from policies.models import Policy, PolicyVersion
 from tests.browser.conftest import Tab, screenshot, user_with_role

@@ -12,7 +12,7 @@ from playwright.sync_api import expect
 
 from accounts.roles import Role
 from inference_worker import services as inference
-from inference_worker.services import EngineConfig
+from inference_worker.runner import EngineConfig
 from moderation import services as moderation
 from moderation.models import Case, TriageResult
 from policies.models import Policy

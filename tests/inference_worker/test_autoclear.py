@@ -13,7 +13,7 @@ from django.test import Client
 from accounts.roles import Role
 from audit.models import AuditEvent
 from inference_worker import services
-from inference_worker.services import EngineConfig
+from inference_worker.runner import EngineConfig
 from moderation.models import AutoClearSuspension, Case, ContentItem
 from moderation.routing import PRIORITY_INJECTION, PRIORITY_UNSURE_SAFE
 from policies.models import Policy

@@ -167,7 +167,7 @@ def test_the_affinity_key_is_a_stable_hash_of_the_policy_text() -> None:
 
 @pytest.mark.django_db  # EngineConfig also reads what an admin saved on /settings/engine
 def test_the_worker_setting_reaches_the_engine_config() -> None:
-    from inference_worker.services import EngineConfig
+    from inference_worker.runner import EngineConfig
 
     assert EngineConfig.from_settings().affinity_header == "X-Session-ID"  # the default
 

@@ -13,9 +13,11 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from audit.models import AuditEvent
-from inference_worker import embeddings, funnel, services
+from inference_worker import claims, embeddings, funnel, outcomes, services
+from inference_worker.claims import CaseWork
 from inference_worker.models import FunnelCalibration
-from inference_worker.services import CaseOutcome, CaseWork, EngineConfig
+from inference_worker.outcomes import CaseOutcome
+from inference_worker.runner import EngineConfig
 from inference_worker.testing.engine_simulator import EngineSimulator
 from moderation.injection import injection_signals
 from moderation.models import Case, ContentItem, TriageResult
@@ -447,12 +449,12 @@ def test_it_prepares_and_saves_a_scored_batch_in_a_constant_number_of_queries(
     prepare_counts, save_counts = [], []
     for size in (3, 60):
         cases = cases_for(threats, *[f"post number {n}: {SAFE_ITEM}" for n in range(size)])
-        works = services.cases_claim_for_triage(case_ids=[c.pk for c in cases], limit=size)
+        works = claims.cases_claim_for_triage(case_ids=[c.pk for c in cases], limit=size)
         with CaptureQueriesContext(connection) as prepare:
             fitted = funnel.funnel_prepare(works)
         scored = funnel.works_score(works, fitted)
         with CaptureQueriesContext(connection) as save:
-            services.triage_outcomes_save([CaseOutcome(work=w) for w in scored], no_engine)
+            outcomes.triage_outcomes_save([CaseOutcome(work=w) for w in scored], no_engine)
         prepare_counts.append(len(prepare))
         save_counts.append(len(save))
         assert TriageResult.objects.filter(case__in=cases, tier="funnel").count() == size

@@ -19,10 +19,11 @@ import pytest
 from aiohttp import web
 from django.utils import timezone
 
-from inference_worker import engine, services
+from inference_worker import engine, runner, services
+from inference_worker.claims import CaseWork
 from inference_worker.engine import EngineError, EngineReply, EngineUnavailable, text_token_ids
 from inference_worker.prompts import harmony_encoding
-from inference_worker.services import CaseWork, EngineConfig
+from inference_worker.runner import EngineConfig
 from inference_worker.testing.engine_simulator import EngineSimulator
 from moderation.models import Case, TriageResult
 from moderation.routing import REASON_ENGINE_UNAVAILABLE
@@ -269,7 +270,7 @@ def test_no_attempt_is_used_while_the_breaker_holds_cases_back(
 ) -> None:
     settings.SAFEGUARD_BREAKER_FAILURES = 1
     settings.SAFEGUARD_BREAKER_COOLDOWN_SECONDS = 30
-    breaker = services.engine_breaker(config)
+    breaker = runner.engine_breaker(config)
     breaker.record(successes=0, failures=1)
     cases = cases_for(quiet_policy, "a", "b", "c")
 
@@ -292,7 +293,7 @@ def test_a_case_held_back_longer_than_give_up_after_goes_to_humans_without_an_at
     quiet_policy: Policy, config: EngineConfig, engine_simulator: EngineSimulator, settings: Any
 ) -> None:
     settings.SAFEGUARD_BREAKER_FAILURES = 1
-    services.engine_breaker(config).record(successes=0, failures=1)
+    runner.engine_breaker(config).record(successes=0, failures=1)
     old, young = cases_for(quiet_policy, "old", "young")
     Case.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(minutes=5))
 
@@ -348,7 +349,7 @@ def test_the_pump_keeps_claiming_while_claimable_cases_remain(
 ) -> None:
     engine_simulator.latency = 0.15
     named, *later = cases_for(quiet_policy, "first", "b", "c", "d")
-    services.engine_runner(config)  # started before the clock below
+    runner.engine_runner(config)  # started before the clock below
     # Due a moment after the pump's first refill looked, and before its one request is answered.
     Case.objects.filter(pk__in=[c.pk for c in later]).update(
         triage_not_before=timezone.now() + timedelta(seconds=0.08)
@@ -368,7 +369,7 @@ def test_a_pump_that_meets_an_open_breaker_wakes_its_named_cases_when_it_half_op
     redis_test_db: Any,
 ) -> None:
     settings.SAFEGUARD_BREAKER_FAILURES = 1
-    services.engine_breaker(config).record(successes=0, failures=1)
+    runner.engine_breaker(config).record(successes=0, failures=1)
     cases = cases_for(quiet_policy, "a", "b")
 
     with django_capture_on_commit_callbacks(execute=True):

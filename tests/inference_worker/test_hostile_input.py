@@ -14,7 +14,7 @@ from openai_harmony import Role
 
 from inference_worker import services
 from inference_worker.prompts import harmony_encoding, prompt_token_ids
-from inference_worker.services import EngineConfig
+from inference_worker.runner import EngineConfig
 from inference_worker.testing.engine_simulator import EngineSimulator
 from moderation.models import Case, ContentItem, TriageResult
 from policies.models import Policy, PolicyVersion

@@ -12,9 +12,10 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from inference_worker import services
+from inference_worker import claims, runner, services, sweep
 from inference_worker.breaker import CircuitBreaker
-from inference_worker.services import CaseOutcome, EngineConfig
+from inference_worker.outcomes import CaseOutcome, triage_outcomes_save
+from inference_worker.runner import EngineConfig
 from inference_worker.testing.engine_simulator import EngineSimulator
 from moderation.injection import injection_signals
 from moderation.models import Case, ContentItem, Source, TriageResult
@@ -279,10 +280,10 @@ def test_it_saves_a_batch_of_outcomes_in_a_constant_number_of_queries(
     counts = []
     for size in (3, 60):
         cases = cases_for(quiet_policy, *[f"item {n}" for n in range(size)])
-        works = services.cases_claim_for_triage(case_ids=[c.pk for c in cases], limit=size)
+        works = claims.cases_claim_for_triage(case_ids=[c.pk for c in cases], limit=size)
         outcomes = [CaseOutcome(work=w, unavailable="down") for w in works]
         with CaptureQueriesContext(connection) as queries:
-            services.triage_outcomes_save(outcomes, config)
+            triage_outcomes_save(outcomes, config)
         counts.append(len(queries))
     assert counts[0] == counts[1]
 
@@ -315,14 +316,14 @@ def test_it_opens_the_circuit_breaker_and_stops_calling_a_dead_engine(
     # The rest wait for the breaker's cooldown, with no attempt used.
     assert set(held.values_list("triage_attempts", flat=True)) == {0}
     assert all((c.triage_not_before or timezone.now()) > timezone.now() + timedelta(seconds=55) for c in held)
-    assert services.engine_breaker(config).is_open()
+    assert runner.engine_breaker(config).is_open()
 
 
 def test_it_defers_the_named_cases_while_the_breaker_is_open(
     quiet_policy: Policy, config: EngineConfig, engine_simulator: EngineSimulator, settings: Any
 ) -> None:
     settings.SAFEGUARD_BREAKER_FAILURES = 1
-    services.engine_breaker(config).record(successes=0, failures=1)
+    runner.engine_breaker(config).record(successes=0, failures=1)
     cases = cases_for(quiet_policy, "a", "b")
     triaged = triage(cases, config)
     assert engine_simulator.stats.requests_total == 0
@@ -357,9 +358,9 @@ def test_the_sweep_revives_cases_of_a_dead_worker_and_of_lost_messages(
         updated_at=old, triage_not_before=timezone.now() + timedelta(minutes=5)
     )
     with django_capture_on_commit_callbacks(execute=True):
-        requeued = services.cases_triage_sweep(stuck_after_seconds=600)
+        requeued = sweep.cases_triage_sweep(stuck_after_seconds=600)
     assert requeued == sorted([stuck.pk, forgotten.pk])
     assert Case.objects.get(pk=stuck.pk).state == Case.State.PENDING_TRIAGE
     assert redis_test_db.llen("celery") == 1
-    assert services.cases_triage_sweep(stuck_after_seconds=600) == []  # touched: not re-sent every run
+    assert sweep.cases_triage_sweep(stuck_after_seconds=600) == []  # touched: not re-sent every run
     assert fresh.pk not in requeued

@@ -15,7 +15,8 @@ from django.test import Client
 
 from accounts.roles import Role
 from audit.models import AuditEvent
-from inference_worker.services import EngineConfig, cases_triage
+from inference_worker.runner import EngineConfig
+from inference_worker.services import cases_triage
 from inference_worker.testing.fixtures import engine_config_for
 from moderation.models import Case, TriageResult
 from policies import services as policy_services

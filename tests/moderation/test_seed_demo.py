@@ -13,7 +13,7 @@ from accounts.roles import Role
 from audit.models import AuditEvent
 from inference_worker import services
 from inference_worker.models import FunnelCalibration
-from inference_worker.services import EngineConfig
+from inference_worker.runner import EngineConfig
 from moderation.models import Case
 from policies.models import GoldenExample
 from reviews.models import QueueGrant

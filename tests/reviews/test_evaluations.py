@@ -17,7 +17,7 @@ from django.db import connection
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from inference_worker.services import EngineConfig
+from inference_worker.runner import EngineConfig
 from inference_worker.testing.engine_simulator import EngineSimulator
 from inference_worker.testing.fixtures import engine_config_for
 from policies import evaluations, golden

@@ -10,7 +10,7 @@ from django.test import Client
 
 from accounts.roles import Role
 from inference_worker import services
-from inference_worker.services import EngineConfig
+from inference_worker.runner import EngineConfig
 from moderation.models import Case
 from policies import services as policy_services
 from policies.models import GoldenExample, Policy

@@ -11,7 +11,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from audit.models import AuditEvent
-from inference_worker.services import EngineConfig
+from inference_worker.runner import EngineConfig
 from policies import evaluations
 from policies import services as policy_services
 from policies.models import EvaluationRun, Policy, PolicyVersion

@@ -10,7 +10,8 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from audit.models import AuditEvent
-from inference_worker.services import EngineConfig, cases_triage
+from inference_worker.runner import EngineConfig
+from inference_worker.services import cases_triage
 from moderation.models import Case
 from policies.models import GoldenExample, Policy
 from reviews import services, tasks

@@ -8,7 +8,7 @@ from django.contrib.auth.models import User
 from django.test import Client, override_settings
 from django.utils import timezone
 
-from inference_worker.services import case_risk
+from inference_worker.outcomes import case_risk
 from reviews import selectors, services
 from tests.reviews.conftest import CasesFactory
 

@@ -6,7 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from inference_worker import embeddings, funnel
-from inference_worker.services import CaseWork
+from inference_worker.claims import CaseWork
 from policies.models import PolicyVersion
 
 

@@ -14,7 +14,7 @@ from inference_worker.engine import (
     engine_session,
     transport_build,
 )
-from inference_worker.services import EngineConfig
+from inference_worker.runner import EngineConfig
 from policies.models import PolicyVersion
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from inference_worker.services import EngineConfig
+from inference_worker.runner import EngineConfig
 from policies import evaluations, services
 from policies.evaluations import ExampleIn
 from policies.golden import GoldenRefused, label_parse
