@@ -7,21 +7,16 @@ from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.http import (
-    HttpRequest,
     HttpResponse,
     HttpResponseBadRequest,
     HttpResponseBase,
-    HttpResponseRedirect,
 )
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.http import HttpResponseClientRedirect
-from django_htmx.middleware import HtmxDetails
 
 from config.middleware import session_passive
 from inference_worker.selectors import funnel_calibrations_for_policies, suspensions_open_for_policies
@@ -39,14 +34,7 @@ from reviews.forms import (
 )
 from reviews.models import Decision
 from reviews.services import DecisionIn, DecisionRefused, LeaseLost
-
-
-class AuthedRequest(HttpRequest):
-    """What @login_required guarantees, with django-htmx's details."""
-
-    user: User
-    htmx: HtmxDetails
-
+from reviews.web import AuthedRequest, partial_wanted, redirect_to, render_page
 
 SKIPPED_SESSION_KEY = "skipped_case_ids"
 SKIPPED_KEPT = 200
@@ -57,34 +45,6 @@ POLICY_FILTER_SESSION_KEY = "queue_policy_id"
 def _reviewer_required(request: AuthedRequest) -> None:
     if not selectors.user_is_reviewer(request.user):
         raise PermissionDenied("Only moderators review cases.")
-
-
-def _partial_wanted(request: AuthedRequest) -> bool:
-    """An htmx swap gets the fragment; a reload, a plain form post or a history restore the whole page."""
-    return bool(request.htmx) and not request.htmx.history_restore_request
-
-
-def _page(
-    request: AuthedRequest, template: str, context: dict[str, Any], *, status: int = 200
-) -> HttpResponse:
-    """A full page: the navigation shows only what this user may open."""
-    user = request.user
-    nav = {
-        "queue": selectors.user_is_reviewer(user),
-        "metrics": metrics.policies_for_metrics(user) is not None,
-        "callbacks": selectors.user_is_admin(user),
-        "policies": policy_selectors.user_is_policy_editor(user),
-        "audit": exports.user_may_export(user),
-    }
-    response = render(request, template, {**context, "nav": nav}, status=status)
-    patch_vary_headers(response, ("HX-Request",))
-    return response
-
-
-def _redirect(request: AuthedRequest, url: str) -> HttpResponse:
-    if request.htmx:
-        return HttpResponseClientRedirect(url)
-    return HttpResponseRedirect(url)
 
 
 @require_GET
@@ -114,14 +74,14 @@ def queue(request: AuthedRequest) -> HttpResponse:
         "counts": selectors.queue_counts(user),
         "query": _query_without_cursor(request),
     }
-    if _partial_wanted(request):
+    if partial_wanted(request):
         # The table, and the counters out of band so they agree with it.
         table = render(request, "reviews/queue.html#queue-table", context)
         counts = render(request, "reviews/queue.html#queue-counts", {**context, "oob": True})
         table.content += counts.content
         patch_vary_headers(table, ("HX-Request",))
         return table
-    return _page(request, "reviews/queue.html", context)
+    return render_page(request, "reviews/queue.html", context)
 
 
 def _query_without_cursor(request: AuthedRequest) -> str:
@@ -154,8 +114,8 @@ def _claim_next_and_go(request: AuthedRequest) -> HttpResponse:
         messages.info(request, message)
         request.session[SKIPPED_SESSION_KEY] = []
         query = f"?{urlencode({'policy': policy_id})}" if policy_id is not None else ""
-        return _redirect(request, reverse("reviews:queue") + query)
-    return _redirect(request, reverse("reviews:case_detail", args=[case.pk]))
+        return redirect_to(request, reverse("reviews:queue") + query)
+    return redirect_to(request, reverse("reviews:case_detail", args=[case.pk]))
 
 
 @require_POST
@@ -207,9 +167,9 @@ def _item_page(
         "content_collapse_chars": CONTENT_COLLAPSE_CHARS,
         "lost": lost,
     }
-    if _partial_wanted(request) and status != 200:
+    if partial_wanted(request) and status != 200:
         return render(request, "reviews/item_review.html#item-form", context, status=status)
-    return _page(request, "reviews/item_review.html", context, status=status)
+    return render_page(request, "reviews/item_review.html", context, status=status)
 
 
 def _case_page(
@@ -231,7 +191,7 @@ def _case_page(
         "content_blurred": latest is not None and latest.verdict == Verdict.VIOLATES,
         "content_collapse_chars": CONTENT_COLLAPSE_CHARS,
     }
-    return _page(request, "reviews/case_detail.html", context, status=status)
+    return render_page(request, "reviews/case_detail.html", context, status=status)
 
 
 # Longer texts start collapsed on the review screens (a click shows all).
@@ -266,7 +226,7 @@ def _decision_form_invalid(
     A moderator who lost the case is offered the next one instead of a form they can no longer use.
     """
     lost = not selectors.cases_claimed_by(request.user).filter(pk=case.pk).exists()
-    if _partial_wanted(request):
+    if partial_wanted(request):
         return render(
             request,
             "reviews/case_detail.html#decision-form",
@@ -423,7 +383,7 @@ def metrics_page(request: AuthedRequest) -> HttpResponse:
         "suspensions": suspensions_open_for_policies(policies),
         "engine_configured": bool(EngineConfig.from_settings().base_url),
     }
-    return _page(request, "reviews/metrics.html", context)
+    return render_page(request, "reviews/metrics.html", context)
 
 
 @require_GET
@@ -431,7 +391,7 @@ def metrics_page(request: AuthedRequest) -> HttpResponse:
 def callbacks_page(request: AuthedRequest) -> HttpResponse:
     if not selectors.user_is_admin(request.user):
         raise PermissionDenied("Only admins see callback deliveries.")
-    return _page(request, "reviews/callbacks.html", {"rows": selectors.callbacks_recent()})
+    return render_page(request, "reviews/callbacks.html", {"rows": selectors.callbacks_recent()})
 
 
 def _auditor_required(request: AuthedRequest) -> None:
@@ -455,7 +415,7 @@ def _audit_page(
         "new_token": new_token,
         "may_export_reasoning": exports.user_may_export_reasoning(user),
     }
-    return _page(request, "reviews/audit.html", context, status=status)
+    return render_page(request, "reviews/audit.html", context, status=status)
 
 
 @require_GET
@@ -472,7 +432,7 @@ def audit_log(request: AuthedRequest) -> HttpResponse:
     form = AuditLogFilterForm(request.GET)
     if not form.is_valid():
         context = {"form": form, "rows": [], "check": None, "older_query": ""}
-        return _page(request, "reviews/audit_log.html", context, status=400)
+        return render_page(request, "reviews/audit_log.html", context, status=400)
     filters = form.filters()
     events, older_than = selectors.audit_events_page(filters, before_seq=form.cleaned_data["before"])
     older_query = ""
@@ -486,7 +446,7 @@ def audit_log(request: AuthedRequest) -> HttpResponse:
         "filtered": any(vars(filters).values()),
         "older_query": older_query,
     }
-    return _page(request, "reviews/audit_log.html", context)
+    return render_page(request, "reviews/audit_log.html", context)
 
 
 @require_GET
