@@ -165,6 +165,7 @@ def _item_page(
         "metadata": metadata_rows(first.item.metadata),
         "any_violates": any(c.verdict == Verdict.VIOLATES for c in cases),
         "content_collapse_chars": CONTENT_COLLAPSE_CHARS,
+        "lease_renew_seconds": LEASE_RENEW_SECONDS,
         "lost": lost,
     }
     if partial_wanted(request) and status != 200:
@@ -190,12 +191,18 @@ def _case_page(
         "metadata": metadata_rows(case.item.metadata),
         "content_blurred": latest is not None and latest.verdict == Verdict.VIOLATES,
         "content_collapse_chars": CONTENT_COLLAPSE_CHARS,
+        "final_text_chars": FINAL_TEXT_CHARS,
+        "lease_renew_seconds": LEASE_RENEW_SECONDS,
     }
     return render_page(request, "reviews/case_detail.html", context, status=status)
 
 
 # Longer texts start collapsed on the review screens (a click shows all).
 CONTENT_COLLAPSE_CHARS = 1500
+# The engine's final answer as sent, shortened under its reasoning.
+FINAL_TEXT_CHARS = 400
+# The review screens renew the moderator's lease well before it runs out (services.LEASE_MINUTES).
+LEASE_RENEW_SECONDS = 240
 
 
 def metadata_rows(metadata: object) -> list[tuple[str, str]]:
