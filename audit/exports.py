@@ -10,7 +10,7 @@ applied in Python and stream from a server-side cursor. Every export is an audit
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -308,20 +308,13 @@ def statement_of_reasons(
     decided_by: str,
 ) -> dict[str, Any]:
     """One statement in the EU Transparency Database's fields. decided_by: "model" or "moderator"."""
-    policy = mapping.policy
     category = next((mapping.category_by_rule[r] for r in rule_ids if r in mapping.category_by_rule), "")
-    if decided_by == "model":
-        automated = AUTOMATED_FULLY
-    else:
-        # A moderator who confirmed the model's flag decided on an automated assessment; one who
-        # restricted content the model did not flag decided alone.
-        automated = AUTOMATED_PARTIALLY if model_flagged else NOT_AUTOMATED
-    rules = ", ".join(rule_ids) or "no specific rule"
-    how = (
-        "Restricted automatically on the model's verdict, without human review."
-        if decided_by == "model"
-        else "Restricted by a human moderator"
-        + (" after automated detection flagged it." if model_flagged else ".")
+    facts = _decision_facts(
+        mapping.policy,
+        policy_version=policy_version,
+        rule_ids=rule_ids,
+        model_flagged=model_flagged,
+        decided_by=decided_by,
     )
     statement: dict[str, Any] = {
         "puid": puid,
@@ -332,32 +325,57 @@ def statement_of_reasons(
         "content_type": [mapping.content_type],
         "content_date": content_date.date().isoformat(),
         "application_date": decided_at.date().isoformat(),
-        "decision_facts": (
-            f"Content reviewed under the '{policy.name}' policy (version {policy_version}) "
-            f"and found to violate: {rules}. {how}"
-        ),
+        "decision_facts": facts,
         "source_type": mapping.source_type,
         "automated_detection": "Yes" if model_flagged else "No",
-        "automated_decision": automated,
+        "automated_decision": _automated_decision(model_flagged=model_flagged, decided_by=decided_by),
         "territorial_scope": list(mapping.territorial_scope)
         or list(StatementOfReasonsMapping.DEFAULT_TERRITORIAL_SCOPE),
     }
     if mapping.decision_ground_reference_url:
         statement["decision_ground_reference_url"] = mapping.decision_ground_reference_url
+    return statement | _ground_fields(mapping, facts)
+
+
+def _automated_decision(*, model_flagged: bool, decided_by: str) -> str:
+    if decided_by == "model":
+        return AUTOMATED_FULLY
+    # A moderator who confirmed the model's flag decided on an automated assessment; one who restricted
+    # content the model did not flag decided alone.
+    return AUTOMATED_PARTIALLY if model_flagged else NOT_AUTOMATED
+
+
+def _decision_facts(
+    policy: Policy, *, policy_version: int, rule_ids: list[str], model_flagged: bool, decided_by: str
+) -> str:
+    rules = ", ".join(rule_ids) or "no specific rule"
+    how = (
+        "Restricted automatically on the model's verdict, without human review."
+        if decided_by == "model"
+        else "Restricted by a human moderator"
+        + (" after automated detection flagged it." if model_flagged else ".")
+    )
+    return (
+        f"Content reviewed under the '{policy.name}' policy (version {policy_version}) "
+        f"and found to violate: {rules}. {how}"
+    )
+
+
+def _ground_fields(mapping: StatementOfReasonsMapping, facts: str) -> dict[str, str]:
+    """The fields of the statement's ground: illegal content, or content incompatible with the terms."""
+    policy = mapping.policy
     if mapping.decision_ground == StatementOfReasonsMapping.Ground.ILLEGAL_CONTENT:
-        statement["illegal_content_legal_ground"] = mapping.illegal_content_legal_ground or policy.name
-        statement["illegal_content_explanation"] = (
-            mapping.illegal_content_explanation or statement["decision_facts"]
-        )
-    else:
-        statement["incompatible_content_ground"] = (
+        return {
+            "illegal_content_legal_ground": mapping.illegal_content_legal_ground or policy.name,
+            "illegal_content_explanation": mapping.illegal_content_explanation or facts,
+        }
+    return {
+        "incompatible_content_ground": (
             mapping.incompatible_content_ground or f"Terms of service: {policy.name} policy"
-        )
-        statement["incompatible_content_explanation"] = (
-            mapping.incompatible_content_explanation or statement["decision_facts"]
-        )
-        statement["incompatible_content_illegal"] = "No"
-    return statement
+        ),
+        "incompatible_content_explanation": mapping.incompatible_content_explanation or facts,
+        "incompatible_content_illegal": "No",
+    }
 
 
 def _restricting_decisions(request: ExportRequest) -> models.QuerySet[Decision]:
@@ -397,73 +415,91 @@ def statements_iter(request: ExportRequest, *, using: str = "default") -> Iterat
         m.policy_id: m for m in StatementOfReasonsMapping.objects.using(using).select_related("policy")
     }
     policies = {p.pk: p for p in Policy.objects.using(using)}
+
+    def mapping_of(policy_id: int) -> StatementOfReasonsMapping:
+        return mapping_for(policies[policy_id], mappings)
+
     # Server-side cursors inside a transaction (not WITH HOLD): rows arrive in chunks, memory stays flat.
     with transaction.atomic(using=using):
-        decisions = (
-            _restricting_decisions(request)
-            .using(using)
-            .values_list(
-                "id",
-                "created_at",
-                "rule_ids",
-                "model_verdict",
-                "case__policy_version__policy_id",
-                "case__policy_version__number",
-                "case__item__external_id",
-                "case__item__received_at",
-                "case__item__source__slug",
-            )
-        )
-        for (
-            decision_id,
-            at,
-            rule_ids,
-            verdict,
-            policy_id,
-            number,
-            external_id,
-            received,
-            source,
-        ) in decisions.iterator(chunk_size=2000):
-            yield statement_of_reasons(
-                mapping=mapping_for(policies[policy_id], mappings),
-                puid=f"{source}:{external_id}:decision-{decision_id}",
-                rule_ids=list(rule_ids),
-                policy_version=number,
-                decided_at=at,
-                content_date=received,
-                model_flagged=verdict == Verdict.VIOLATES,
-                decided_by="moderator",
-            )
+        yield from _moderator_statements(request, using=using, mapping_of=mapping_of)
         if request.actor and request.actor != "system":
             return
-        cases = (
-            _auto_actioned_cases(request)
-            .using(using)
-            .values_list(  # type: ignore[misc]  # annotations
-                "id",
-                "actioned_at",
-                "model_rule_ids",
-                "policy_version__policy_id",
-                "policy_version__number",
-                "item__external_id",
-                "item__received_at",
-                "item__source__slug",
-            )
+        yield from _model_statements(request, using=using, mapping_of=mapping_of)
+
+
+def _moderator_statements(
+    request: ExportRequest, *, using: str, mapping_of: Callable[[int], StatementOfReasonsMapping]
+) -> Iterator[dict[str, Any]]:
+    """A statement per moderator decision that restricted content."""
+    decisions = (
+        _restricting_decisions(request)
+        .using(using)
+        .values_list(
+            "id",
+            "created_at",
+            "rule_ids",
+            "model_verdict",
+            "case__policy_version__policy_id",
+            "case__policy_version__number",
+            "case__item__external_id",
+            "case__item__received_at",
+            "case__item__source__slug",
         )
-        for case_id, at, rule_ids, policy_id, number, external_id, received, source in cases.iterator(
-            chunk_size=2000
-        ):
-            yield statement_of_reasons(
-                mapping=mapping_for(policies[policy_id], mappings),
-                puid=f"{source}:{external_id}:case-{case_id}",
-                rule_ids=list(rule_ids or []),
-                policy_version=number,
-                decided_at=at or received,
-                content_date=received,
-                model_flagged=True,
-                decided_by="model",
-            )
+    )
+    for (
+        decision_id,
+        at,
+        rule_ids,
+        verdict,
+        policy_id,
+        number,
+        external_id,
+        received,
+        source,
+    ) in decisions.iterator(chunk_size=2000):
+        yield statement_of_reasons(
+            mapping=mapping_of(policy_id),
+            puid=f"{source}:{external_id}:decision-{decision_id}",
+            rule_ids=list(rule_ids),
+            policy_version=number,
+            decided_at=at,
+            content_date=received,
+            model_flagged=verdict == Verdict.VIOLATES,
+            decided_by="moderator",
+        )
+
+
+def _model_statements(
+    request: ExportRequest, *, using: str, mapping_of: Callable[[int], StatementOfReasonsMapping]
+) -> Iterator[dict[str, Any]]:
+    """A statement per case the model auto-actioned."""
+    cases = (
+        _auto_actioned_cases(request)
+        .using(using)
+        .values_list(  # type: ignore[misc]  # annotations
+            "id",
+            "actioned_at",
+            "model_rule_ids",
+            "policy_version__policy_id",
+            "policy_version__number",
+            "item__external_id",
+            "item__received_at",
+            "item__source__slug",
+        )
+    )
+    for case_id, at, rule_ids, policy_id, number, external_id, received, source in cases.iterator(
+        chunk_size=2000
+    ):
+        yield statement_of_reasons(
+            mapping=mapping_of(policy_id),
+            puid=f"{source}:{external_id}:case-{case_id}",
+            rule_ids=list(rule_ids or []),
+            policy_version=number,
+            decided_at=at or received,
+            content_date=received,
+            model_flagged=True,
+            decided_by="model",
+        )
 
 
 def _statements_stream(request: ExportRequest) -> Generator[bytes]:

@@ -85,6 +85,10 @@ class EngineValue:
         return self.source == "environment"
 
     @property
+    def from_database(self) -> bool:
+        return self.source == "database"
+
+    @property
     def is_set(self) -> bool:
         return self.value not in ("", None)
 

@@ -182,6 +182,10 @@ class Case(models.Model):
     def is_appeal(self) -> bool:
         return self.appeal_of_id is not None
 
+    @property
+    def is_claimed(self) -> bool:
+        return self.state == self.State.CLAIMED
+
 
 class TriageResult(models.Model):
     """One engine call (or one funnel score) for a case."""
@@ -217,6 +221,14 @@ class TriageResult(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tier} {self.verdict} for case {self.case_id}"
+
+    @property
+    def is_funnel(self) -> bool:
+        return self.tier == self.Tier.FUNNEL
+
+    @property
+    def is_safe(self) -> bool:
+        return self.verdict == Verdict.SAFE
 
 
 class AutoClearSuspension(models.Model):

@@ -213,6 +213,14 @@ class GoldenExample(models.Model):
     def __str__(self) -> str:
         return f"{self.policy.slug}: {self.expected_label}"
 
+    @property
+    def is_accepted(self) -> bool:
+        return self.status == self.Status.ACCEPTED
+
+    @property
+    def is_rejected(self) -> bool:
+        return self.status == self.Status.REJECTED
+
 
 class EvaluationRun(models.Model):
     """A policy version judged over a frozen snapshot of examples (the golden set, or a file)."""
@@ -272,6 +280,19 @@ class EvaluationRun(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in (self.Status.FINISHED, self.Status.FAILED, self.Status.CANCELLED)
+
+    @property
+    def is_complete(self) -> bool:
+        """Finished every example (neither failed nor cancelled): its metrics are the run's results."""
+        return self.status == self.Status.FINISHED
+
+    @property
+    def is_cancelled(self) -> bool:
+        return self.status == self.Status.CANCELLED
+
+    @property
+    def is_on_golden_set(self) -> bool:
+        return self.dataset == self.Dataset.GOLDEN
 
     @property
     def progress_percent(self) -> int:

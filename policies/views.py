@@ -13,6 +13,7 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HTMX_STOP_POLLING
 
 from inference_worker import autoclear, engine_settings
 from moderation.models import AutoClearSuspension
@@ -34,10 +35,9 @@ from policies.lint import SWEET_SPOT, policy_lint
 from policies.models import EvaluationRun, GoldenExample, Policy, PolicyVersion
 from reviews import selectors
 from reviews.autoclear_status import funnel_calibration_for_policy
-from reviews.views import AuthedRequest, _page, _partial_wanted, _redirect
+from reviews.web import AuthedRequest, partial_wanted, redirect_to, render_page
 
 IMPORT_SESSION_KEY = "golden_import_{policy_id}"
-HTMX_STOP_POLLING = 286
 
 
 def _policy_editor_required(request: AuthedRequest) -> None:
@@ -73,7 +73,7 @@ def policies_list(request: AuthedRequest) -> HttpResponse:
         }
         for p in policies
     ]
-    return _page(request, "reviews/policies/list.html", {"rows": rows})
+    return render_page(request, "reviews/policies/list.html", {"rows": rows})
 
 
 @require_http_methods(["GET", "POST"])
@@ -99,9 +99,9 @@ def policy_create(request: AuthedRequest) -> HttpResponse:
                 f"Policy {draft.policy.name} created with draft v1. Link it to a source in its settings "
                 "once a version is active.",
             )
-            return _redirect(request, reverse("reviews:policy_version", args=[draft.policy.slug, 1]))
+            return redirect_to(request, reverse("reviews:policy_version", args=[draft.policy.slug, 1]))
     status = 400 if form.is_bound else 200
-    return _page(request, "reviews/policies/new.html", {"form": form}, status=status)
+    return render_page(request, "reviews/policies/new.html", {"form": form}, status=status)
 
 
 @require_http_methods(["GET", "POST"])
@@ -122,9 +122,11 @@ def policy_settings(request: AuthedRequest, slug: str) -> HttpResponse:
             request,
             f"Saved: {', '.join(c.replace('_', ' ') for c in changed)}." if changed else "No changes.",
         )
-        return _redirect(request, reverse("reviews:policy_detail", args=[policy.slug]))
+        return redirect_to(request, reverse("reviews:policy_detail", args=[policy.slug]))
     status = 400 if form.is_bound else 200
-    return _page(request, "reviews/policies/settings.html", {"policy": policy, "form": form}, status=status)
+    return render_page(
+        request, "reviews/policies/settings.html", {"policy": policy, "form": form}, status=status
+    )
 
 
 def _policy_page(
@@ -147,7 +149,7 @@ def _policy_page(
         "engine_connected": engine_settings.engine_connected(),
         "engine_admin": selectors.user_is_admin(request.user),
     }
-    return _page(request, "reviews/policies/detail.html", context, status=status)
+    return render_page(request, "reviews/policies/detail.html", context, status=status)
 
 
 @require_GET
@@ -164,7 +166,7 @@ def policy_draft_new(request: AuthedRequest, slug: str) -> HttpResponse:
     text = _version(policy, int(base)).text if base.isdigit() else None
     draft = services.policy_draft_create(policy=policy, author=request.user, text=text)
     messages.success(request, f"Draft v{draft.number} created.")
-    return _redirect(request, reverse("reviews:policy_version", args=[policy.slug, draft.number]))
+    return redirect_to(request, reverse("reviews:policy_version", args=[policy.slug, draft.number]))
 
 
 def _version_context(version: PolicyVersion, form: DraftForm | None, text: str) -> dict[str, Any]:
@@ -187,7 +189,9 @@ def policy_version(request: AuthedRequest, slug: str, number: int) -> HttpRespon
     version = _version(policy, number)
     if request.method == "GET":
         form = DraftForm(initial={"text": version.text}) if version.is_draft else None
-        return _page(request, "reviews/policies/version.html", _version_context(version, form, version.text))
+        return render_page(
+            request, "reviews/policies/version.html", _version_context(version, form, version.text)
+        )
     form = DraftForm(request.POST)
     if not version.is_draft:
         raise PermissionDenied("A published version is immutable: start a new draft.")
@@ -200,14 +204,16 @@ def policy_version(request: AuthedRequest, slug: str, number: int) -> HttpRespon
             form.add_error("text", str(exc))
         else:
             messages.success(request, f"Draft v{version.number} saved.")
-            return _redirect(request, reverse("reviews:policy_version", args=[policy.slug, version.number]))
+            return redirect_to(request, reverse("reviews:policy_version", args=[policy.slug, version.number]))
     return _draft_refused(request, version, form)
 
 
 def _draft_refused(request: AuthedRequest, version: PolicyVersion, form: DraftForm) -> HttpResponse:
     """The editor again, with the text as typed and why it was not saved (nothing is lost)."""
     text = request.POST.get("text", "")
-    return _page(request, "reviews/policies/version.html", _version_context(version, form, text), status=400)
+    return render_page(
+        request, "reviews/policies/version.html", _version_context(version, form, text), status=400
+    )
 
 
 @require_POST
@@ -249,7 +255,7 @@ def policy_version_publish(request: AuthedRequest, slug: str, number: int) -> Ht
         return _policy_page(request, policy, status=409, error=f"Not published: {exc}.")
     saved = " with your latest edits" if published.content_hash != saved_hash else ""
     messages.success(request, f"v{version.number} published{saved}: its text is now frozen.")
-    return _redirect(request, reverse("reviews:policy_detail", args=[policy.slug]))
+    return redirect_to(request, reverse("reviews:policy_detail", args=[policy.slug]))
 
 
 @require_POST
@@ -274,7 +280,7 @@ def policy_version_activate(request: AuthedRequest, slug: str, number: int) -> H
         return _activation_refused(request, policy, str(exc))
     note = " (gate overridden)" if activation.overridden else ""
     messages.success(request, f"v{version.number} is now active for new cases{note}.")
-    return _redirect(request, reverse("reviews:policy_detail", args=[policy.slug]))
+    return redirect_to(request, reverse("reviews:policy_detail", args=[policy.slug]))
 
 
 def _activation_refused(
@@ -300,7 +306,7 @@ def policy_diff(request: AuthedRequest, slug: str) -> HttpResponse:
     policy = _policy(request, slug)
     a, b = request.GET.get("a", ""), request.GET.get("b", "")
     if not (a.isdigit() and b.isdigit()):
-        return _page(
+        return render_page(
             request,
             "reviews/policies/diff.html",
             {
@@ -318,7 +324,7 @@ def policy_diff(request: AuthedRequest, slug: str) -> HttpResponse:
         "rows": policy_selectors.version_diff(left, right),
         "versions": policy.versions.order_by("-number"),
     }
-    return _page(request, "reviews/policies/diff.html", context)
+    return render_page(request, "reviews/policies/diff.html", context)
 
 
 # --- the golden set --------------------------------------------------------------------------------
@@ -341,9 +347,9 @@ def _golden_page(
         "rule_ids": golden.policy_rule_ids(policy),
         "error": error,
     }
-    if _partial_wanted(request):
+    if partial_wanted(request):
         return render(request, "reviews/policies/golden.html#golden-table", context, status=status)
-    return _page(request, "reviews/policies/golden.html", context, status=status)
+    return render_page(request, "reviews/policies/golden.html", context, status=status)
 
 
 @require_GET
@@ -373,7 +379,7 @@ def golden_curate(request: AuthedRequest, slug: str, example_id: int, action: st
         else:
             raise Http404("unknown curation step")
     except golden.GoldenRefused as exc:
-        if _partial_wanted(request):
+        if partial_wanted(request):
             return render(
                 request,
                 "reviews/policies/golden.html#golden-row",
@@ -381,12 +387,12 @@ def golden_curate(request: AuthedRequest, slug: str, example_id: int, action: st
                 status=409,
             )
         return _golden_page(request, policy, status=409, error=f"Example #{example.pk}: {exc}")
-    if _partial_wanted(request):
+    if partial_wanted(request):
         return render(
             request, "reviews/policies/golden.html#golden-row", {"policy": policy, "example": example}
         )
     messages.success(request, f"Example #{example.pk} {example.status}.")
-    return _redirect(request, reverse("reviews:golden_list", args=[policy.slug]))
+    return redirect_to(request, reverse("reviews:golden_list", args=[policy.slug]))
 
 
 @require_http_methods(["GET", "POST"])
@@ -421,10 +427,10 @@ def golden_edit(request: AuthedRequest, slug: str, example_id: int) -> HttpRespo
                 form.add_error(None, str(exc))
             else:
                 messages.success(request, f"Example #{example.pk} saved.")
-                return _redirect(request, reverse("reviews:golden_list", args=[policy.slug]))
+                return redirect_to(request, reverse("reviews:golden_list", args=[policy.slug]))
         status = 400
     context = {"policy": policy, "example": example, "form": form, "rule_ids": golden.policy_rule_ids(policy)}
-    return _page(request, "reviews/policies/golden_edit.html", context, status=status)
+    return render_page(request, "reviews/policies/golden_edit.html", context, status=status)
 
 
 @require_http_methods(["GET", "POST"])
@@ -434,12 +440,12 @@ def golden_import(request: AuthedRequest, slug: str) -> HttpResponse:
     policy = _policy(request, slug)
     key = IMPORT_SESSION_KEY.format(policy_id=policy.pk)
     if request.method == "GET":
-        return _page(
+        return render_page(
             request, "reviews/policies/golden_import.html", {"policy": policy, "form": GoldenImportForm()}
         )
     form = GoldenImportForm(request.POST, request.FILES)
     if not form.is_valid():
-        return _page(
+        return render_page(
             request, "reviews/policies/golden_import.html", {"policy": policy, "form": form}, status=400
         )
     upload = form.cleaned_data["file"]
@@ -447,7 +453,7 @@ def golden_import(request: AuthedRequest, slug: str) -> HttpResponse:
     preview = golden.golden_import_preview(policy=policy, name=upload.name or "", data=data)
     if preview.error:
         form.add_error("file", preview.error)
-        return _page(
+        return render_page(
             request, "reviews/policies/golden_import.html", {"policy": policy, "form": form}, status=400
         )
     request.session[key] = {"file": upload.name, "rows": [r.as_dict() for r in preview.valid]}
@@ -458,7 +464,7 @@ def golden_import(request: AuthedRequest, slug: str) -> HttpResponse:
         "file_name": upload.name,
         "confirm_form": GoldenImportConfirmForm(),
     }
-    return _page(request, "reviews/policies/golden_import.html", context)
+    return render_page(request, "reviews/policies/golden_import.html", context)
 
 
 @require_POST
@@ -469,7 +475,7 @@ def golden_import_confirm(request: AuthedRequest, slug: str) -> HttpResponse:
     form = GoldenImportConfirmForm(request.POST)
     if not pending or not form.is_valid():
         messages.error(request, "Nothing to import: upload the file again.")
-        return _redirect(request, reverse("reviews:golden_import", args=[policy.slug]))
+        return redirect_to(request, reverse("reviews:golden_import", args=[policy.slug]))
     rows = [golden.ImportRow(**row) for row in pending["rows"]]
     created = golden.golden_import(
         policy=policy,
@@ -480,7 +486,7 @@ def golden_import_confirm(request: AuthedRequest, slug: str) -> HttpResponse:
     )
     del request.session[IMPORT_SESSION_KEY.format(policy_id=policy.pk)]
     messages.success(request, f"Imported {len(created)} examples as {form.cleaned_data['status']}.")
-    return _redirect(request, reverse("reviews:golden_list", args=[policy.slug]))
+    return redirect_to(request, reverse("reviews:golden_list", args=[policy.slug]))
 
 
 # --- evaluation runs -------------------------------------------------------------------------------
@@ -503,7 +509,7 @@ def evaluation_run_new(request: AuthedRequest, slug: str) -> HttpResponse:
     except evaluations.EvaluationRefused as exc:
         reason = _no_engine_reason(request) if str(exc) == evaluations.NO_ENGINE else str(exc)
         return _policy_page(request, policy, status=409, run_form=form, error=f"Not started: {reason}.")
-    return _redirect(request, reverse("reviews:evaluation_run", args=[run.pk]))
+    return redirect_to(request, reverse("reviews:evaluation_run", args=[run.pk]))
 
 
 def _no_engine_reason(request: AuthedRequest) -> str:
@@ -531,7 +537,7 @@ def _run_context(run: EvaluationRun) -> dict[str, Any]:
 @login_required
 def evaluation_run(request: AuthedRequest, run_id: int) -> HttpResponse:
     run = _run(request, run_id)
-    return _page(request, "reviews/policies/run.html", _run_context(run))
+    return render_page(request, "reviews/policies/run.html", _run_context(run))
 
 
 @require_GET
@@ -564,7 +570,7 @@ def autoclear_resume(request: AuthedRequest, slug: str, suspension_id: int) -> H
         f"{suspension.get_tier_display().capitalize()} auto-clear is back on for "
         f"v{suspension.policy_version.number}; QA monitoring starts afresh.",
     )
-    return _redirect(request, reverse("reviews:policy_detail", args=[policy.slug]))
+    return redirect_to(request, reverse("reviews:policy_detail", args=[policy.slug]))
 
 
 @require_POST
@@ -575,9 +581,9 @@ def evaluation_run_cancel(request: AuthedRequest, run_id: int) -> HttpResponse:
         evaluations.evaluation_run_cancel(run=run, actor=request.user)
     except evaluations.EvaluationRefused as exc:
         context = {**_run_context(run), "error": f"Not cancelled: {exc}."}
-        return _page(request, "reviews/policies/run.html", context, status=409)
+        return render_page(request, "reviews/policies/run.html", context, status=409)
     messages.success(request, f"Run #{run.pk} cancelled.")
-    return _redirect(request, reverse("reviews:evaluation_run", args=[run.pk]))
+    return redirect_to(request, reverse("reviews:evaluation_run", args=[run.pk]))
 
 
 @require_GET
@@ -591,11 +597,13 @@ def evaluation_runs_compare(request: AuthedRequest) -> HttpResponse:
     before = get_object_or_404(runs, pk=form.cleaned_data["a"])
     after = get_object_or_404(runs, pk=form.cleaned_data["b"])
     if before.policy_id != after.policy_id:
-        return _page(
+        return render_page(
             request,
             "reviews/policies/compare.html",
             {"error": "These runs are of different policies.", "policy": after.policy},
             status=400,
         )
     comparison = evaluations.runs_compare(before, after)
-    return _page(request, "reviews/policies/compare.html", {"comparison": comparison, "policy": after.policy})
+    return render_page(
+        request, "reviews/policies/compare.html", {"comparison": comparison, "policy": after.policy}
+    )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -103,36 +104,66 @@ def _metrics_compute(policies: QuerySet[Policy]) -> dict[str, Any]:
     now = timezone.now()
     since = now - timedelta(hours=CHART_HOURS)
     policy_ids = list(policies.values_list("id", flat=True))
-    backlog_rows: Any = (
+    decisions = Decision.objects.filter(case__policy_version__policy_id__in=policy_ids)
+    hourly = decisions_per_hour(decisions, now=now)
+    return {
+        "backlog": backlog_of(policies, now=now),
+        "hourly": hourly,
+        "decisions_24h": sum(h["count"] for h in hourly),
+        "overturns": overturns_per_version(policy_ids),
+        "agreement": agreement_of(decisions),
+        "qa": decisions.filter(agrees_with_reviewed__isnull=False).aggregate(
+            reviews=Count("id"), agreed=Count("id", filter=Q(agrees_with_reviewed=True))
+        ),
+        "latency": latency_percentiles(policy_ids, since),
+        "auto": Case.objects.filter(
+            policy_version__policy_id__in=policy_ids, updated_at__gte=since
+        ).aggregate(
+            auto_cleared=Count("id", filter=Q(state=Case.State.AUTO_CLEARED)),
+            auto_actioned=Count("id", filter=Q(state=Case.State.AUTO_ACTIONED)),
+        ),
+    }
+
+
+def backlog_of(policies: QuerySet[Policy], *, now: datetime) -> list[dict[str, Any]]:
+    """Per policy: the cases waiting, and how many minutes the oldest has waited (None if none waits)."""
+    waiting = Q(versions__cases__state__in=selectors.WAITING_STATES)
+    rows: Any = (
         policies.annotate(
-            waiting=Count("versions__cases", filter=Q(versions__cases__state__in=selectors.WAITING_STATES)),
-            oldest=Min(
-                "versions__cases__queued_at", filter=Q(versions__cases__state__in=selectors.WAITING_STATES)
-            ),
+            waiting=Count("versions__cases", filter=waiting),
+            oldest=Min("versions__cases__queued_at", filter=waiting),
         )
         .order_by("name")
         .values("name", "waiting", "oldest")
     )
-    backlog: list[dict[str, Any]] = list(backlog_rows)
+    backlog: list[dict[str, Any]] = list(rows)
     for row in backlog:
         row["oldest_age_minutes"] = (
             round((now - row["oldest"]).total_seconds() / 60) if row["oldest"] else None
         )
+    return backlog
 
-    decisions = Decision.objects.filter(case__policy_version__policy_id__in=policy_ids)
+
+def decisions_per_hour(decisions: QuerySet[Decision], *, now: datetime) -> list[dict[str, Any]]:
+    """The last CHART_HOURS hours, oldest first, each with its count (0 for an hour without decisions).
+
+    Data only: the chart's geometry is drawn by reviews/templatetags/figures.py (hourly_chart).
+    """
+    first_hour = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=CHART_HOURS - 1)
     per_hour = dict(
-        decisions.filter(created_at__gte=since)
+        decisions.filter(created_at__gte=now - timedelta(hours=CHART_HOURS))
         .annotate(hour=TruncHour("created_at"))
         .values_list("hour")
         .annotate(n=Count("id"))
         .values_list("hour", "n")
     )
-    first_hour = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=CHART_HOURS - 1)
     hours = [first_hour + timedelta(hours=h) for h in range(CHART_HOURS)]
-    # Data only: the chart's geometry is drawn by reviews/templatetags/figures.py (hourly_chart).
-    hourly: list[dict[str, Any]] = [{"hour": hour, "count": per_hour.get(hour, 0)} for hour in hours]
+    return [{"hour": hour, "count": per_hour.get(hour, 0)} for hour in hours]
 
-    overturns = list(
+
+def overturns_per_version(policy_ids: list[int]) -> Sequence[PolicyVersion]:
+    """Policy versions with decisions on a model verdict, each with decided, overturned and overturn_rate."""
+    versions = list(
         PolicyVersion.objects.filter(policy_id__in=policy_ids)
         .annotate(
             # Only decisions on cases the model had a verdict for: a label given where the model gave none
@@ -147,25 +178,6 @@ def _metrics_compute(policies: QuerySet[Policy]) -> dict[str, Any]:
         .select_related("policy")
         .order_by("policy__name", "-number")
     )
-    for version in overturns:
+    for version in versions:
         version.overturn_rate = version.overturned / version.decided  # type: ignore[attr-defined]
-
-    agreement = agreement_of(decisions)
-    qa = decisions.filter(agrees_with_reviewed__isnull=False).aggregate(
-        reviews=Count("id"), agreed=Count("id", filter=Q(agrees_with_reviewed=True))
-    )
-    return {
-        "backlog": backlog,
-        "hourly": hourly,
-        "decisions_24h": sum(h["count"] for h in hourly),
-        "overturns": overturns,
-        "agreement": agreement,
-        "qa": qa,
-        "latency": latency_percentiles(policy_ids, since),
-        "auto": Case.objects.filter(
-            policy_version__policy_id__in=policy_ids, updated_at__gte=since
-        ).aggregate(
-            auto_cleared=Count("id", filter=Q(state=Case.State.AUTO_CLEARED)),
-            auto_actioned=Count("id", filter=Q(state=Case.State.AUTO_ACTIONED)),
-        ),
-    }
+    return versions

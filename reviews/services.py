@@ -179,95 +179,127 @@ def case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> Decisio
 def _case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> _Decided:
     """case_decide without its audit event; the caller's transaction records it."""
     with transaction.atomic():
-        locked = (
-            Case.objects.select_for_update(of=("self",))
-            .select_related("item__source", "policy_version__policy")
-            .filter(
-                pk=case.pk,
-                state=Case.State.CLAIMED,
-                lease_owner=moderator,
-                # A lease that ran out is lost even before the sweep frees it.
-                lease_expires_at__gt=timezone.now(),
-            )
-            .first()
-        )
-        if locked is None:
-            raise LeaseLost("this case is no longer yours to decide (lease expired or already decided)")
-        if (
-            decision.action == Decision.Action.ESCALATE
-            and locked.needs_senior
-            and not selectors.user_is_senior(moderator)
-        ):
-            raise DecisionRefused("this case is already escalated")
+        locked = _case_lock_for_decision(case=case, moderator=moderator, decision=decision)
         action, final_label = _action_and_label(locked, decision)
         rule_ids = _rule_ids(locked, decision, action, final_label)
-        reviewed_case_id = locked.qa_of_id
-        is_qa = reviewed_case_id is not None
-        reviewed = (
-            Decision.objects.filter(case_id=reviewed_case_id).exclude(action=Decision.Action.ESCALATE).first()
-            if reviewed_case_id is not None
-            else None
+        made = _decision_create(
+            case=locked,
+            moderator=moderator,
+            decision=decision,
+            action=action,
+            final_label=final_label,
+            rule_ids=rule_ids,
         )
-        try:
-            with transaction.atomic():
-                made = Decision.objects.create(
-                    case=locked,
-                    moderator=moderator,
-                    action=action,
-                    final_label=final_label,
-                    rule_ids=rule_ids,
-                    note=decision.note,
-                    seconds_spent=decision.seconds_spent,
-                    model_verdict=locked.verdict,
-                    agrees_with_reviewed=_agreement(locked, reviewed, final_label),
-                )
-        except IntegrityError as exc:
-            raise DecisionRefused("this case already has a decision") from exc
-
         if action == Decision.Action.ESCALATE:
-            locked.needs_senior = True
-            Case.objects.filter(pk=locked.pk).update(
-                # An appeal handed on stays an appeal (and where the lease sweep would put it back).
-                state=_waiting_state(locked),
-                needs_senior=True,
-                priority=F("priority") + 5,
-                lease_owner=None,
-                lease_expires_at=None,
-                updated_at=timezone.now(),
-            )
-            return _Decided(made, locked, "case.escalated", {"decision_id": made.pk, "note": decision.note})
+            return _case_escalate(case=locked, made=made)
+        return _case_settle(case=locked, made=made)
 
-        Case.objects.filter(pk=locked.pk).update(
-            state=Case.State.DECIDED, lease_owner=None, lease_expires_at=None, updated_at=timezone.now()
+
+def _case_lock_for_decision(*, case: Case, moderator: User, decision: DecisionIn) -> Case:
+    """The case, locked, if it is still this moderator's to decide; LeaseLost or DecisionRefused if not."""
+    locked = (
+        Case.objects.select_for_update(of=("self",))
+        .select_related("item__source", "policy_version__policy")
+        .filter(
+            pk=case.pk,
+            state=Case.State.CLAIMED,
+            lease_owner=moderator,
+            # A lease that ran out is lost even before the sweep frees it.
+            lease_expires_at__gt=timezone.now(),
         )
-        # A QA sample of an auto-clear: the tier's live miss rate may now say it must stop clearing.
-        if locked.cleared_by:
-            transaction.on_commit(
-                partial(
-                    tasks.autoclear_monitor_enqueue,
-                    policy_version_id=locked.policy_version_id,
-                    tier=locked.cleared_by,
-                )
+        .first()
+    )
+    if locked is None:
+        raise LeaseLost("this case is no longer yours to decide (lease expired or already decided)")
+    if (
+        decision.action == Decision.Action.ESCALATE
+        and locked.needs_senior
+        and not selectors.user_is_senior(moderator)
+    ):
+        raise DecisionRefused("this case is already escalated")
+    return locked
+
+
+def _decision_create(
+    *,
+    case: Case,
+    moderator: User,
+    decision: DecisionIn,
+    action: str,
+    final_label: str,
+    rule_ids: list[str],
+) -> Decision:
+    """The immutable Decision row, with the QA agreement when the case double-checks another."""
+    reviewed = (
+        Decision.objects.filter(case_id=case.qa_of_id).exclude(action=Decision.Action.ESCALATE).first()
+        if case.qa_of_id is not None
+        else None
+    )
+    try:
+        with transaction.atomic():
+            return Decision.objects.create(
+                case=case,
+                moderator=moderator,
+                action=action,
+                final_label=final_label,
+                rule_ids=rule_ids,
+                note=decision.note,
+                seconds_spent=decision.seconds_spent,
+                model_verdict=case.verdict,
+                agrees_with_reviewed=_agreement(case, reviewed, final_label),
             )
-        # A QA review only measures agreement: the platform and the golden set already have the outcome.
-        if not is_qa:
-            _golden_candidate_from_decision(locked, made)
-            _qa_review_maybe_open(locked, made)
-            if locked.item.source.callback_url:
-                transaction.on_commit(partial(tasks.callback_enqueue, decision_id=made.pk))
-        return _Decided(
-            made,
-            locked,
-            "case.decided",
-            {
-                "decision_id": made.pk,
-                "action": made.action,
-                "final_label": made.final_label,
-                "rule_ids": made.rule_ids,
-                "model_verdict": made.model_verdict,
-                "agrees_with_reviewed": made.agrees_with_reviewed,
-            },
+    except IntegrityError as exc:
+        raise DecisionRefused("this case already has a decision") from exc
+
+
+def _case_escalate(*, case: Case, made: Decision) -> _Decided:
+    """Hand the case on to a senior moderator, ahead of the queue."""
+    case.needs_senior = True
+    Case.objects.filter(pk=case.pk).update(
+        # An appeal handed on stays an appeal (and where the lease sweep would put it back).
+        state=_waiting_state(case),
+        needs_senior=True,
+        priority=F("priority") + 5,
+        lease_owner=None,
+        lease_expires_at=None,
+        updated_at=timezone.now(),
+    )
+    return _Decided(made, case, "case.escalated", {"decision_id": made.pk, "note": made.note})
+
+
+def _case_settle(*, case: Case, made: Decision) -> _Decided:
+    """The case is decided: monitors, the golden set, QA sampling and the platform's callback follow."""
+    Case.objects.filter(pk=case.pk).update(
+        state=Case.State.DECIDED, lease_owner=None, lease_expires_at=None, updated_at=timezone.now()
+    )
+    # A QA sample of an auto-clear: the tier's live miss rate may now say it must stop clearing.
+    if case.cleared_by:
+        transaction.on_commit(
+            partial(
+                tasks.autoclear_monitor_enqueue,
+                policy_version_id=case.policy_version_id,
+                tier=case.cleared_by,
+            )
         )
+    # A QA review only measures agreement: the platform and the golden set already have the outcome.
+    if case.qa_of_id is None:
+        _golden_candidate_from_decision(case, made)
+        _qa_review_maybe_open(case, made)
+        if case.item.source.callback_url:
+            transaction.on_commit(partial(tasks.callback_enqueue, decision_id=made.pk))
+    return _Decided(
+        made,
+        case,
+        "case.decided",
+        {
+            "decision_id": made.pk,
+            "action": made.action,
+            "final_label": made.final_label,
+            "rule_ids": made.rule_ids,
+            "model_verdict": made.model_verdict,
+            "agrees_with_reviewed": made.agrees_with_reviewed,
+        },
+    )
 
 
 def item_decide(*, moderator: User, decisions: Sequence[tuple[Case, DecisionIn]]) -> list[Decision]:

@@ -7,21 +7,16 @@ from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.http import (
-    HttpRequest,
     HttpResponse,
     HttpResponseBadRequest,
     HttpResponseBase,
-    HttpResponseRedirect,
 )
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.http import HttpResponseClientRedirect
-from django_htmx.middleware import HtmxDetails
 
 from audit import exports, tokens
 from audit import selectors as audit_selectors
@@ -38,14 +33,7 @@ from reviews.autoclear_status import funnel_calibrations_for_policies, suspensio
 from reviews.forms import DecisionForm, ItemDecisionForm, QueueFilterForm
 from reviews.models import Decision
 from reviews.services import DecisionIn, DecisionRefused, LeaseLost
-
-
-class AuthedRequest(HttpRequest):
-    """What @login_required guarantees, with django-htmx's details."""
-
-    user: User
-    htmx: HtmxDetails
-
+from reviews.web import AuthedRequest, partial_wanted, redirect_to, render_page
 
 SKIPPED_SESSION_KEY = "skipped_case_ids"
 SKIPPED_KEPT = 200
@@ -56,34 +44,6 @@ POLICY_FILTER_SESSION_KEY = "queue_policy_id"
 def _reviewer_required(request: AuthedRequest) -> None:
     if not selectors.user_is_reviewer(request.user):
         raise PermissionDenied("Only moderators review cases.")
-
-
-def _partial_wanted(request: AuthedRequest) -> bool:
-    """An htmx swap gets the fragment; a reload, a plain form post or a history restore the whole page."""
-    return bool(request.htmx) and not request.htmx.history_restore_request
-
-
-def _page(
-    request: AuthedRequest, template: str, context: dict[str, Any], *, status: int = 200
-) -> HttpResponse:
-    """A full page: the navigation shows only what this user may open."""
-    user = request.user
-    nav = {
-        "queue": selectors.user_is_reviewer(user),
-        "metrics": metrics.policies_for_metrics(user) is not None,
-        "callbacks": selectors.user_is_admin(user),
-        "policies": policy_selectors.user_is_policy_editor(user),
-        "audit": exports.user_may_export(user),
-    }
-    response = render(request, template, {**context, "nav": nav}, status=status)
-    patch_vary_headers(response, ("HX-Request",))
-    return response
-
-
-def _redirect(request: AuthedRequest, url: str) -> HttpResponse:
-    if request.htmx:
-        return HttpResponseClientRedirect(url)
-    return HttpResponseRedirect(url)
 
 
 @require_GET
@@ -113,14 +73,14 @@ def queue(request: AuthedRequest) -> HttpResponse:
         "counts": selectors.queue_counts(user),
         "query": _query_without_cursor(request),
     }
-    if _partial_wanted(request):
+    if partial_wanted(request):
         # The table, and the counters out of band so they agree with it.
         table = render(request, "reviews/queue.html#queue-table", context)
         counts = render(request, "reviews/queue.html#queue-counts", {**context, "oob": True})
         table.content += counts.content
         patch_vary_headers(table, ("HX-Request",))
         return table
-    return _page(request, "reviews/queue.html", context)
+    return render_page(request, "reviews/queue.html", context)
 
 
 def _query_without_cursor(request: AuthedRequest) -> str:
@@ -153,8 +113,8 @@ def _claim_next_and_go(request: AuthedRequest) -> HttpResponse:
         messages.info(request, message)
         request.session[SKIPPED_SESSION_KEY] = []
         query = f"?{urlencode({'policy': policy_id})}" if policy_id is not None else ""
-        return _redirect(request, reverse("reviews:queue") + query)
-    return _redirect(request, reverse("reviews:case_detail", args=[case.pk]))
+        return redirect_to(request, reverse("reviews:queue") + query)
+    return redirect_to(request, reverse("reviews:case_detail", args=[case.pk]))
 
 
 @require_POST
@@ -204,11 +164,12 @@ def _item_page(
         "metadata": metadata_rows(first.item.metadata),
         "any_violates": any(c.verdict == Verdict.VIOLATES for c in cases),
         "content_collapse_chars": CONTENT_COLLAPSE_CHARS,
+        "lease_renew_seconds": LEASE_RENEW_SECONDS,
         "lost": lost,
     }
-    if _partial_wanted(request) and status != 200:
+    if partial_wanted(request) and status != 200:
         return render(request, "reviews/item_review.html#item-form", context, status=status)
-    return _page(request, "reviews/item_review.html", context, status=status)
+    return render_page(request, "reviews/item_review.html", context, status=status)
 
 
 def _case_page(
@@ -229,12 +190,18 @@ def _case_page(
         "metadata": metadata_rows(case.item.metadata),
         "content_blurred": latest is not None and latest.verdict == Verdict.VIOLATES,
         "content_collapse_chars": CONTENT_COLLAPSE_CHARS,
+        "final_text_chars": FINAL_TEXT_CHARS,
+        "lease_renew_seconds": LEASE_RENEW_SECONDS,
     }
-    return _page(request, "reviews/case_detail.html", context, status=status)
+    return render_page(request, "reviews/case_detail.html", context, status=status)
 
 
 # Longer texts start collapsed on the review screens (a click shows all).
 CONTENT_COLLAPSE_CHARS = 1500
+# The engine's final answer as sent, shortened under its reasoning.
+FINAL_TEXT_CHARS = 400
+# The review screens renew the moderator's lease well before it runs out (services.LEASE_MINUTES).
+LEASE_RENEW_SECONDS = 240
 
 
 def metadata_rows(metadata: object) -> list[tuple[str, str]]:
@@ -265,7 +232,7 @@ def _decision_form_invalid(
     A moderator who lost the case is offered the next one instead of a form they can no longer use.
     """
     lost = not selectors.cases_claimed_by(request.user).filter(pk=case.pk).exists()
-    if _partial_wanted(request):
+    if partial_wanted(request):
         return render(
             request,
             "reviews/case_detail.html#decision-form",
@@ -422,7 +389,7 @@ def metrics_page(request: AuthedRequest) -> HttpResponse:
         "suspensions": suspensions_open_for_policies(policies),
         "engine_configured": bool(EngineConfig.from_settings().base_url),
     }
-    return _page(request, "reviews/metrics.html", context)
+    return render_page(request, "reviews/metrics.html", context)
 
 
 @require_GET
@@ -430,7 +397,7 @@ def metrics_page(request: AuthedRequest) -> HttpResponse:
 def callbacks_page(request: AuthedRequest) -> HttpResponse:
     if not selectors.user_is_admin(request.user):
         raise PermissionDenied("Only admins see callback deliveries.")
-    return _page(request, "reviews/callbacks.html", {"rows": selectors.callbacks_recent()})
+    return render_page(request, "reviews/callbacks.html", {"rows": selectors.callbacks_recent()})
 
 
 def _auditor_required(request: AuthedRequest) -> None:
@@ -454,7 +421,7 @@ def _audit_page(
         "new_token": new_token,
         "may_export_reasoning": exports.user_may_export_reasoning(user),
     }
-    return _page(request, "reviews/audit.html", context, status=status)
+    return render_page(request, "reviews/audit.html", context, status=status)
 
 
 @require_GET
@@ -471,7 +438,7 @@ def audit_log(request: AuthedRequest) -> HttpResponse:
     form = AuditLogFilterForm(request.GET)
     if not form.is_valid():
         context = {"form": form, "rows": [], "check": None, "older_query": ""}
-        return _page(request, "reviews/audit_log.html", context, status=400)
+        return render_page(request, "reviews/audit_log.html", context, status=400)
     filters = form.filters()
     events, older_than = audit_selectors.audit_events_page(filters, before_seq=form.cleaned_data["before"])
     older_query = ""
@@ -485,7 +452,7 @@ def audit_log(request: AuthedRequest) -> HttpResponse:
         "filtered": any(vars(filters).values()),
         "older_query": older_query,
     }
-    return _page(request, "reviews/audit_log.html", context)
+    return render_page(request, "reviews/audit_log.html", context)
 
 
 @require_GET

@@ -18,7 +18,7 @@ from inference_worker.models import EngineSettings
 from inference_worker.runner import EngineConfig
 from reviews import selectors
 from reviews.forms_engine import EngineCheckForm, EngineSettingsForm
-from reviews.views import AuthedRequest, _page, _partial_wanted, _redirect
+from reviews.web import AuthedRequest, partial_wanted, redirect_to, render_page
 
 TEMPLATE = "inference_worker/engine_settings.html"
 
@@ -70,10 +70,10 @@ def engine_settings_page(request: AuthedRequest) -> HttpResponse:
     values = engine_settings.engine_values(row)
     if request.method == "GET":
         form = EngineSettingsForm(initial=_initial(row, values), values=values)
-        return _page(request, TEMPLATE, _context(form, EngineCheckForm(), values))
+        return render_page(request, TEMPLATE, _context(form, EngineCheckForm(), values))
     form = EngineSettingsForm(request.POST, initial=_initial(row, values), values=values)
     if not form.is_valid():
-        return _page(request, TEMPLATE, _context(form, EngineCheckForm(), values), status=400)
+        return render_page(request, TEMPLATE, _context(form, EngineCheckForm(), values), status=400)
     changes = engine_settings.engine_settings_update(
         actor=request.user,
         values=form.changes_requested(),
@@ -82,7 +82,7 @@ def engine_settings_page(request: AuthedRequest) -> HttpResponse:
     )
     labels = [engine_settings.FIELDS_BY_NAME[name].label for name in changes]
     messages.success(request, f"Saved: {', '.join(labels)}." if changes else "Nothing changed.")
-    return _redirect(request, reverse("reviews:engine_settings"))
+    return redirect_to(request, reverse("reviews:engine_settings"))
 
 
 @require_POST
@@ -104,6 +104,6 @@ def engine_settings_check(request: AuthedRequest) -> HttpResponse:
     values = engine_settings.engine_values(row)
     settings_form = EngineSettingsForm(initial=_initial(row, values), values=values)
     context = _context(settings_form, check_form, values, check)
-    if _partial_wanted(request):
+    if partial_wanted(request):
         return render(request, f"{TEMPLATE}#engine-check", context, status=status)
-    return _page(request, TEMPLATE, context, status=status)
+    return render_page(request, TEMPLATE, context, status=status)
