@@ -14,6 +14,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from audit import services as audit
+from config import publish
 from inference_worker import autoclear, embeddings, funnel, verdicts
 from inference_worker.claims import CaseWork
 from inference_worker.engine import EngineReply
@@ -274,8 +275,6 @@ def _outcome_update(
 
 def triage_outcomes_save(outcomes: list[CaseOutcome], config: EngineConfig) -> None:
     """Everything one batch of engine answers changes, in one transaction and a constant number of queries."""
-    from inference_worker import tasks
-
     now = timezone.now()
     engine = config.transport
     judged = {o.work.policy_version_id: o.work.policy for o in outcomes if o.verdict is not None}
@@ -323,7 +322,7 @@ def triage_outcomes_save(outcomes: list[CaseOutcome], config: EngineConfig) -> N
             if not_before is not None:
                 retries[math.ceil((not_before - now).total_seconds())].append(case_id)
         for countdown, case_ids in retries.items():
-            transaction.on_commit(partial(tasks.triage_enqueue, case_ids=case_ids, countdown=countdown))
+            transaction.on_commit(partial(publish.triage_enqueue, case_ids=case_ids, countdown=countdown))
 
 
 def cases_route_without_engine(*, case_ids: list[int] | None) -> int:

@@ -23,6 +23,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit import services as audit
+from config import publish
 from inference_worker import embeddings, funnel, verdicts
 from inference_worker.breaker import CircuitBreaker
 from inference_worker.claims import CaseWork, cases_claim, cases_claim_for_triage, cases_hold
@@ -297,13 +298,11 @@ def _cases_hold(case_ids: list[int], breaker: CircuitBreaker, config: EngineConf
     and one that has already waited give_up_after goes to humans. With the breaker closed (the pump's
     time ran out) they are simply re-enqueued.
     """
-    from inference_worker import tasks
-
     if not case_ids:
         return 0
     delay = breaker.seconds_until_retry()
     if delay <= 0:
-        tasks.triage_enqueue(case_ids=case_ids)
+        publish.triage_enqueue(case_ids=case_ids)
         return 0
     given_up = cases_claim(
         case_ids=case_ids, limit=len(case_ids), config=config, engine_failing=True, give_up_only=True
@@ -332,5 +331,5 @@ def _cases_hold(case_ids: list[int], breaker: CircuitBreaker, config: EngineConf
         for pk, not_before in held.items():
             wake_ups[max(0, math.ceil((not_before - now).total_seconds()))].append(pk)
         for countdown, pks in wake_ups.items():
-            transaction.on_commit(partial(tasks.triage_enqueue, case_ids=sorted(pks), countdown=countdown))
+            transaction.on_commit(partial(publish.triage_enqueue, case_ids=sorted(pks), countdown=countdown))
     return len(given_up)

@@ -10,13 +10,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit import services as audit
+from config import publish
 from moderation.models import Case
 
 
 def cases_triage_sweep(*, stuck_after_seconds: int | None = None) -> list[int]:
     """Re-enqueue what a lost message or a dead worker left behind. Returns the case ids re-enqueued."""
-    from inference_worker import tasks
-
     stuck_after = (
         stuck_after_seconds if stuck_after_seconds is not None else settings.TRIAGE_STUCK_AFTER_SECONDS
     )
@@ -47,5 +46,5 @@ def cases_triage_sweep(*, stuck_after_seconds: int | None = None) -> list[int]:
                 objects=[(Case(pk=pk), {"worker_lost": pk in set(revived)}) for pk in case_ids],
             )
             for start in range(0, len(case_ids), 500):
-                transaction.on_commit(partial(tasks.triage_enqueue, case_ids=case_ids[start : start + 500]))
+                transaction.on_commit(partial(publish.triage_enqueue, case_ids=case_ids[start : start + 500]))
     return case_ids

@@ -4,8 +4,8 @@ import logging
 
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
-from kombu.exceptions import OperationalError as BrokerError
 
+from config import publish
 from inference_worker import services, sweep
 
 logger = logging.getLogger(__name__)
@@ -17,7 +17,7 @@ TRIAGE_TIME_LIMIT = 960
 
 
 @shared_task(
-    name="inference_worker.triage_cases",
+    name=publish.TRIAGE_CASES,
     acks_late=True,
     autoretry_for=(OperationalError, InterfaceError),
     retry_backoff=True,
@@ -33,11 +33,3 @@ def triage_cases(*, case_ids: list[int], **_: object) -> None:
 @shared_task(name="inference_worker.triage_sweep", acks_late=True, soft_time_limit=120, time_limit=180)
 def triage_sweep(**_: object) -> None:
     sweep.cases_triage_sweep()
-
-
-def triage_enqueue(*, case_ids: list[int], countdown: float = 0) -> None:
-    """Publish a wake-up for these cases. Never raises: if the broker is away, the sweep finds them."""
-    try:
-        triage_cases.apply_async(kwargs={"case_ids": case_ids}, countdown=countdown)
-    except BrokerError:
-        logger.warning("broker unavailable; %d cases wait for the triage sweep", len(case_ids))

@@ -13,6 +13,7 @@ from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from audit import services as audit
+from config import publish
 from moderation import callback_urls
 from moderation.injection import injection_signals
 from moderation.models import Case, ContentItem, Source
@@ -146,8 +147,6 @@ def items_ingest(
     whole batch: the insert of new items, their cases, the lookup of items another request stored first,
     the cases of re-sent items, and the audit events.
     """
-    from inference_worker import tasks
-
     known = dict(stored) if stored is not None else items_stored(source, [i.external_id for i in items])
     with transaction.atomic():
         created_ids = _items_insert_new(source, [i for i in items if i.external_id not in known])
@@ -186,7 +185,7 @@ def items_ingest(
             )
         if case_rows:
             transaction.on_commit(
-                partial(tasks.triage_enqueue, case_ids=[case_id for case_id, _ in case_rows])
+                partial(publish.triage_enqueue, case_ids=[case_id for case_id, _ in case_rows])
             )
 
     result = []

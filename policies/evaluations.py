@@ -28,6 +28,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from audit import services as audit
+from config import publish
 from inference_worker import verdicts
 from inference_worker.engine import EngineRequest, Transport
 from inference_worker.runner import EngineConfig, engine_judge_retrying, engine_runner
@@ -118,8 +119,6 @@ def evaluation_run_create(
 
     With ``enqueue`` the Celery task is published after commit; the command line runs it in-process.
     """
-    from reviews import tasks
-
     config = config or EngineConfig.from_settings()
     if not config.base_url:
         raise EvaluationRefused(NO_ENGINE)
@@ -178,7 +177,7 @@ def evaluation_run_create(
             },
         )
         if enqueue:
-            transaction.on_commit(partial(tasks.evaluation_run_enqueue, run_id=run.pk))
+            transaction.on_commit(partial(publish.evaluation_run_enqueue, run_id=run.pk))
     return run
 
 

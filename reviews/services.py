@@ -14,7 +14,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from audit import services as audit
-from inference_worker import tasks as inference_tasks
+from config import publish
 from moderation.models import Case, Source
 from moderation.routing import qa_sampled
 from policies import golden
@@ -472,5 +472,5 @@ def appeal_open(*, case: Case, reason: str, actor: object) -> tuple[Case, bool]:
             obj=appeal,
             payload={"appeal_of": case.pk, "reason": reason},
         )
-        transaction.on_commit(partial(inference_tasks.triage_enqueue, case_ids=[appeal.pk]))
+        transaction.on_commit(partial(publish.triage_enqueue, case_ids=[appeal.pk]))
     return appeal, True

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerError
 
+from config import publish
 from policies import evaluations
 from reviews import callbacks, qa, services
 
@@ -56,7 +57,7 @@ def callback_enqueue(*, decision_id: int) -> None:
 
 
 @shared_task(
-    name="reviews.evaluation_run",
+    name=publish.EVALUATION_RUN,
     acks_late=True,
     autoretry_for=(OperationalError, InterfaceError),
     retry_backoff=True,
@@ -71,15 +72,7 @@ def evaluation_run(*, run_id: int, **_: object) -> None:
 @shared_task(name="reviews.evaluation_runs_sweep", acks_late=True, soft_time_limit=60, time_limit=90)
 def evaluation_runs_sweep(**_: object) -> None:
     for run_id in evaluations.evaluation_runs_stuck():
-        evaluation_run_enqueue(run_id=run_id)
-
-
-def evaluation_run_enqueue(*, run_id: int) -> None:
-    """Publish the run. Never raises: if the broker is away, reviews.evaluation_runs_sweep sends it later."""
-    try:
-        evaluation_run.delay(run_id=run_id)
-    except BrokerError:
-        logger.warning("broker unavailable; evaluation run %s stays queued", run_id)
+        publish.evaluation_run_enqueue(run_id=run_id)
 
 
 @shared_task(
