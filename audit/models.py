@@ -17,8 +17,8 @@ from audit import keys
 class AuditEvent(models.Model):
     """Append-only record of everything that happened. PostgreSQL refuses UPDATE and DELETE.
 
-    A hash chain (reviews/chain.py): `hash` covers this event's content and `prev_hash`, the hash of
-    the event with the previous `seq`. Write through reviews/audit.py only: it takes the chain's lock.
+    A hash chain (audit/chain.py): `hash` covers this event's content and `prev_hash`, the hash of
+    the event with the previous `seq`. Write through audit/services.py only: it takes the chain's lock.
     """
 
     # Audit events name it as they did before it moved here (one history per object).
@@ -29,7 +29,7 @@ class AuditEvent(models.Model):
         SOURCE = "source"
         SYSTEM = "system"
 
-    # Position in the chain: 1, 2, 3... without gaps (appends are serialised, see reviews/audit.py).
+    # Position in the chain: 1, 2, 3... without gaps (appends are serialised, see audit/services.py).
     seq = models.BigIntegerField(unique=True)
     # Set in Python before hashing (not auto_now_add) so the stored value is the hashed value.
     created_at = models.DateTimeField(default=timezone.now, db_index=True)

@@ -1,6 +1,6 @@
 """Writing the audit log. Every write path in the product records its events through here.
 
-Events form a hash chain (reviews/chain.py). Appends are serialised by a transaction-scoped advisory
+Events form a hash chain (audit/chain.py). Appends are serialised by a transaction-scoped advisory
 lock taken inside the caller's transaction: the writer reads the chain's head under the lock, so the
 next writer waits until this transaction commits (or rolls back, leaving no gap) and then links to it.
 One lock, one head read and one INSERT per call, whatever the number of events.

@@ -1,14 +1,10 @@
 from __future__ import annotations
 
-import logging
-
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
 from config import publish
 from inference_worker import services, sweep
-
-logger = logging.getLogger(__name__)
 
 # A pump claims for PUMP_SECONDS, then drains what is in flight (each call bounded by the engine timeout,
 # twice with escalation); the limits sit above that so a healthy task is never killed.
