@@ -24,6 +24,7 @@ from django.forms.formsets import BaseFormSet
 from django.http import HttpRequest, HttpResponse
 
 from audit import services as audit
+from audit.models import ApiToken
 
 ModelT = TypeVar("ModelT", bound=models.Model)
 
@@ -199,3 +200,18 @@ class AuditedGroupAdmin(AuditedModelAdmin[Group], GroupAdmin):
     """Role groups: a change to their permissions changes what every member may do."""
 
     audit_name = "group"
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(AuditedModelAdmin[ApiToken]):
+    """Tokens are made by their owner on the audit page; here an admin can only see and revoke them."""
+
+    audit_name = "api_token"
+
+    list_display = ("name", "user", "key_id", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("revoked_at",)
+    fields = ("name", "user", "key_id", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = ("name", "user", "key_id", "created_at", "last_used_at")
+
+    def has_add_permission(self, request: object) -> bool:
+        return False

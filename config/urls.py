@@ -29,5 +29,6 @@ urlpatterns = [
         name="login",
     ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("", include("audit.urls")),
     path("", include("reviews.urls")),
 ]

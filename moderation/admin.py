@@ -7,7 +7,6 @@ from django.db import models
 from audit.admin import AuditedModelAdmin
 from moderation import callback_urls
 from moderation.models import Source
-from policies.models import Policy, PolicyVersion
 
 
 class SourceAdminForm(forms.ModelForm[Source]):
@@ -31,32 +30,3 @@ class SourceAdmin(AuditedModelAdmin[Source]):
     exclude = ("api_key_hash", "hmac_secret")
     filter_horizontal = ("policies",)
     formfield_overrides = {models.URLField: {"form_class": forms.URLField, "assume_scheme": "https"}}
-
-
-class PolicyVersionInline(admin.TabularInline[PolicyVersion, Policy]):
-    model = PolicyVersion
-    fields = ("number", "status", "token_count", "rule_ids", "created_at")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request: object, obj: object = None) -> bool:
-        return False
-
-
-@admin.register(Policy)
-class PolicyAdmin(admin.ModelAdmin[Policy]):
-    """Shown only: policies are created and their settings changed on the policy team's pages, which validate
-    and audit every change (/policies/new, /policies/<slug>/settings)."""
-
-    list_display = ("name", "slug", "auto_action_violations", "auto_clear_min_confidence", "qa_sample_rate")
-    inlines = (PolicyVersionInline,)
-
-    def has_add_permission(self, request: object) -> bool:
-        return False
-
-    def has_change_permission(self, request: object, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: object, obj: object = None) -> bool:
-        return False

@@ -64,11 +64,6 @@ urlpatterns = [
         "runs/<int:run_id>/progress", views_policies.evaluation_run_progress, name="evaluation_run_progress"
     ),
     path("runs/<int:run_id>/cancel", views_policies.evaluation_run_cancel, name="evaluation_run_cancel"),
-    path("audit/", views.audit_page, name="audit"),
-    path("audit/log/", views.audit_log, name="audit_log"),
-    path("audit/export", views.audit_export, name="audit_export"),
-    path("audit/tokens", views.api_token_create, name="api_token_create"),
-    path("audit/tokens/<int:token_id>/revoke", views.api_token_revoke, name="api_token_revoke"),
     path("settings/engine", views_engine.engine_settings_page, name="engine_settings"),
     path("settings/engine/test", views_engine.engine_settings_check, name="engine_settings_check"),
 ]

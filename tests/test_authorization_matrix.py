@@ -107,23 +107,23 @@ ADMIN_MODELS = (
     "auth_group",
     "auth_user",
     "moderation_source",
-    "moderation_policy",
+    "policies_policy",
     "reviews_queuegrant",
-    "reviews_goldenexample",
+    "policies_goldenexample",
     "reviews_callbackdelivery",
-    "reviews_statementofreasonsmapping",
-    "reviews_apitoken",
+    "policies_statementofreasonsmapping",
+    "audit_apitoken",
 )
 ADMIN_MODEL_ROUTES = {
     "auth_group": "admin/auth/group/<path:object_id>/",
     "auth_user": "admin/auth/user/<path:object_id>/",
     "moderation_source": "admin/moderation/source/<path:object_id>/",
-    "moderation_policy": "admin/moderation/policy/<path:object_id>/",
+    "policies_policy": "admin/policies/policy/<path:object_id>/",
     "reviews_queuegrant": "admin/reviews/queuegrant/<path:object_id>/",
-    "reviews_goldenexample": "admin/reviews/goldenexample/<path:object_id>/",
+    "policies_goldenexample": "admin/policies/goldenexample/<path:object_id>/",
     "reviews_callbackdelivery": "admin/reviews/callbackdelivery/<path:object_id>/",
-    "reviews_statementofreasonsmapping": "admin/reviews/statementofreasonsmapping/<path:object_id>/",
-    "reviews_apitoken": "admin/reviews/apitoken/<path:object_id>/",
+    "policies_statementofreasonsmapping": "admin/policies/statementofreasonsmapping/<path:object_id>/",
+    "audit_apitoken": "admin/audit/apitoken/<path:object_id>/",
 }
 
 RULES: dict[str, Rule] = {
@@ -153,11 +153,11 @@ RULES: dict[str, Rule] = {
     "reviews:engine_settings": page("POST", frozenset({"admin"}), ok=302),
     "reviews:engine_settings_check": page("POST", frozenset({"admin"}), ok=400),
     # Auditors: the export page and their API tokens.
-    "reviews:audit": page("GET", AUDITORS),
-    "reviews:audit_log": page("GET", AUDITORS),
-    "reviews:audit_export": page("GET", AUDITORS, kind="events", format="csv"),  # streams the events as CSV
-    "reviews:api_token_create": page("POST", AUDITORS, name="matrix"),  # the page, showing the token once
-    "reviews:api_token_revoke": page("POST", AUDITORS, ok=302),  # back to the audit page
+    "audit:audit": page("GET", AUDITORS),
+    "audit:audit_log": page("GET", AUDITORS),
+    "audit:audit_export": page("GET", AUDITORS, kind="events", format="csv"),  # streams the events as CSV
+    "audit:api_token_create": page("POST", AUDITORS, name="matrix"),  # the page, showing the token once
+    "audit:api_token_revoke": page("POST", AUDITORS, ok=302),  # back to the audit page
     # The policy team's pages (the URL's version is a draft; the golden example a candidate).
     "reviews:policies": page("GET", POLICY_EDITORS),
     "reviews:policy_detail": page("GET", POLICY_EDITORS),
@@ -216,12 +216,12 @@ RULES: dict[str, Rule] = {
 RULES["admin:reviews_callbackdelivery_add"] = staff_only(ok=403)
 RULES["admin:reviews_callbackdelivery_delete"] = staff_only(ok=403)
 # Golden examples are curated (and audited) on the policy pages; the admin only shows them.
-RULES["admin:reviews_goldenexample_add"] = staff_only(ok=403)
+RULES["admin:policies_goldenexample_add"] = staff_only(ok=403)
 # Policies are created and changed on the policy team's pages (validated, audited); the admin only shows them.
-RULES["admin:moderation_policy_add"] = staff_only(ok=403)
-RULES["admin:moderation_policy_delete"] = staff_only(ok=403)
+RULES["admin:policies_policy_add"] = staff_only(ok=403)
+RULES["admin:policies_policy_delete"] = staff_only(ok=403)
 # API tokens are made (and shown once) by their owner on the audit page.
-RULES["admin:reviews_apitoken_add"] = staff_only(ok=403)
+RULES["admin:audit_apitoken_add"] = staff_only(ok=403)
 
 
 def urls() -> Iterator[tuple[str, str, list[str]]]:
@@ -287,7 +287,7 @@ class World:
             elif name == "number":
                 values[name] = str(self.objects["draft"].number)
             elif name == "example_id":
-                values[name] = str(self.objects["reviews_goldenexample"].pk)
+                values[name] = str(self.objects["policies_goldenexample"].pk)
             elif name == "action":
                 values[name] = "accept"
             elif name == "run_id":
@@ -295,7 +295,7 @@ class World:
             elif name == "suspension_id":
                 values[name] = str(self.objects["suspension"].pk)
             elif name == "token_id":
-                values[name] = str(self.objects["reviews_apitoken"].pk)
+                values[name] = str(self.objects["audit_apitoken"].pk)
             elif name == "url":
                 values[name] = "no/such/page/"
             else:
@@ -304,7 +304,7 @@ class World:
 
     def admin_object(self, key: str) -> Any:
         if key == "admin:view_on_site":
-            return self.objects["moderation_policy"]
+            return self.objects["policies_policy"]
         [model] = [m for m in ADMIN_MODELS if key.startswith(f"admin:{m}_") or ADMIN_MODEL_ROUTES[m] == key]
         return self.objects[model]
 
@@ -355,15 +355,15 @@ def world(policy: Policy) -> World:
         "auth_group": users["moderator"].groups.get(),
         "auth_user": users["moderator"],
         "moderation_source": source.source,
-        "moderation_policy": policy,
+        "policies_policy": policy,
         "reviews_queuegrant": QueueGrant.objects.filter(user=users["moderator"]).get(),
-        "reviews_goldenexample": GoldenExample.objects.create(
+        "policies_goldenexample": GoldenExample.objects.create(
             policy=policy, text="buy now", text_hash="0" * 64, expected_label="violates", origin="import"
         ),
     }
-    objects["reviews_apitoken"], objects["auditor_token"] = api_token_create(user=users["auditor"], name="ci")
+    objects["audit_apitoken"], objects["auditor_token"] = api_token_create(user=users["auditor"], name="ci")
     _, objects["moderator_token"] = api_token_create(user=users["moderator"], name="not an auditor")
-    objects["reviews_statementofreasonsmapping"] = StatementOfReasonsMapping.objects.create(policy=policy)
+    objects["policies_statementofreasonsmapping"] = StatementOfReasonsMapping.objects.create(policy=policy)
     objects["draft"] = policy_draft_create(policy=policy, author=users["policy_editor"])
     objects["suspension"] = AutoClearSuspension.objects.create(
         policy_version=case.policy_version,
