@@ -16,6 +16,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import HTMX_STOP_POLLING
 
 from inference_worker import autoclear, engine_settings
+from inference_worker.runner import EngineConfig
 from moderation.models import AutoClearSuspension
 from policies import evaluations, golden, services
 from policies import selectors as policy_selectors
@@ -503,6 +504,7 @@ def evaluation_run_new(request: AuthedRequest, slug: str) -> HttpResponse:
         run = evaluations.evaluation_run_create(
             version=form.cleaned_data["version"],
             actor=request.user,
+            config=EngineConfig.from_settings(),
             model=form.cleaned_data["model"].strip(),
             effort=form.cleaned_data["effort"],
         )

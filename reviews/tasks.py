@@ -9,6 +9,7 @@ from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerError
 
 from config import publish
+from inference_worker import evaluation_runs
 from policies import evaluations
 from reviews import callbacks, qa, services
 
@@ -66,7 +67,7 @@ def callback_enqueue(*, decision_id: int) -> None:
     time_limit=6 * 3600 + 60,
 )
 def evaluation_run(*, run_id: int, **_: object) -> None:
-    evaluations.evaluation_run_execute(run_id=run_id)
+    evaluation_runs.evaluation_run_execute(run_id=run_id)
 
 
 @shared_task(name="reviews.evaluation_runs_sweep", acks_late=True, soft_time_limit=60, time_limit=90)

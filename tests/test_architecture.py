@@ -25,13 +25,6 @@ SHARED_INTERFACE = {
     "audit.admin": "the audited admin base every app's admin extends",
     "reviews.web": "the site shell: a page with the navigation every page shows",
 }
-# Still owed by issue 15: an evaluation run's execution, on the engine harness, lives in
-# policies/evaluations.py. The test fails when one of these goes, so the list only shrinks.
-OWED = {
-    ("policies.evaluations", "inference_worker.engine"),
-    ("policies.evaluations", "inference_worker.runner"),
-    ("policies.evaluations", "inference_worker.verdicts"),
-}
 
 
 @dataclass(frozen=True)
@@ -107,8 +100,6 @@ def test_it_finds_the_imports_it_checks() -> None:
 def test_it_keeps_domain_imports_pointing_down() -> None:
     wrong = []
     for i in ALL_IMPORTS:
-        if (i.module, i.target) in OWED:
-            continue
         source, target = app_of(i.module), app_of(i.target)
         if source == target or PROJECT in (source, target) or is_interface(i.module) or i.target in LIBRARIES:
             continue
@@ -128,15 +119,9 @@ def test_it_keeps_each_apps_interface_to_itself() -> None:
         and PROJECT not in (app_of(i.module), app_of(i.target))
         and i.target not in SHARED_INTERFACE
         and i.module not in SHARED_INTERFACE  # the shell asks every app what this user may open
-        and (i.module, i.target) not in OWED
         and not i.module.endswith(".urls")  # a URL conf assembles the views of several apps
     ]
     assert wrong == []
-
-
-def test_it_still_owes_only_what_it_lists() -> None:
-    found = {(i.module, i.target) for i in ALL_IMPORTS}
-    assert found >= OWED, f"paid off, take them out of OWED: {sorted(OWED - found)}"
 
 
 def test_it_has_no_import_hidden_in_a_function() -> None:

@@ -13,6 +13,7 @@ from playwright.sync_api import expect
 
 from accounts.roles import Role
 from audit.models import AuditEvent
+from inference_worker import evaluation_runs
 from inference_worker.testing.engine_simulator import EngineSimulator
 from inference_worker.testing.fixtures import engine_config_for
 from policies import evaluations
@@ -30,7 +31,7 @@ def run_in_a_worker_thread(run_id: int) -> threading.Thread:
 
     def work() -> None:
         try:
-            evaluations.evaluation_run_execute(run_id=run_id)
+            evaluation_runs.evaluation_run_execute(run_id=run_id)
         finally:
             connection.close()
 
@@ -52,7 +53,9 @@ def test_a_policy_editor_edits_evaluates_compares_and_activates(
         baseline = evaluations.evaluation_run_create(
             version=active_version, actor=None, config=engine_config_for(simulator.base_url), enqueue=False
         )
-        evaluations.evaluation_run_execute(run_id=baseline.pk, config=engine_config_for(simulator.base_url))
+        evaluation_runs.evaluation_run_execute(
+            run_id=baseline.pk, config=engine_config_for(simulator.base_url)
+        )
         simulator.reset_stats()
 
         page = tab.page

@@ -17,6 +17,7 @@ from django.db import connection
 from django.utils import timezone
 
 from audit.models import AuditEvent
+from inference_worker import evaluation_runs
 from inference_worker.runner import EngineConfig
 from inference_worker.testing.engine_simulator import EngineSimulator
 from inference_worker.testing.fixtures import engine_config_for
@@ -27,7 +28,7 @@ from tests.reviews.evaluation_helpers import golden_accepted, golden_set_small
 
 def run_now(version: PolicyVersion, config: EngineConfig) -> EvaluationRun:
     run = evaluations.evaluation_run_create(version=version, actor=None, config=config, enqueue=False)
-    evaluations.evaluation_run_execute(run_id=run.pk, config=config)
+    evaluation_runs.evaluation_run_execute(run_id=run.pk, config=config)
     run.refresh_from_db()
     return run
 
@@ -72,7 +73,7 @@ def test_the_run_keeps_its_snapshot_when_the_golden_set_changes_later(
         example=examples[0], actor=admin, text="now a different text", expected_label="safe", rule_ids=[]
     )
     golden.golden_example_reject(example=examples[1], actor=admin)
-    evaluations.evaluation_run_execute(run_id=run.pk, config=engine_config)
+    evaluation_runs.evaluation_run_execute(run_id=run.pk, config=engine_config)
     texts = list(run.results.order_by("position").values_list("text", "expected_label"))
     assert texts[0] == ("buy zorblax now, cheap", "violates")
     assert len(texts) == 4
@@ -130,11 +131,11 @@ def test_a_redelivered_task_resumes_only_the_pending_items_and_a_finished_run_is
         status=EvaluationRun.Status.RUNNING,
         heartbeat_at=timezone.now() - timedelta(seconds=evaluations.STALE_AFTER_SECONDS + 5),
     )
-    evaluations.evaluation_run_execute(run_id=run.pk, config=engine_config)
+    evaluation_runs.evaluation_run_execute(run_id=run.pk, config=engine_config)
     run.refresh_from_db()
     assert run.status == EvaluationRun.Status.FINISHED and run.done == 4
     assert engine_simulator.stats.requests_total == 2
-    assert evaluations.evaluation_run_execute(run_id=run.pk, config=engine_config) is None
+    assert evaluation_runs.evaluation_run_execute(run_id=run.pk, config=engine_config) is None
     assert engine_simulator.stats.requests_total == 2
 
 
@@ -151,7 +152,7 @@ def test_a_run_another_worker_is_running_is_not_run_twice(
     EvaluationRun.objects.filter(pk=run.pk).update(
         status=EvaluationRun.Status.RUNNING, heartbeat_at=timezone.now()
     )
-    assert evaluations.evaluation_run_execute(run_id=run.pk, config=engine_config) is None
+    assert evaluation_runs.evaluation_run_execute(run_id=run.pk, config=engine_config) is None
     assert engine_simulator.stats.requests_total == 0
 
 
@@ -254,7 +255,7 @@ def test_the_command_says_so_when_no_engine_is_configured(policy: Policy, settin
 
 
 def test_the_command_reads_the_xstest_schema(tmp_path: Path) -> None:
-    from reviews.management.commands.evaluate_policy import Command
+    from policies.management.commands.evaluate_policy import Command
 
     path = tmp_path / "x.jsonl"
     path.write_text(
@@ -305,7 +306,7 @@ def test_a_cancelled_queued_run_is_never_judged(
     evaluations.evaluation_run_cancel(run=run, actor=policy_editor)
     assert run.status == EvaluationRun.Status.CANCELLED and run.cancelled_by == policy_editor
     assert run.finished_at is not None
-    assert evaluations.evaluation_run_execute(run_id=run.pk, config=engine_config) is None
+    assert evaluation_runs.evaluation_run_execute(run_id=run.pk, config=engine_config) is None
     assert engine_simulator.stats.requests_total == 0
     assert evaluations.evaluation_runs_stuck() == []
     with pytest.raises(evaluations.EvaluationRefused, match="already cancelled"):
@@ -342,7 +343,7 @@ def test_cancelling_a_running_run_stops_its_requests_and_keeps_what_was_judged(
 
     def work() -> None:
         try:
-            returned.append(evaluations.evaluation_run_execute(run_id=run.pk, config=config))
+            returned.append(evaluation_runs.evaluation_run_execute(run_id=run.pk, config=config))
         finally:
             connection.close()
 

@@ -11,6 +11,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from audit.models import AuditEvent
+from inference_worker import evaluation_runs
 from inference_worker.runner import EngineConfig
 from policies import evaluations
 from policies import services as policy_services
@@ -234,7 +235,7 @@ def test_the_progress_partial_polls_until_the_run_ends_then_answers_286_with_the
     polling = editor_client.get(f"/runs/{run.pk}/progress", headers={"HX-Request": "true"})
     assert polling.status_code == 200 and 'hx-trigger="every 1s"' in polling.content.decode()
     assert '<progress id="run-progress" max="5" value="0">' in polling.content.decode()
-    evaluations.evaluation_run_execute(run_id=run.pk, config=engine_config)
+    evaluation_runs.evaluation_run_execute(run_id=run.pk, config=engine_config)
     done = editor_client.get(f"/runs/{run.pk}/progress", headers={"HX-Request": "true"})
     body = done.content.decode()
     assert done.status_code == 286
@@ -302,7 +303,7 @@ def test_the_comparison_page_shows_deltas_and_flipped_items(
         run = evaluations.evaluation_run_create(
             version=active_version, actor=None, config=engine_config, enqueue=False
         )
-        evaluations.evaluation_run_execute(run_id=run.pk, config=engine_config)
+        evaluation_runs.evaluation_run_execute(run_id=run.pk, config=engine_config)
         runs.append(run)
     page = editor_client.get(f"/runs/compare?a={runs[0].pk}&b={runs[1].pk}").content.decode()
     assert '<tr class="delta-better"><th>Recall</th>' in page

@@ -8,6 +8,7 @@ from typing import Any
 from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from inference_worker import evaluation_runs
 from inference_worker.runner import EngineConfig
 from policies import evaluations, services
 from policies.evaluations import ExampleIn
@@ -77,7 +78,7 @@ class Command(BaseCommand):
         except evaluations.EvaluationRefused as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"run #{run.pk}: {version} over {run.total} examples ({run.dataset_label})")
-        evaluations.evaluation_run_execute(run_id=run.pk, config=config)
+        evaluation_runs.evaluation_run_execute(run_id=run.pk, config=config)
         run.refresh_from_db()
         self._print(run)
         if run.status != EvaluationRun.Status.FINISHED:
