@@ -128,16 +128,15 @@ def evaluation_run_create(
         raise EvaluationRefused(NO_ENGINE)
     if effort and effort not in EFFORTS:
         raise EvaluationRefused(f"unknown reasoning effort {effort!r}")
-    policy = version.policy
     from_golden_set = examples is None
-    snapshot = golden_set_snapshot(policy) if examples is None else list(examples)
+    snapshot = golden_set_snapshot(version.policy) if examples is None else list(examples)
     if not snapshot:
         raise EvaluationRefused(
             "the golden set has no accepted examples yet" if from_golden_set else "no examples to judge"
         )
     with transaction.atomic():
         run = EvaluationRun.objects.create(
-            policy=policy,
+            policy=version.policy,
             policy_version=version,
             dataset=EvaluationRun.Dataset.GOLDEN if from_golden_set else EvaluationRun.Dataset.FILE,
             dataset_label=dataset_label or ("golden set" if from_golden_set else "file"),
@@ -150,39 +149,48 @@ def evaluation_run_create(
             total=len(snapshot),
             created_by=actor if actor is not None and actor.pk else None,
         )
-        EvaluationResult.objects.bulk_create(
-            [
-                EvaluationResult(
-                    run=run,
-                    position=n,
-                    example_id=e.example_id,
-                    text=e.text,
-                    text_hash=text_hash(e.text),
-                    expected_label=e.expected_label,
-                    expected_rule_ids=list(e.rule_ids),
-                    category=e.category,
-                )
-                for n, e in enumerate(snapshot)
-            ],
-            batch_size=1000,
-        )
-        audit.record(
-            "evaluation.started",
-            actor=actor,
-            obj=run,
-            payload={
-                "policy": policy.slug,
-                "version": version.number,
-                "dataset": run.dataset_label,
-                "examples": run.total,
-                "model": run.model,
-                "effort": run.effort,
-                "transport": run.transport,
-            },
-        )
+        _run_items_create(run, snapshot)
+        _run_started_audit(run, actor)
         if enqueue:
             transaction.on_commit(partial(publish.evaluation_run_enqueue, run_id=run.pk))
     return run
+
+
+def _run_items_create(run: EvaluationRun, snapshot: Sequence[ExampleIn]) -> None:
+    """The run's frozen copy of every example, pending."""
+    EvaluationResult.objects.bulk_create(
+        [
+            EvaluationResult(
+                run=run,
+                position=n,
+                example_id=e.example_id,
+                text=e.text,
+                text_hash=text_hash(e.text),
+                expected_label=e.expected_label,
+                expected_rule_ids=list(e.rule_ids),
+                category=e.category,
+            )
+            for n, e in enumerate(snapshot)
+        ],
+        batch_size=1000,
+    )
+
+
+def _run_started_audit(run: EvaluationRun, actor: User | None) -> None:
+    audit.record(
+        "evaluation.started",
+        actor=actor,
+        obj=run,
+        payload={
+            "policy": run.policy.slug,
+            "version": run.policy_version.number,
+            "dataset": run.dataset_label,
+            "examples": run.total,
+            "model": run.model,
+            "effort": run.effort,
+            "transport": run.transport,
+        },
+    )
 
 
 def evaluation_runs_stuck() -> list[int]:
