@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import redis
+from django.contrib.auth.models import User
 from django.test import Client
 
 from moderation import services
@@ -86,3 +88,17 @@ def source_api_client(slug: str, policies: list[Policy], **kwargs: Any) -> ApiCl
 @pytest.fixture
 def source(policy: Policy) -> ApiClient:
     return source_api_client("acme", [policy])
+
+ClientFor = Callable[[User], Client]
+
+
+@pytest.fixture
+def client_for() -> ClientFor:
+    """client_for(user) -> a new test client logged in as `user` (force_login, itself a user.login event)."""
+
+    def log_in(user: User) -> Client:
+        client = Client()
+        client.force_login(user)
+        return client
+
+    return log_in
