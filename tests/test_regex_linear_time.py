@@ -22,6 +22,8 @@ from inference_worker.verdicts import verdict_parse
 from moderation.injection import injection_signals
 from moderation.policy_lint import policy_lint
 
+pytestmark = pytest.mark.slow  # no service, but 128 timings of 100,000-character texts
+
 SMALL, LARGE = 10_000, 100_000
 # Linear is ~10; a quadratic pattern gives ~100. Generous for a shared machine with warm caches at 10k.
 MAX_RATIO = 30
