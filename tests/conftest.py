@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import redis
+from django.contrib.auth.models import User
 from django.test import Client
 
 from moderation import services
@@ -34,15 +36,70 @@ Decide whether the content is spam. Answer with the JSON verdict described below
 """
 
 
-@pytest.fixture(autouse=True)
+# What makes a test need the services (PostgreSQL, Redis). Fixture closures are transitive, so a test asking
+# for `policy` or `moderator` uses `db` too. pytest-django's own autouse fixtures (django_db_blocker,
+# _live_server_helper) are in every test's closure and say nothing.
+SERVICE_FIXTURES = frozenset(
+    {
+        "db",
+        "transactional_db",
+        "django_db_reset_sequences",
+        "django_db_serialized_rollback",
+        "django_db_setup",
+        "live_server",
+        "redis_test_db",
+    }
+)
+SERVICE_MARKERS = ("django_db", "browser", "stack", "faults")
+
+
+def uses_services(item: pytest.Item) -> bool:
+    """The test touches PostgreSQL or Redis: a database, a live server, the browser or the real stack, or
+    Redis itself (a test that uses Redis without a database asks for `redis_test_db`)."""
+    return bool(SERVICE_FIXTURES & set(getattr(item, "fixturenames", ()))) or any(
+        item.get_closest_marker(name) for name in SERVICE_MARKERS
+    )
+
+
+# Loads torch and the embedding model (seconds): its tests need no service but stay out of `-m unit`.
+SLOW_FIXTURES = frozenset({"sentence_model"})
+
+
+def is_slow(item: pytest.Item) -> bool:
+    return bool(item.get_closest_marker("slow") or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects on the markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every quick test that uses no service is `unit`: `pytest -m unit` runs without PostgreSQL and Redis.
+
+    Decided from each test's fixtures and markers rather than a hand-kept list of modules, so a new pure test
+    is a unit test at once and a test that starts using the database leaves the subset by itself. A test that
+    reaches the database only through request.getfixturevalue() must ask for `db` itself to be seen here.
+    Pure but slow tests (timing ratios, child processes, the embedding model) are marked `slow` and left out.
+    """
+    for item in items:
+        if not uses_services(item) and not is_slow(item):
+            item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture
 def redis_test_db() -> redis.Redis:
-    """pyproject.toml points REDIS_URL and the broker at TEST_REDIS_DB; it is emptied before each test."""
+    """pyproject.toml points REDIS_URL and the broker at TEST_REDIS_DB; it is emptied before the test."""
     client = redis_client()
     assert client.connection_pool.connection_kwargs["db"] == TEST_REDIS_DB, (
         "tests never touch other Redis dbs"
     )
     client.flushdb()
     return client
+
+
+@pytest.fixture(autouse=True)
+def redis_emptied_for_service_tests(request: pytest.FixtureRequest) -> None:
+    """Redis starts empty for every test that uses the services (autouse: before the test's own fixtures);
+    unit tests never connect to it."""
+    if uses_services(request.node):
+        request.getfixturevalue("redis_test_db")
 
 
 @pytest.fixture
@@ -88,3 +145,18 @@ def source_api_client(slug: str, policies: list[Policy], **kwargs: Any) -> ApiCl
 @pytest.fixture
 def source(policy: Policy) -> ApiClient:
     return source_api_client("acme", [policy])
+
+
+ClientFor = Callable[[User], Client]
+
+
+@pytest.fixture
+def client_for() -> ClientFor:
+    """client_for(user) -> a new test client logged in as `user` (force_login, itself a user.login event)."""
+
+    def log_in(user: User) -> Client:
+        client = Client()
+        client.force_login(user)
+        return client
+
+    return log_in

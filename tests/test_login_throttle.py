@@ -37,7 +37,7 @@ def log_in(client: Client, username: str, password: str, *, path: str = "/login/
     return client.post(path, {"username": username, "password": password}, **extra)
 
 
-def logged_in(client: Client) -> bool:
+def is_logged_in(client: Client) -> bool:
     return "_auth_user_id" in client.session
 
 
@@ -49,7 +49,7 @@ def test_six_wrong_passwords_lock_the_account_and_the_right_one_is_refused(mona:
 
     page = log_in(client, "mona", PASSWORD)
     assert page.status_code == 200 and LOCKED in page.content.decode()
-    assert not logged_in(client)
+    assert not is_logged_in(client)
 
 
 def test_the_admin_login_is_throttled_too(db: None) -> None:
@@ -60,7 +60,7 @@ def test_the_admin_login_is_throttled_too(db: None) -> None:
     assert LOCKED in page.content.decode()
     page = log_in(client, "root", PASSWORD, path="/admin/login/?next=/admin/")
     assert page.status_code == 200 and LOCKED in page.content.decode()
-    assert not logged_in(client)
+    assert not is_logged_in(client)
 
 
 def test_attempts_on_both_pages_count_against_one_account(db: None) -> None:
@@ -95,7 +95,7 @@ def test_another_account_from_the_same_address_is_not_locked(mona: User) -> None
         log_in(client, "mona", "guess")
     other = Client()
     assert log_in(other, "otto", PASSWORD).status_code == 302
-    assert logged_in(other)
+    assert is_logged_in(other)
 
 
 def test_a_unknown_user_name_is_locked_like_a_real_one(db: None) -> None:
@@ -110,10 +110,10 @@ def test_the_lock_expires(mona: User, fast_hasher: Any) -> None:
     for _ in range(5):
         page = log_in(client, "mona", "guess")
     assert "try again in 1 minute." in page.content.decode()
-    assert not logged_in(client) and log_in(client, "mona", PASSWORD).status_code == 200
+    assert not is_logged_in(client) and log_in(client, "mona", PASSWORD).status_code == 200
     time.sleep(1.2)
     assert log_in(client, "mona", PASSWORD).status_code == 302
-    assert logged_in(client)
+    assert is_logged_in(client)
 
 
 def test_a_right_password_resets_the_account_count(mona: User) -> None:
@@ -132,7 +132,7 @@ def test_an_address_is_locked_after_many_failures_across_accounts(mona: User) ->
     for n in range(20):  # four failures each for five names: no account reaches its limit
         log_in(client, f"name{n % 5}", "guess", REMOTE_ADDR="198.51.100.9")
     page = log_in(client, "mona", PASSWORD, REMOTE_ADDR="198.51.100.9")
-    assert LOCKED in page.content.decode() and not logged_in(client)
+    assert LOCKED in page.content.decode() and not is_logged_in(client)
     [locked] = AuditEvent.objects.filter(action="user.login_locked")
     assert (locked.object_type, locked.object_id, locked.payload["scope"]) == (
         "client_address",

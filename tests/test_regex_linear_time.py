@@ -22,6 +22,8 @@ from policies.examples import policy_examples_parse
 from policies.lint import policy_lint
 from policies.rules import policy_rule_definitions, policy_rule_ids_parse
 
+pytestmark = pytest.mark.slow  # no service, but 128 timings of 100,000-character texts
+
 SMALL, LARGE = 10_000, 100_000
 # Linear is ~10; a quadratic pattern gives ~100. Generous for a shared machine with warm caches at 10k.
 MAX_RATIO = 30

@@ -121,6 +121,7 @@ def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # a manage.py child process
 def test_check_deploy_is_clean_with_the_documented_production_settings() -> None:
     result = manage("check", "--deploy", "--fail-level", "WARNING", env=PRODUCTION_ENV)
 
@@ -128,6 +129,7 @@ def test_check_deploy_is_clean_with_the_documented_production_settings() -> None
     assert "no issues" in result.stdout
 
 
+@pytest.mark.slow  # a manage.py child process
 def test_check_deploy_fails_without_them() -> None:
     """The test above can fail: the defaults alone (plain http, no HSTS) are not a production setup."""
     result = manage("check", "--deploy", "--fail-level", "WARNING", env={"DEBUG": "0"})
@@ -136,6 +138,7 @@ def test_check_deploy_fails_without_them() -> None:
     assert "security.W004" in result.stderr and "security.W008" in result.stderr
 
 
+@pytest.mark.slow  # a manage.py child process
 def test_production_settings_turn_on_every_protection() -> None:
     names = [
         "DEBUG",

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
-from django.test import Client
 
 from accounts.roles import Role
 from audit.models import AuditEvent
@@ -22,6 +21,7 @@ from reviews import services as review_services
 from reviews import tasks as review_tasks
 from reviews.models import Decision
 from reviews.services import DecisionIn
+from tests.conftest import ClientFor
 from tests.inference_worker.autoclear_helpers import reasoner_proven
 from tests.inference_worker.test_triage import cases_for, triage
 from tests.reviews.helpers import user_create
@@ -34,12 +34,6 @@ def sampled(policy: Policy) -> Policy:
     policy.save()
     reasoner_proven(policy)
     return policy
-
-
-def client_for(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def qa_decide(moderator: User, label: str, django_capture_on_commit_callbacks: Any) -> Decision:
@@ -64,7 +58,10 @@ def qa_decide(moderator: User, label: str, django_capture_on_commit_callbacks: A
 
 
 def test_qa_misses_switch_reasoner_auto_clear_off_and_only_an_audited_action_turns_it_back_on(
-    sampled: Policy, engine_config: EngineConfig, django_capture_on_commit_callbacks: Any
+    sampled: Policy,
+    engine_config: EngineConfig,
+    django_capture_on_commit_callbacks: Any,
+    client_for: ClientFor,
 ) -> None:
     moderator = user_create("mona", Role.MODERATOR, grants=[sampled])
     cases = triage(cases_for(sampled, *[f"a picture of my cat {n}" for n in range(3)]), engine_config)

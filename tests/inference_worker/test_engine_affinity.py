@@ -172,6 +172,7 @@ def test_the_worker_setting_reaches_the_engine_config() -> None:
     assert EngineConfig.from_settings().affinity_header == "X-Session-ID"  # the default
 
 
+@pytest.mark.slow  # hundreds of requests, one at a time, through a proxy to three replicas
 def test_affinity_keeps_each_policy_prefix_cached_on_one_replica(replicas: list[EngineSimulator]) -> None:
     upstreams = [r.base_url for r in replicas]
     with AffinityProxy(upstreams, HEADER) as proxy:

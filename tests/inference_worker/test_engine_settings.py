@@ -20,6 +20,7 @@ from inference_worker.models import EngineSettings
 from inference_worker.runner import EngineConfig
 from inference_worker.testing.engine_simulator import EngineSimulator
 from policies.models import Policy, PolicyVersion
+from tests.conftest import ClientFor
 from tests.reviews.helpers import text_of, user_create
 
 SECRET = "sk-test-0123456789abcdef"
@@ -47,12 +48,6 @@ def policy_editor(db: None) -> User:
     return user_create("pete", Role.POLICY_EDITOR)
 
 
-def client_for(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
 def settings_post(client: Client, **fields: Any) -> Any:
     """The settings form as a browser sends it: every field, empty unless given."""
     data = {name: "" for name in FORM_FIELDS} | {"api_key": ""} | fields
@@ -78,7 +73,7 @@ def test_without_a_saved_row_or_variables_the_defaults_apply(db: None, settings:
     assert config.timeout_seconds == settings.SAFEGUARD_TIMEOUT_SECONDS
 
 
-def test_what_an_admin_saves_wins_over_the_defaults(admin: User) -> None:
+def test_what_an_admin_saves_wins_over_the_defaults(admin: User, client_for: ClientFor) -> None:
     response = settings_post(
         client_for(admin),
         base_url="http://gpu-host:8000/v1/",
@@ -99,7 +94,7 @@ def test_what_an_admin_saves_wins_over_the_defaults(admin: User) -> None:
 
 
 def test_an_environment_variable_wins_over_the_saved_value_and_the_page_says_so(
-    admin: User, settings: Any, monkeypatch: pytest.MonkeyPatch
+    admin: User, settings: Any, monkeypatch: pytest.MonkeyPatch, client_for: ClientFor
 ) -> None:
     EngineSettings.objects.create(model="saved-model", base_url="http://saved:8000")
     monkeypatch.setenv("SAFEGUARD_MODEL", "env-model")
@@ -125,7 +120,7 @@ def test_an_empty_variable_counts_as_not_set(admin: User, monkeypatch: pytest.Mo
 
 
 def test_the_saved_row_is_read_once_per_period_and_at_once_after_a_save(
-    admin: User, django_assert_num_queries: Any
+    admin: User, django_assert_num_queries: Any, client_for: ClientFor
 ) -> None:
     EngineSettings.objects.create(model="first")
     assert EngineConfig.from_settings().model == "first"
@@ -137,7 +132,7 @@ def test_the_saved_row_is_read_once_per_period_and_at_once_after_a_save(
     assert EngineConfig.from_settings().model == "saved on the page"
 
 
-def test_a_base_url_that_is_not_http_is_refused(admin: User) -> None:
+def test_a_base_url_that_is_not_http_is_refused(admin: User, client_for: ClientFor) -> None:
     for url in ("ftp://host", "gpu-host:8000", "http://", "http://host:8000/?x=1", "http://a b"):
         response = settings_post(client_for(admin), base_url=url)
         assert response.status_code == 400, url
@@ -148,7 +143,7 @@ def test_a_base_url_that_is_not_http_is_refused(admin: User) -> None:
 # --- the API key -----------------------------------------------------------------------------------
 
 
-def test_the_api_key_is_never_shown_or_audited_and_can_be_cleared(admin: User) -> None:
+def test_the_api_key_is_never_shown_or_audited_and_can_be_cleared(admin: User, client_for: ClientFor) -> None:
     client = client_for(admin)
     assert settings_post(client, base_url="http://gpu-host:8000", api_key=SECRET).status_code == 302
     assert EngineConfig.from_settings().api_key == SECRET
@@ -175,7 +170,7 @@ def test_the_api_key_is_never_shown_or_audited_and_can_be_cleared(admin: User) -
 
 
 def test_an_api_key_from_the_environment_is_only_said_to_be_set(
-    admin: User, settings: Any, monkeypatch: pytest.MonkeyPatch
+    admin: User, settings: Any, monkeypatch: pytest.MonkeyPatch, client_for: ClientFor
 ) -> None:
     monkeypatch.setenv("SAFEGUARD_API_KEY", SECRET)
     settings.SAFEGUARD_API_KEY = SECRET
@@ -192,7 +187,7 @@ def test_an_api_key_from_the_environment_is_only_said_to_be_set(
 
 
 @pytest.mark.parametrize("role", [Role.POLICY_EDITOR, Role.MODERATOR, Role.AUDITOR, Role.SENIOR_MODERATOR])
-def test_everyone_but_admins_is_refused(db: None, role: str) -> None:
+def test_everyone_but_admins_is_refused(db: None, role: str, client_for: ClientFor) -> None:
     client = client_for(user_create("someone", role))
     assert client.get("/settings/engine").status_code == 403
     assert settings_post(client, base_url="http://evil:8000").status_code == 403
@@ -212,7 +207,9 @@ def test_the_form_needs_its_csrf_token(admin: User) -> None:
     assert not EngineSettings.objects.exists()
 
 
-def test_admins_see_the_engine_link_and_others_do_not(admin: User, policy_editor: User) -> None:
+def test_admins_see_the_engine_link_and_others_do_not(
+    admin: User, policy_editor: User, client_for: ClientFor
+) -> None:
     assert 'href="/settings/engine"' in client_for(admin).get("/metrics/").content.decode()
     assert 'href="/settings/engine"' not in client_for(policy_editor).get("/policies/").content.decode()
 
@@ -221,7 +218,7 @@ def test_admins_see_the_engine_link_and_others_do_not(admin: User, policy_editor
 
 
 def test_test_connection_sends_one_request_and_shows_the_verdict(
-    admin: User, active_version: PolicyVersion, engine_simulator: EngineSimulator
+    admin: User, active_version: PolicyVersion, engine_simulator: EngineSimulator, client_for: ClientFor
 ) -> None:
     client = client_for(admin)
     settings_post(client, base_url=engine_simulator.base_url, model="openai/gpt-oss-safeguard-20b")
@@ -248,7 +245,7 @@ def test_test_connection_sends_one_request_and_shows_the_verdict(
 
 
 def test_test_connection_reports_the_http_status(
-    admin: User, active_version: PolicyVersion, engine_simulator: EngineSimulator
+    admin: User, active_version: PolicyVersion, engine_simulator: EngineSimulator, client_for: ClientFor
 ) -> None:
     engine_simulator.mode = "http_500"
     client = client_for(admin)
@@ -260,7 +257,7 @@ def test_test_connection_reports_the_http_status(
 
 
 def test_test_connection_gives_up_at_the_timeout(
-    admin: User, active_version: PolicyVersion, engine_simulator: EngineSimulator
+    admin: User, active_version: PolicyVersion, engine_simulator: EngineSimulator, client_for: ClientFor
 ) -> None:
     engine_simulator.mode = "hang"
     client = client_for(admin)
@@ -271,7 +268,7 @@ def test_test_connection_gives_up_at_the_timeout(
 
 
 def test_test_connection_says_when_the_reply_is_not_a_verdict(
-    admin: User, active_version: PolicyVersion, engine_simulator: EngineSimulator
+    admin: User, active_version: PolicyVersion, engine_simulator: EngineSimulator, client_for: ClientFor
 ) -> None:
     engine_simulator.mode = "no_final"  # reasoning, then no final message
     config = dataclasses.replace(EngineConfig.from_settings(), base_url=engine_simulator.base_url)
@@ -292,7 +289,7 @@ def test_the_check_waits_at_most_thirty_seconds(db: None) -> None:
 
 
 def test_test_connection_without_an_engine_sends_nothing(
-    admin: User, active_version: PolicyVersion, settings: Any
+    admin: User, active_version: PolicyVersion, settings: Any, client_for: ClientFor
 ) -> None:
     settings.SAFEGUARD_BASE_URL = ""
     response = client_for(admin).post(
@@ -305,7 +302,7 @@ def test_test_connection_without_an_engine_sends_nothing(
 
 
 def test_without_an_engine_the_policy_page_explains_instead_of_offering_a_run(
-    admin: User, policy_editor: User, policy: Policy, settings: Any
+    admin: User, policy_editor: User, policy: Policy, settings: Any, client_for: ClientFor
 ) -> None:
     settings.SAFEGUARD_BASE_URL = ""
     editor_page = client_for(policy_editor).get("/policies/spam/").content.decode()

@@ -9,6 +9,7 @@ import pytest
 from inference_worker.testing.engine_simulator import EngineSimulator
 
 
+@pytest.mark.slow  # a child process
 def test_it_runs_as_a_process_and_prints_its_base_url() -> None:
     command = [sys.executable, "-m", "inference_worker.testing.engine_simulator", "--port", "0"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)

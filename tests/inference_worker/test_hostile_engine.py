@@ -122,6 +122,7 @@ def test_it_cuts_the_chain_of_thought_with_a_marker_and_still_reads_the_verdict(
     assert verdict_of(reply).label == "violates"
 
 
+@pytest.mark.slow  # a timing ratio of 200,000-character texts
 def test_reencoding_a_long_run_is_linear_and_matches_the_tokenizer_on_ordinary_text() -> None:
     def seconds(chars: int) -> float:
         text = f"<|channel|>analysis<|message|>{'a' * chars}<|end|>"

@@ -13,13 +13,8 @@ from audit import services as audit
 from audit.models import AuditEvent
 from audit.selectors import AUDIT_PAGE_SIZE
 from policies.models import Policy
+from tests.conftest import ClientFor
 from tests.reviews.test_audit_chain import events_record, with_trigger_disabled
-
-
-def logged_in(user: User) -> Client:
-    client = Client()
-    client.force_login(user)  # itself an audit event (user.login)
-    return client
 
 
 def get(client: Client, **params: str | int) -> tuple[int, str]:
@@ -27,16 +22,14 @@ def get(client: Client, **params: str | int) -> tuple[int, str]:
     return response.status_code, response.content.decode()
 
 
-def page(user: User, **params: str | int) -> tuple[int, str]:
-    return get(logged_in(user), **params)
-
-
 def seqs(html: str) -> list[int]:
     return [int(n) for n in re.findall(r'<td class="num">(\d+)</td>', html)]
 
 
-def test_it_pages_through_the_whole_log_newest_first_without_overlap(auditor: User, policy: Policy) -> None:
-    client = logged_in(auditor)
+def test_it_pages_through_the_whole_log_newest_first_without_overlap(
+    auditor: User, policy: Policy, client_for: ClientFor
+) -> None:
+    client = client_for(auditor)
     events_record(policy, AUDIT_PAGE_SIZE + 7)
     total = AuditEvent.objects.count()
     status, first = get(client)
@@ -51,8 +44,8 @@ def test_it_pages_through_the_whole_log_newest_first_without_overlap(auditor: Us
     assert "match their hashes and link to each other" in first
 
 
-def test_it_filters_by_action_actor_and_object(auditor: User, policy: Policy) -> None:
-    client = logged_in(auditor)
+def test_it_filters_by_action_actor_and_object(auditor: User, policy: Policy, client_for: ClientFor) -> None:
+    client = client_for(auditor)
     events_record(policy, 3)
     audit.record("policy.special", actor=auditor, obj=policy, payload={})
     _, html = get(client, action="policy.special")
@@ -65,8 +58,10 @@ def test_it_filters_by_action_actor_and_object(auditor: User, policy: Policy) ->
     assert "No events match these filters." in html
 
 
-def test_it_filters_by_a_time_range_and_keeps_it_on_older_pages(auditor: User, policy: Policy) -> None:
-    client = logged_in(auditor)
+def test_it_filters_by_a_time_range_and_keeps_it_on_older_pages(
+    auditor: User, policy: Policy, client_for: ClientFor
+) -> None:
+    client = client_for(auditor)
     events_record(policy, 3)
     middle = timezone.now()
     events_record(policy, AUDIT_PAGE_SIZE + 2)
@@ -82,27 +77,31 @@ def test_it_filters_by_a_time_range_and_keeps_it_on_older_pages(auditor: User, p
     assert status == 400 and "Must be later than the start of the range." in html
 
 
-def test_an_altered_event_is_called_out_on_the_page(auditor: User, policy: Policy) -> None:
+def test_an_altered_event_is_called_out_on_the_page(
+    auditor: User, policy: Policy, client_for: ClientFor
+) -> None:
     event = events_record(policy, 5)[2]
     with_trigger_disabled("UPDATE reviews_auditevent SET payload = '{\"n\": 99}' WHERE id = %s", [event.pk])
-    _, html = page(auditor)
+    _, html = get(client_for(auditor))
     assert f"Chain broken at event {event.seq}:" in html
     assert "does not match its hash" in html
 
 
-def test_payloads_are_shown_as_text_never_markup(auditor: User, policy: Policy) -> None:
+def test_payloads_are_shown_as_text_never_markup(
+    auditor: User, policy: Policy, client_for: ClientFor
+) -> None:
     audit.record("test.event", actor=None, obj=policy, payload={"note": "<script>alert(1)</script>"})
-    _, html = page(auditor)
+    _, html = get(client_for(auditor))
     assert "<script>alert(1)</script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
 
 
-def test_bad_filters_get_a_400_that_says_why(auditor: User) -> None:
-    status, html = page(auditor, action="DROP TABLE", before="zero")
+def test_bad_filters_get_a_400_that_says_why(auditor: User, client_for: ClientFor) -> None:
+    status, html = get(client_for(auditor), action="DROP TABLE", before="zero")
     assert status == 400
     assert "Lower-case words joined by dots" in html
 
 
-def test_moderators_cannot_read_the_log(moderator: User) -> None:
-    status, _ = page(moderator)
+def test_moderators_cannot_read_the_log(moderator: User, client_for: ClientFor) -> None:
+    status, _ = get(client_for(moderator))
     assert status == 403

@@ -9,7 +9,6 @@ from datetime import timedelta
 import pytest
 from django.contrib.auth.models import User
 from django.db import connection
-from django.test import Client
 from django.utils import timezone
 
 from accounts.roles import Role
@@ -19,21 +18,18 @@ from policies.models import Policy
 from reviews import selectors, services, tasks
 from reviews.models import Decision
 from reviews.services import DecisionIn, DecisionRefused
+from tests.conftest import ClientFor
 from tests.reviews.conftest import CasesFactory
 from tests.reviews.helpers import cases_create, text_of, user_create
 
 
-def logged_in(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-def test_it_claims_the_next_case_with_a_ten_minute_lease(moderator: User, queued_cases: CasesFactory) -> None:
+def test_it_claims_the_next_case_with_a_ten_minute_lease(
+    moderator: User, queued_cases: CasesFactory, client_for: ClientFor
+) -> None:
     [low] = queued_cases(priority=10)
     [high] = queued_cases(priority=80)
     before = timezone.now()
-    response = logged_in(moderator).post("/queue/next")
+    response = client_for(moderator).post("/queue/next")
     assert response.status_code == 302 and response["Location"] == f"/cases/{high.pk}/"
     high.refresh_from_db()
     assert high.state == Case.State.CLAIMED and high.lease_owner == moderator
@@ -45,9 +41,11 @@ def test_it_claims_the_next_case_with_a_ten_minute_lease(moderator: User, queued
     assert AuditEvent.objects.filter(action="case.claimed", object_id=str(high.pk)).count() == 1
 
 
-def test_it_gives_back_the_case_already_held_on_reload(moderator: User, queued_cases: CasesFactory) -> None:
+def test_it_gives_back_the_case_already_held_on_reload(
+    moderator: User, queued_cases: CasesFactory, client_for: ClientFor
+) -> None:
     first, _second = queued_cases(2)
-    client = logged_in(moderator)
+    client = client_for(moderator)
     assert client.post("/queue/next")["Location"] == f"/cases/{first.pk}/"
     assert client.post("/queue/next")["Location"] == f"/cases/{first.pk}/"
     assert Case.objects.filter(state=Case.State.CLAIMED).count() == 1
@@ -57,22 +55,22 @@ def test_it_gives_back_the_case_already_held_on_reload(moderator: User, queued_c
 
 
 def test_it_shows_a_case_held_by_someone_else_without_the_decision_form(
-    moderator: User, other_moderator: User, queued_cases: CasesFactory
+    moderator: User, other_moderator: User, queued_cases: CasesFactory, client_for: ClientFor
 ) -> None:
     [case] = queued_cases()
     services.case_claim_next(moderator=other_moderator)
-    page = logged_in(moderator).get(f"/cases/{case.pk}/")
+    page = client_for(moderator).get(f"/cases/{case.pk}/")
     assert page.status_code == 200
     assert b'id="decision-form"' not in page.content
     assert "otto is reviewing it" in text_of(page.content)
 
 
 def test_it_releases_a_skipped_case_and_hands_out_another(
-    moderator: User, queued_cases: CasesFactory
+    moderator: User, queued_cases: CasesFactory, client_for: ClientFor
 ) -> None:
     [first] = queued_cases(priority=80)
     [second] = queued_cases(priority=70)
-    client = logged_in(moderator)
+    client = client_for(moderator)
     client.post("/queue/next")
     response = client.post(f"/cases/{first.pk}/skip")
     assert response.status_code == 302 and response["Location"] == f"/cases/{second.pk}/"
@@ -89,13 +87,13 @@ def test_it_releases_a_skipped_case_and_hands_out_another(
 
 
 def test_it_lets_another_moderator_take_a_skipped_case(
-    moderator: User, other_moderator: User, queued_cases: CasesFactory
+    moderator: User, other_moderator: User, queued_cases: CasesFactory, client_for: ClientFor
 ) -> None:
     [case] = queued_cases()
-    client = logged_in(moderator)
+    client = client_for(moderator)
     client.post("/queue/next")
     client.post(f"/cases/{case.pk}/skip")
-    assert logged_in(other_moderator).post("/queue/next")["Location"] == f"/cases/{case.pk}/"
+    assert client_for(other_moderator).post("/queue/next")["Location"] == f"/cases/{case.pk}/"
 
 
 @pytest.mark.parametrize(
@@ -107,7 +105,11 @@ def test_it_lets_another_moderator_take_a_skipped_case(
     ],
 )
 def test_it_releases_a_skipped_case_to_the_queue_it_came_from(
-    fields: dict[str, bool], waiting: str, senior_moderator: User, queued_cases: CasesFactory
+    fields: dict[str, bool],
+    waiting: str,
+    senior_moderator: User,
+    queued_cases: CasesFactory,
+    client_for: ClientFor,
 ) -> None:
     extra: dict[str, object] = {"needs_senior": fields.get("needs_senior", False)}
     if fields.get("appeal"):
@@ -115,35 +117,37 @@ def test_it_releases_a_skipped_case_to_the_queue_it_came_from(
     [case] = queued_cases(state=waiting, **extra)
     claimed = services.case_claim_next(moderator=senior_moderator)
     assert claimed == case
-    assert logged_in(senior_moderator).post(f"/cases/{case.pk}/skip").status_code == 302
+    assert client_for(senior_moderator).post(f"/cases/{case.pk}/skip").status_code == 302
     case.refresh_from_db()
     assert case.state == waiting and case.lease_owner is None
 
 
 def test_it_renews_a_lease_for_its_holder_only(
-    moderator: User, other_moderator: User, queued_cases: CasesFactory
+    moderator: User, other_moderator: User, queued_cases: CasesFactory, client_for: ClientFor
 ) -> None:
     [case] = queued_cases()
     services.case_claim_next(moderator=moderator)
     Case.objects.filter(pk=case.pk).update(lease_expires_at=timezone.now() + timedelta(minutes=1))
 
-    assert logged_in(other_moderator).post(f"/cases/{case.pk}/renew").status_code == 409
+    assert client_for(other_moderator).post(f"/cases/{case.pk}/renew").status_code == 409
     case.refresh_from_db()
     assert case.lease_expires_at is not None
     assert case.lease_expires_at < timezone.now() + timedelta(minutes=2)
 
-    assert logged_in(moderator).post(f"/cases/{case.pk}/renew").status_code == 204
+    assert client_for(moderator).post(f"/cases/{case.pk}/renew").status_code == 204
     case.refresh_from_db()
     assert case.lease_expires_at is not None
     assert case.lease_expires_at > timezone.now() + timedelta(minutes=9, seconds=50)
 
 
-def test_it_refuses_to_renew_a_lease_that_was_swept(moderator: User, queued_cases: CasesFactory) -> None:
+def test_it_refuses_to_renew_a_lease_that_was_swept(
+    moderator: User, queued_cases: CasesFactory, client_for: ClientFor
+) -> None:
     [case] = queued_cases()
     services.case_claim_next(moderator=moderator)
     Case.objects.filter(pk=case.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
     assert services.leases_expire() == 1
-    response = logged_in(moderator).post(f"/cases/{case.pk}/renew")
+    response = client_for(moderator).post(f"/cases/{case.pk}/renew")
     assert response.status_code == 409 and b"expired" in response.content
     case.refresh_from_db()
     assert case.state == Case.State.QUEUED and case.lease_owner is None
@@ -183,11 +187,13 @@ def test_the_sweep_returns_expired_claims_to_the_queue_they_came_from(
     assert services.leases_expire() == 0  # nothing left to free
 
 
-def test_it_treats_an_expired_lease_as_not_held(moderator: User, queued_cases: CasesFactory) -> None:
+def test_it_treats_an_expired_lease_as_not_held(
+    moderator: User, queued_cases: CasesFactory, client_for: ClientFor
+) -> None:
     first, second = queued_cases(2)
     services.case_claim_next(moderator=moderator)
     Case.objects.filter(pk=first.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
-    client = logged_in(moderator)
+    client = client_for(moderator)
     # The decision form is gone, and the decide URL no longer answers for this moderator.
     assert b'id="decision-form"' not in client.get(f"/cases/{first.pk}/").content
     assert services.case_claim_next(moderator=moderator) == second
@@ -213,10 +219,10 @@ def test_the_service_refuses_a_decision_after_the_lease_was_taken_over(
 
 
 def test_the_view_answers_409_to_a_decision_after_the_lease_was_taken_over(
-    moderator: User, other_moderator: User, queued_cases: CasesFactory
+    moderator: User, other_moderator: User, queued_cases: CasesFactory, client_for: ClientFor
 ) -> None:
     [case] = queued_cases()
-    client = logged_in(moderator)
+    client = client_for(moderator)
     client.post("/queue/next")
     Case.objects.filter(pk=case.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
     services.leases_expire()
@@ -227,10 +233,10 @@ def test_the_view_answers_409_to_a_decision_after_the_lease_was_taken_over(
 
 
 def test_the_view_refuses_a_decision_after_the_lease_was_taken_over(
-    moderator: User, other_moderator: User, queued_cases: CasesFactory
+    moderator: User, other_moderator: User, queued_cases: CasesFactory, client_for: ClientFor
 ) -> None:
     [case] = queued_cases()
-    client = logged_in(moderator)
+    client = client_for(moderator)
     client.post("/queue/next")
     Case.objects.filter(pk=case.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
     services.leases_expire()
@@ -325,14 +331,14 @@ def test_a_double_click_on_next_case_claims_one_case(policy: Policy) -> None:
 
 
 def test_it_refuses_to_renew_an_expired_lease_the_sweep_has_not_freed_yet(
-    moderator: User, queued_cases: CasesFactory
+    moderator: User, queued_cases: CasesFactory, client_for: ClientFor
 ) -> None:
     [case] = queued_cases()
     services.case_claim_next(moderator=moderator)
     ran_out = timezone.now() - timedelta(seconds=1)
     Case.objects.filter(pk=case.pk).update(lease_expires_at=ran_out)
 
-    response = logged_in(moderator).post(f"/cases/{case.pk}/renew")
+    response = client_for(moderator).post(f"/cases/{case.pk}/renew")
 
     assert response.status_code == 409
     case.refresh_from_db()
@@ -341,13 +347,13 @@ def test_it_refuses_to_renew_an_expired_lease_the_sweep_has_not_freed_yet(
 
 
 def test_it_refuses_a_decision_on_an_expired_lease_the_sweep_has_not_freed_yet(
-    moderator: User, queued_cases: CasesFactory
+    moderator: User, queued_cases: CasesFactory, client_for: ClientFor
 ) -> None:
     [case] = queued_cases()
     services.case_claim_next(moderator=moderator)
     Case.objects.filter(pk=case.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
 
-    response = logged_in(moderator).post(f"/cases/{case.pk}/decide", {"action": "confirm"})
+    response = client_for(moderator).post(f"/cases/{case.pk}/decide", {"action": "confirm"})
 
     assert response.status_code == 409
     assert b"no longer yours" in response.content

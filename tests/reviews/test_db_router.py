@@ -15,7 +15,6 @@ import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import connections
-from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from audit import services as audit
@@ -23,6 +22,7 @@ from audit.models import AuditEvent
 from config import db_router
 from config.env import database_from_url
 from policies.models import Policy
+from tests.conftest import ClientFor
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,12 +41,6 @@ def replica_alias() -> Iterator[None]:
 
 
 replica_db = pytest.mark.django_db(transaction=True, databases=["default", "replica"])
-
-
-def logged_in(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def selects_of(captured: CaptureQueriesContext, table: str) -> list[str]:
@@ -75,9 +69,9 @@ def test_without_a_replica_everything_reads_the_primary(monkeypatch: pytest.Monk
 
 
 @replica_db
-def test_the_audit_log_page_reads_the_replica(auditor: User, policy: Policy) -> None:
+def test_the_audit_log_page_reads_the_replica(auditor: User, policy: Policy, client_for: ClientFor) -> None:
     audit.record("policy.special", actor=auditor, obj=policy, payload={})
-    client = logged_in(auditor)
+    client = client_for(auditor)
     with (
         CaptureQueriesContext(connections["replica"]) as on_replica,
         CaptureQueriesContext(connections["default"]) as on_primary,
@@ -92,8 +86,8 @@ def test_the_audit_log_page_reads_the_replica(auditor: User, policy: Policy) -> 
 
 
 @replica_db
-def test_the_metrics_page_reads_the_replica(admin: User, active_version: Any) -> None:
-    client = logged_in(admin)
+def test_the_metrics_page_reads_the_replica(admin: User, active_version: Any, client_for: ClientFor) -> None:
+    client = client_for(admin)
     with CaptureQueriesContext(connections["replica"]) as on_replica:
         response = client.get("/metrics/")
     assert response.status_code == 200
@@ -102,8 +96,10 @@ def test_the_metrics_page_reads_the_replica(admin: User, active_version: Any) ->
 
 
 @replica_db
-def test_exports_read_the_replica_and_are_audited_on_the_primary(auditor: User, policy: Policy) -> None:
-    client = logged_in(auditor)
+def test_exports_read_the_replica_and_are_audited_on_the_primary(
+    auditor: User, policy: Policy, client_for: ClientFor
+) -> None:
+    client = client_for(auditor)
     with (
         CaptureQueriesContext(connections["replica"]) as on_replica,
         CaptureQueriesContext(connections["default"]) as on_primary,

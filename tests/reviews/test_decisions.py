@@ -15,6 +15,7 @@ from policies.models import GoldenExample, Policy
 from reviews import services
 from reviews.models import Decision
 from reviews.services import DecisionIn, DecisionRefused
+from tests.conftest import ClientFor
 from tests.reviews.conftest import CasesFactory
 
 
@@ -24,22 +25,16 @@ def no_qa_sampling(policy: Policy) -> None:
     policy.save()
 
 
-def logged_in(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
 def claimed_by(client: Client, case: Case) -> None:
     assert client.post("/queue/next")["Location"] == f"/cases/{case.pk}/"
 
 
 def test_it_records_a_confirmation_and_moves_on_to_the_next_case(
-    moderator: User, queued_cases: CasesFactory
+    moderator: User, queued_cases: CasesFactory, client_for: ClientFor
 ) -> None:
     [case] = queued_cases(priority=80, verdict="violates")
     [following] = queued_cases(priority=40, verdict="safe")
-    client = logged_in(moderator)
+    client = client_for(moderator)
     claimed_by(client, case)
     response = client.post(f"/cases/{case.pk}/decide", {"action": "confirm", "rule_ids": ["SP1"], "note": ""})
     assert response.status_code == 302 and response["Location"] == f"/cases/{following.pk}/"
@@ -66,18 +61,22 @@ def test_it_records_a_confirmation_and_moves_on_to_the_next_case(
     assert golden.policy == case.policy_version.policy and golden.origin == "decision"
 
 
-def test_it_goes_back_to_the_queue_when_nothing_is_left(moderator: User, queued_cases: CasesFactory) -> None:
+def test_it_goes_back_to_the_queue_when_nothing_is_left(
+    moderator: User, queued_cases: CasesFactory, client_for: ClientFor
+) -> None:
     [case] = queued_cases()
-    client = logged_in(moderator)
+    client = client_for(moderator)
     claimed_by(client, case)
     response = client.post(f"/cases/{case.pk}/decide", {"action": "confirm", "rule_ids": ["SP1"]})
     assert response.status_code == 302 and response["Location"] == "/queue/"
     assert b"Nothing left to review" in client.get("/queue/").content
 
 
-def test_it_redirects_an_htmx_decision_with_hx_redirect(moderator: User, queued_cases: CasesFactory) -> None:
+def test_it_redirects_an_htmx_decision_with_hx_redirect(
+    moderator: User, queued_cases: CasesFactory, client_for: ClientFor
+) -> None:
     first, second = queued_cases(2)
-    client = logged_in(moderator)
+    client = client_for(moderator)
     claimed_by(client, first)
     response = client.post(
         f"/cases/{first.pk}/decide",
@@ -89,10 +88,10 @@ def test_it_redirects_an_htmx_decision_with_hx_redirect(moderator: User, queued_
 
 
 def test_it_records_an_overturn_with_the_moderators_label(
-    moderator: User, queued_cases: CasesFactory
+    moderator: User, queued_cases: CasesFactory, client_for: ClientFor
 ) -> None:
     [case] = queued_cases(verdict="violates")
-    client = logged_in(moderator)
+    client = client_for(moderator)
     claimed_by(client, case)
     response = client.post(
         f"/cases/{case.pk}/decide", {"action": "overturn", "final_label": "safe", "note": "a joke"}
@@ -120,9 +119,10 @@ def test_it_refuses_an_invalid_decision_with_the_reason(
     message: bytes,
     moderator: User,
     queued_cases: CasesFactory,
+    client_for: ClientFor,
 ) -> None:
     [case] = queued_cases(verdict=verdict)
-    client = logged_in(moderator)
+    client = client_for(moderator)
     claimed_by(client, case)
     # htmx swaps the form in place, with the reason.
     response = client.post(f"/cases/{case.pk}/decide", post, headers={"HX-Request": "true"})
@@ -138,9 +138,11 @@ def test_it_refuses_an_invalid_decision_with_the_reason(
     assert case.state == Case.State.CLAIMED and case.lease_owner == moderator
 
 
-def test_it_decides_an_undetermined_case_with_a_label(moderator: User, queued_cases: CasesFactory) -> None:
+def test_it_decides_an_undetermined_case_with_a_label(
+    moderator: User, queued_cases: CasesFactory, client_for: ClientFor
+) -> None:
     [case] = queued_cases(verdict="undetermined", confidence="")
-    client = logged_in(moderator)
+    client = client_for(moderator)
     claimed_by(client, case)
     page = client.get(f"/cases/{case.pk}/")
     assert b'value="confirm"' not in page.content  # nothing to confirm
@@ -234,10 +236,10 @@ def test_the_service_refuses_a_decision_the_form_would_refuse(
 
 
 def test_it_hands_an_escalation_to_senior_moderators(
-    moderator: User, senior_moderator: User, queued_cases: CasesFactory
+    moderator: User, senior_moderator: User, queued_cases: CasesFactory, client_for: ClientFor
 ) -> None:
     [case] = queued_cases(priority=60)
-    client = logged_in(moderator)
+    client = client_for(moderator)
     claimed_by(client, case)
     response = client.post(
         f"/cases/{case.pk}/decide", {"action": "escalate", "note": "Looks like a coordinated campaign"}
@@ -253,7 +255,7 @@ def test_it_hands_an_escalation_to_senior_moderators(
     assert AuditEvent.objects.filter(action="case.escalated", object_id=str(case.pk)).count() == 1
     # The moderator cannot take it back; a senior moderator can, and settles it.
     assert client.post("/queue/next")["Location"] == "/queue/"
-    senior = logged_in(senior_moderator)
+    senior = client_for(senior_moderator)
     claimed_by(senior, case)
     assert (
         senior.post(f"/cases/{case.pk}/decide", {"action": "overturn", "final_label": "safe"}).status_code
@@ -355,10 +357,10 @@ def test_the_overturn_rate_counts_only_cases_the_model_had_a_verdict_for(
 
 
 def test_confirming_a_violation_the_model_cited_no_rule_for_asks_for_a_rule(
-    moderator: User, queued_cases: CasesFactory
+    moderator: User, queued_cases: CasesFactory, client_for: ClientFor
 ) -> None:
     [case] = queued_cases(verdict="violates")  # no triage result: the model cited nothing
-    client = logged_in(moderator)
+    client = client_for(moderator)
     claimed_by(client, case)
     response = client.post(f"/cases/{case.pk}/decide", {"action": "confirm"})
     assert response.status_code == 400
@@ -374,10 +376,10 @@ def test_confirming_a_violation_the_model_cited_no_rule_for_asks_for_a_rule(
 
 
 def test_a_lost_lease_is_a_409_even_when_the_form_lacks_a_rule(
-    moderator: User, queued_cases: CasesFactory
+    moderator: User, queued_cases: CasesFactory, client_for: ClientFor
 ) -> None:
     [case] = queued_cases(verdict="violates")
-    client = logged_in(moderator)
+    client = client_for(moderator)
     claimed_by(client, case)
     Case.objects.filter(pk=case.pk).update(state=Case.State.QUEUED, lease_owner=None, lease_expires_at=None)
     response = client.post(f"/cases/{case.pk}/decide", {"action": "confirm"})

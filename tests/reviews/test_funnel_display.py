@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from django.contrib.auth.models import User
-from django.test import Client
 
 from accounts.roles import Role
 from inference_worker import services
@@ -14,6 +12,7 @@ from inference_worker.runner import EngineConfig
 from moderation.models import Case
 from policies import services as policy_services
 from policies.models import GoldenExample, Policy
+from tests.conftest import ClientFor
 from tests.inference_worker.test_funnel import SAFE, THREATS_POLICY, VIOLATING_ITEM, VIOLATIONS, golden
 from tests.inference_worker.test_triage import cases_for
 from tests.reviews.helpers import user_create
@@ -44,17 +43,11 @@ def funnel_case(threats: Policy, engine_config: EngineConfig) -> Case:
     return Case.objects.get(pk=case.pk)
 
 
-def logged_in(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
 def test_the_case_view_shows_the_funnel_score_its_bound_and_its_nearest_examples_escaped(
-    threats: Policy, funnel_case: Case
+    threats: Policy, funnel_case: Case, client_for: ClientFor
 ) -> None:
     moderator = user_create("mona", Role.MODERATOR, grants=[threats])
-    page = logged_in(moderator).get(f"/cases/{funnel_case.pk}/").content.decode()
+    page = client_for(moderator).get(f"/cases/{funnel_case.pk}/").content.decode()
     score = funnel_case.triage_results.get().funnel or {}
     assert "no reasoning engine configured" in page
     assert f"p(violation) <strong>{score['p_violation']:.3f}</strong>" in page
@@ -68,12 +61,12 @@ def test_the_case_view_shows_the_funnel_score_its_bound_and_its_nearest_examples
 
 
 def test_the_metrics_page_shows_each_policys_bound_and_what_the_rest_still_need(
-    threats: Policy, policy: Policy, funnel_case: Case, engine_config: EngineConfig
+    threats: Policy, policy: Policy, funnel_case: Case, engine_config: EngineConfig, client_for: ClientFor
 ) -> None:
     [unscored] = cases_for(policy, "hello")
     services.cases_triage(case_ids=[unscored.pk], config=dataclasses.replace(engine_config, base_url=""))
     admin = user_create("ada", Role.ADMIN)
-    page = logged_in(admin).get("/metrics/").content.decode()
+    page = client_for(admin).get("/metrics/").content.decode()
     calibration = funnel_case.policy_version.funnel_calibrations.get()
     assert calibration.recall_lower_bound is not None and calibration.threshold is not None
     assert "Auto-clear guarantees" in page
@@ -87,10 +80,10 @@ def test_the_metrics_page_shows_each_policys_bound_and_what_the_rest_still_need(
 
 
 def test_the_policy_page_shows_the_guarantee_of_the_active_version(
-    threats: Policy, funnel_case: Case
+    threats: Policy, funnel_case: Case, client_for: ClientFor
 ) -> None:
     editor = user_create("pat", Role.POLICY_EDITOR)
-    page = logged_in(editor).get(f"/policies/{threats.slug}/").content.decode()
+    page = client_for(editor).get(f"/policies/{threats.slug}/").content.decode()
     calibration = funnel_case.policy_version.funnel_calibrations.get()
     assert "<h2>Auto-clear</h2>" in page
     assert '<span class="badge state-on">clearing</span>' in page
@@ -99,7 +92,7 @@ def test_the_policy_page_shows_the_guarantee_of_the_active_version(
 
 
 def test_in_shadow_mode_the_policy_page_says_how_many_violations_it_still_needs(
-    threats: Policy, engine_config: EngineConfig
+    threats: Policy, engine_config: EngineConfig, client_for: ClientFor
 ) -> None:
     threats.funnel_target_recall = None
     threats.recall_confidence = 0.95
@@ -107,6 +100,6 @@ def test_in_shadow_mode_the_policy_page_says_how_many_violations_it_still_needs(
     [case] = cases_for(threats, VIOLATING_ITEM)
     services.cases_triage(case_ids=[case.pk], config=dataclasses.replace(engine_config, base_url=""))
     editor = user_create("pat", Role.POLICY_EDITOR)
-    page = logged_in(editor).get(f"/policies/{threats.slug}/").content.decode()
+    page = client_for(editor).get(f"/policies/{threats.slug}/").content.decode()
     assert "shadow mode" in page
     assert 'It needs <strong class="violations-missing">149</strong> more labelled violations' in page

@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
-from django.test import Client
 from django.utils import timezone
 
 from audit.models import AuditEvent
@@ -15,7 +14,7 @@ from policies import services as policy_services
 from policies.models import Policy, PolicyVersion
 from reviews import services
 from reviews.models import Decision, QueueGrant
-from tests.conftest import POLICY_TEXT, ApiClient
+from tests.conftest import POLICY_TEXT, ApiClient, ClientFor
 from tests.reviews.helpers import user_create
 
 HARASSMENT_TEXT = (
@@ -58,12 +57,6 @@ def item_cases(source: ApiClient, policies: list[Policy], verdicts: list[str], *
     ]
 
 
-def logged_in(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
 def test_next_claims_every_open_case_of_the_item_under_one_lease(
     two_queues: list[Policy], source: ApiClient
 ) -> None:
@@ -101,22 +94,25 @@ def test_the_claim_takes_only_the_moderators_granted_queues_and_skips_a_case_som
 
 
 def test_the_queue_lists_an_item_once_with_a_chip_per_policy(
-    two_queues: list[Policy], source: ApiClient
+    two_queues: list[Policy], source: ApiClient, client_for: ClientFor
 ) -> None:
     moderator = user_create("mona", "moderator", grants=two_queues)
     item_cases(source, two_queues, ["violates", "safe"])
-    page = logged_in(moderator).get("/queue/").content.decode()
+    page = client_for(moderator).get("/queue/").content.decode()
     assert page.count("Triple your savings!") == 1
     assert page.count('class="chip ') == 2
     assert 'Harassment</bdi> v1: <span class="verdict-word">safe' in page
 
 
 def test_one_submit_decides_every_policy_each_its_own_decision_and_audit_event(
-    two_queues: list[Policy], source: ApiClient, django_capture_on_commit_callbacks: Any
+    two_queues: list[Policy],
+    source: ApiClient,
+    django_capture_on_commit_callbacks: Any,
+    client_for: ClientFor,
 ) -> None:
     moderator = user_create("mona", "moderator", grants=two_queues)
     spam, harassment = item_cases(source, two_queues, ["violates", "safe"])
-    client = logged_in(moderator)
+    client = client_for(moderator)
     assert client.post("/queue/next")["Location"] == f"/cases/{spam.pk}/"
     page = client.get(f"/cases/{spam.pk}/").content.decode()
     assert "Triple your savings!" in page and page.count('class="card policy-panel') == 2
@@ -140,11 +136,11 @@ def test_one_submit_decides_every_policy_each_its_own_decision_and_audit_event(
 
 
 def test_one_key_confirms_all_and_asks_for_a_rule_the_model_did_not_cite(
-    two_queues: list[Policy], source: ApiClient
+    two_queues: list[Policy], source: ApiClient, client_for: ClientFor
 ) -> None:
     moderator = user_create("mona", "moderator", grants=two_queues)
     spam, _ = item_cases(source, two_queues, ["violates", "safe"])
-    client = logged_in(moderator)
+    client = client_for(moderator)
     client.post("/queue/next")
     refused = client.post(f"/cases/{spam.pk}/decide-item", {"action": "confirm_all"})
     assert refused.status_code == 400 and b"at least one rule" in refused.content
@@ -160,11 +156,11 @@ def test_one_key_confirms_all_and_asks_for_a_rule_the_model_did_not_cite(
 
 
 def test_confirm_all_is_offered_only_when_every_policy_has_a_verdict(
-    two_queues: list[Policy], source: ApiClient
+    two_queues: list[Policy], source: ApiClient, client_for: ClientFor
 ) -> None:
     moderator = user_create("mona", "moderator", grants=two_queues)
     spam, harassment = item_cases(source, two_queues, ["undetermined", "safe"])
-    client = logged_in(moderator)
+    client = client_for(moderator)
     client.post("/queue/next")
     page = client.get(f"/cases/{spam.pk}/").content.decode()
     assert "Confirm all" not in page
@@ -181,10 +177,12 @@ def test_confirm_all_is_offered_only_when_every_policy_has_a_verdict(
     assert sorted(Decision.objects.values_list("action", flat=True)) == ["confirm", "decided"]
 
 
-def test_a_lost_lease_records_nothing_for_any_policy(two_queues: list[Policy], source: ApiClient) -> None:
+def test_a_lost_lease_records_nothing_for_any_policy(
+    two_queues: list[Policy], source: ApiClient, client_for: ClientFor
+) -> None:
     moderator = user_create("mona", "moderator", grants=two_queues)
     spam, harassment = item_cases(source, two_queues, ["safe", "safe"])
-    client = logged_in(moderator)
+    client = client_for(moderator)
     client.post("/queue/next")
     Case.objects.filter(pk=harassment.pk).update(
         state=Case.State.QUEUED, lease_owner=None, lease_expires_at=None
@@ -196,10 +194,12 @@ def test_a_lost_lease_records_nothing_for_any_policy(two_queues: list[Policy], s
     assert not Decision.objects.exists()
 
 
-def test_skip_gives_back_every_case_of_the_item(two_queues: list[Policy], source: ApiClient) -> None:
+def test_skip_gives_back_every_case_of_the_item(
+    two_queues: list[Policy], source: ApiClient, client_for: ClientFor
+) -> None:
     moderator = user_create("mona", "moderator", grants=two_queues)
     spam, _ = item_cases(source, two_queues, ["safe", "safe"])
-    client = logged_in(moderator)
+    client = client_for(moderator)
     client.post("/queue/next")
     client.post(f"/cases/{spam.pk}/skip")
     assert set(Case.objects.filter(item_id=spam.item_id).values_list("state", flat=True)) == {"queued"}

@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
-from django.test import Client
 
 from moderation.models import Case
 from policies.models import Policy
 from reviews import metrics
 from reviews.models import Decision
 from reviews.templatetags.figures import hourly_chart, metric, metric_change, rate
+from tests.conftest import ClientFor
 from tests.reviews.conftest import CasesFactory
 from tests.reviews.helpers import table_rows, text_of, user_create
 
@@ -84,20 +84,14 @@ def test_it_has_no_precision_or_recall_without_decisions(db: None) -> None:
     assert (agreement.precision, agreement.recall, agreement.total) == (None, None, 0)
 
 
-def logged_in(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
 @pytest.mark.parametrize("persona", ["moderator", "senior_moderator", "admin", "auditor", "policy_editor"])
 def test_it_shows_the_backlog_and_agreement(
-    persona: str, request: Any, hand_built: list[Decision], queued_cases: CasesFactory
+    persona: str, request: Any, hand_built: list[Decision], queued_cases: CasesFactory, client_for: ClientFor
 ) -> None:
     queued_cases(3)
     queued_cases(1, state=Case.State.ESCALATED, needs_senior=True)
     queued_cases(1, state=Case.State.CLAIMED)  # being reviewed: not waiting
-    page = logged_in(request.getfixturevalue(persona)).get("/metrics/")
+    page = client_for(request.getfixturevalue(persona)).get("/metrics/")
     assert page.status_code == 200
     rows = table_rows(page.content)
     assert ["Spam", "4"] in [row[:2] for row in rows]  # waiting: queued and escalated
@@ -108,22 +102,24 @@ def test_it_shows_the_backlog_and_agreement(
     assert "QA second reviews: 2, agreeing 1." in text
 
 
-def test_it_shows_a_moderator_only_their_queues(outsider: User, queued_cases: CasesFactory) -> None:
+def test_it_shows_a_moderator_only_their_queues(
+    outsider: User, queued_cases: CasesFactory, client_for: ClientFor
+) -> None:
     queued_cases(2)
-    page = logged_in(outsider).get("/metrics/")
+    page = client_for(outsider).get("/metrics/")
     assert page.status_code == 200
     assert "Spam" not in [row[0] for row in table_rows(page.content) if row]
 
 
-def test_it_refuses_metrics_to_a_user_without_a_role(db: None) -> None:
-    assert logged_in(user_create("nobody")).get("/metrics/").status_code == 403
+def test_it_refuses_metrics_to_a_user_without_a_role(db: None, client_for: ClientFor) -> None:
+    assert client_for(user_create("nobody")).get("/metrics/").status_code == 403
 
 
 def test_with_nothing_to_show_yet_it_says_so_instead_of_drawing_empty_charts(
-    admin: User, settings: Any
+    admin: User, settings: Any, client_for: ClientFor
 ) -> None:
     settings.SAFEGUARD_BASE_URL = ""
-    html = logged_in(admin).get("/metrics/").content
+    html = client_for(admin).get("/metrics/").content
     text = text_of(html)
     assert "No decisions in the last 24 hours." in text
     assert "No calls to the reasoning engine in the last 24 hours: none is connected (" in text

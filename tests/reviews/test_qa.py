@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
-from django.test import Client
 
 from audit.models import AuditEvent
 from inference_worker.runner import EngineConfig
@@ -17,7 +16,7 @@ from policies.models import GoldenExample, Policy
 from reviews import services, tasks
 from reviews.models import Decision
 from reviews.services import DecisionIn
-from tests.conftest import ApiClient
+from tests.conftest import ApiClient, ClientFor
 from tests.inference_worker.autoclear_helpers import reasoner_proven
 from tests.reviews.conftest import CasesFactory
 
@@ -30,12 +29,6 @@ def sampled_policy(policy: Policy, source: ApiClient) -> Policy:
     source.source.callback_url = "http://127.0.0.1:9/hooks"
     source.source.save()
     return policy
-
-
-def logged_in(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def callback_enqueues(callbacks: list[Any]) -> list[Any]:
@@ -54,6 +47,7 @@ def test_it_opens_a_second_review_that_the_deciding_moderator_cannot_take(
     other_moderator: User,
     queued_cases: CasesFactory,
     django_capture_on_commit_callbacks: Any,
+    client_for: ClientFor,
 ) -> None:
     [case] = queued_cases(verdict="violates")
     with django_capture_on_commit_callbacks() as callbacks:
@@ -65,9 +59,9 @@ def test_it_opens_a_second_review_that_the_deciding_moderator_cannot_take(
     assert qa_case.verdict == "violates" and qa_case.priority == services.PRIORITY_QA_REVIEW
     assert AuditEvent.objects.filter(action="case.qa_opened", object_id=str(qa_case.pk)).count() == 1
 
-    assert logged_in(moderator).post("/queue/next")["Location"] == "/queue/"
+    assert client_for(moderator).post("/queue/next")["Location"] == "/queue/"
     assert services.case_claim_next(moderator=moderator) is None
-    client = logged_in(other_moderator)
+    client = client_for(other_moderator)
     assert client.post("/queue/next")["Location"] == f"/cases/{qa_case.pk}/"
     page = client.get(f"/cases/{qa_case.pk}/")
     assert b"QA second review" in page.content
@@ -165,7 +159,11 @@ def test_it_samples_about_the_configured_share_of_decisions(
 
 
 def test_it_hides_the_first_decision_from_the_second_reviewer_until_they_decide(
-    sampled_policy: Policy, moderator: User, other_moderator: User, queued_cases: CasesFactory
+    sampled_policy: Policy,
+    moderator: User,
+    other_moderator: User,
+    queued_cases: CasesFactory,
+    client_for: ClientFor,
 ) -> None:
     [case] = queued_cases(verdict="violates")
     decide(
@@ -175,7 +173,7 @@ def test_it_hides_the_first_decision_from_the_second_reviewer_until_they_decide(
     qa_case = services.case_claim_next(moderator=other_moderator)
     assert qa_case is not None and qa_case.qa_of_id == case.pk
 
-    page = logged_in(other_moderator).get(f"/cases/{qa_case.pk}/").content.decode()
+    page = client_for(other_moderator).get(f"/cases/{qa_case.pk}/").content.decode()
     assert "decide on your own" in page
     assert "satire, not a threat" not in page
     assert moderator.get_username() not in page
@@ -185,7 +183,7 @@ def test_it_hides_the_first_decision_from_the_second_reviewer_until_they_decide(
         moderator=other_moderator,
         decision=DecisionIn(action=Decision.Action.CONFIRM, rule_ids=["SP1"]),
     )
-    page = logged_in(other_moderator).get(f"/cases/{qa_case.pk}/").content.decode()
+    page = client_for(other_moderator).get(f"/cases/{qa_case.pk}/").content.decode()
     assert f"safe by {moderator.get_username()}" in page
 
 
@@ -193,11 +191,15 @@ def test_it_hides_the_first_decision_from_the_second_reviewer_until_they_decide(
 
 
 def test_the_blind_reviewer_cannot_open_the_case_they_double_check(
-    sampled_policy: Policy, moderator: User, other_moderator: User, queued_cases: CasesFactory
+    sampled_policy: Policy,
+    moderator: User,
+    other_moderator: User,
+    queued_cases: CasesFactory,
+    client_for: ClientFor,
 ) -> None:
     [case] = queued_cases(verdict="violates")
     decide(moderator, DecisionIn(action=Decision.Action.OVERTURN, final_label="safe", note="satire, fine"))
-    client = logged_in(other_moderator)
+    client = client_for(other_moderator)
     assert client.get(f"/cases/{case.pk}/").status_code == 200  # before claiming the review: any case
     qa_case = Case.objects.get(qa_of=case)
     assert client.post("/queue/next")["Location"] == f"/cases/{qa_case.pk}/"

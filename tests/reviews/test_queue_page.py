@@ -7,7 +7,6 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import User
-from django.test import Client
 from django.utils import timezone
 
 from moderation.models import Case
@@ -15,17 +14,11 @@ from policies import services as policy_services
 from policies.models import Policy
 from reviews import selectors
 from reviews.models import QueueGrant
-from tests.conftest import POLICY_TEXT, ApiClient
+from tests.conftest import POLICY_TEXT, ApiClient, ClientFor
 from tests.reviews.conftest import CasesFactory
 from tests.reviews.helpers import case_ids_in, cases_create, table_rows
 
 NEXT_PAGE = re.compile(r'href="\?([^"]*after=[^"]+)"')
-
-
-def logged_in(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def claim_order(cases: list[Case]) -> list[int]:
@@ -42,7 +35,9 @@ def second_policy(policy: Policy, source: ApiClient, moderator: User) -> Policy:
     return other
 
 
-def test_it_lists_waiting_cases_in_claim_order(moderator: User, queued_cases: CasesFactory) -> None:
+def test_it_lists_waiting_cases_in_claim_order(
+    moderator: User, queued_cases: CasesFactory, client_for: ClientFor
+) -> None:
     now = timezone.now()
     old_low = queued_cases(priority=10, queued_at=now - timedelta(hours=2))
     new_high = queued_cases(priority=80, queued_at=now)
@@ -50,7 +45,7 @@ def test_it_lists_waiting_cases_in_claim_order(moderator: User, queued_cases: Ca
     queued_cases(state=Case.State.CLAIMED)
     queued_cases(state=Case.State.DECIDED)
     queued_cases(state=Case.State.PENDING_TRIAGE)
-    ids = case_ids_in(logged_in(moderator).get("/queue/").content)
+    ids = case_ids_in(client_for(moderator).get("/queue/").content)
     assert ids == [old_high[0].pk, new_high[0].pk, old_low[0].pk]
 
 
@@ -60,6 +55,7 @@ def test_it_filters_the_queue(
     queued_cases: CasesFactory,
     second_policy: Policy,
     source: ApiClient,
+    client_for: ClientFor,
 ) -> None:
     now = timezone.now()
     [violation] = queued_cases(verdict="violates", confidence="high", priority=80)
@@ -72,7 +68,7 @@ def test_it_filters_the_queue(
     [decided] = queued_cases(state=Case.State.DECIDED)
     [appeal] = queued_cases(state=Case.State.APPEALED, appeal_of=decided, priority=90)
     [harassment] = cases_create(second_policy, source.source, verdict="violates", priority=60)
-    client = logged_in(moderator)
+    client = client_for(moderator)
 
     def shown(query: str) -> set[int]:
         response = client.get(f"/queue/?{query}")
@@ -93,18 +89,18 @@ def test_it_filters_the_queue(
 
 
 def test_it_scopes_the_policy_filter_to_granted_queues(
-    moderator: User, queued_cases: CasesFactory, source: ApiClient
+    moderator: User, queued_cases: CasesFactory, source: ApiClient, client_for: ClientFor
 ) -> None:
     secret = Policy.objects.create(slug="secret", name="Secret")
     policy_services.policy_version_create(policy=secret, text=POLICY_TEXT, activate=True)
     [hidden] = cases_create(secret, source.source)
     [mine] = queued_cases()
-    ids = case_ids_in(logged_in(moderator).get(f"/queue/?policy={secret.pk}").content)
+    ids = case_ids_in(client_for(moderator).get(f"/queue/?policy={secret.pk}").content)
     assert hidden.pk not in ids and ids == [mine.pk]
 
 
 def test_it_pages_through_the_queue_without_duplicates_or_gaps(
-    moderator: User, queued_cases: CasesFactory
+    moderator: User, queued_cases: CasesFactory, client_for: ClientFor
 ) -> None:
     now = timezone.now()
     cases: list[Case] = []
@@ -113,7 +109,7 @@ def test_it_pages_through_the_queue_without_duplicates_or_gaps(
         cases += queued_cases(30, priority=priority, queued_at=now - timedelta(minutes=5))
         cases += queued_cases(15, priority=priority, queued_at=now - timedelta(minutes=1, microseconds=1))
     cases += queued_cases(7, priority=-5, queued_at=now)
-    client = logged_in(moderator)
+    client = client_for(moderator)
 
     seen: list[int] = []
     url = "/queue/?verdict=violates"
@@ -134,9 +130,11 @@ def test_it_pages_through_the_queue_without_duplicates_or_gaps(
     assert seen == claim_order(cases)
 
 
-def test_it_ignores_a_malformed_cursor(moderator: User, queued_cases: CasesFactory) -> None:
+def test_it_ignores_a_malformed_cursor(
+    moderator: User, queued_cases: CasesFactory, client_for: ClientFor
+) -> None:
     cases = queued_cases(3)
-    ids = case_ids_in(logged_in(moderator).get("/queue/?after=not-a-cursor").content)
+    ids = case_ids_in(client_for(moderator).get("/queue/?after=not-a-cursor").content)
     assert ids == claim_order(cases)
 
 
@@ -154,12 +152,12 @@ def test_the_selector_pages_in_small_steps(moderator: User, queued_cases: CasesF
 
 
 def test_an_htmx_request_gets_the_table_and_the_counts_out_of_band(
-    moderator: User, queued_cases: CasesFactory
+    moderator: User, queued_cases: CasesFactory, client_for: ClientFor
 ) -> None:
     [case] = queued_cases(verdict="safe", confidence="low")
     queued_cases(2, verdict="violates")
     queued_cases(state=Case.State.ESCALATED, needs_senior=True)
-    response = logged_in(moderator).get("/queue/?verdict=safe", headers={"HX-Request": "true"})
+    response = client_for(moderator).get("/queue/?verdict=safe", headers={"HX-Request": "true"})
     assert response.status_code == 200
     html = response.content.decode()
     assert "<html" not in html and 'class="filters"' not in html
@@ -171,18 +169,20 @@ def test_an_htmx_request_gets_the_table_and_the_counts_out_of_band(
 
 
 def test_the_counts_endpoint_reports_per_queue(
-    moderator: User, other_moderator: User, queued_cases: CasesFactory
+    moderator: User, other_moderator: User, queued_cases: CasesFactory, client_for: ClientFor
 ) -> None:
     queued_cases(2)
     queued_cases(state=Case.State.APPEALED, appeal_of=queued_cases(state=Case.State.DECIDED)[0])
     queued_cases(state=Case.State.CLAIMED, lease_owner=other_moderator)
-    html = logged_in(moderator).get("/queue/counts").content.decode()
+    html = client_for(moderator).get("/queue/counts").content.decode()
     assert ["Spam", "2", "0", "1", "1"] in table_rows(html)
 
 
-def test_it_escapes_untrusted_content(moderator: User, queued_cases: CasesFactory) -> None:
+def test_it_escapes_untrusted_content(
+    moderator: User, queued_cases: CasesFactory, client_for: ClientFor
+) -> None:
     [case] = queued_cases(text='<script>alert("x")</script><img src=x onerror=alert(1)>')
-    client = logged_in(moderator)
+    client = client_for(moderator)
     for url in ("/queue/", f"/cases/{case.pk}/"):
         html = client.get(url).content
         assert b"<script>alert" not in html and b"<img src=x" not in html
@@ -199,11 +199,11 @@ def test_it_escapes_untrusted_content(moderator: User, queued_cases: CasesFactor
     ],
 )
 def test_it_refuses_an_out_of_range_cursor_with_400(
-    moderator: User, queued_cases: CasesFactory, cursor: str
+    moderator: User, queued_cases: CasesFactory, cursor: str, client_for: ClientFor
 ) -> None:
     queued_cases(1)
 
-    response = logged_in(moderator).get("/queue/", {"after": cursor})
+    response = client_for(moderator).get("/queue/", {"after": cursor})
 
     assert response.status_code == 400
     assert b"out of range" in response.content

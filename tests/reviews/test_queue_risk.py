@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.contrib.auth.models import User
-from django.test import Client, override_settings
+from django.test import override_settings
 from django.utils import timezone
 
 from inference_worker.outcomes import case_risk
 from reviews import selectors, services
+from tests.conftest import ClientFor
 from tests.reviews.conftest import CasesFactory
 
 
@@ -22,7 +23,7 @@ def test_a_verdict_outranks_the_funnel_and_confidence_moves_the_risk() -> None:
 
 
 def test_the_riskiest_case_of_a_priority_comes_first_and_pages_follow_the_order(
-    moderator: User, queued_cases: CasesFactory
+    moderator: User, queued_cases: CasesFactory, client_for: ClientFor
 ) -> None:
     old = timezone.now() - timedelta(hours=1)
     [urgent] = queued_cases(priority=90, risk=0.1)
@@ -40,7 +41,7 @@ def test_the_riskiest_case_of_a_priority_comes_first_and_pages_follow_the_order(
         cursor = page.next_cursor
     assert seen == expected
     assert services.case_claim_next(moderator=moderator) == urgent
-    html = _client(moderator).get("/queue/").content.decode()
+    html = client_for(moderator).get("/queue/").content.decode()
     assert "0.90" in html  # the score is a column
 
 
@@ -53,12 +54,6 @@ def test_the_queue_setting_keeps_oldest_first(moderator: User, queued_cases: Cas
     assert services.case_claim_next(moderator=moderator) == older
 
 
-def test_it_refuses_a_risk_outside_0_to_1(moderator: User) -> None:
-    response = _client(moderator).get("/queue/", {"after": "50_1.5_1700000000.0_1"})
+def test_it_refuses_a_risk_outside_0_to_1(moderator: User, client_for: ClientFor) -> None:
+    response = client_for(moderator).get("/queue/", {"after": "50_1.5_1700000000.0_1"})
     assert response.status_code == 400
-
-
-def _client(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client

@@ -13,6 +13,7 @@ from django.test import Client
 from config.middleware import SESSION_LAST_ACTIVE_KEY
 from moderation.models import Case
 from reviews import services
+from tests.conftest import ClientFor
 from tests.reviews.conftest import CasesFactory
 
 TIMEOUT = 3600
@@ -23,12 +24,6 @@ def idle_timeout(settings: Any) -> None:
     settings.SESSION_IDLE_TIMEOUT_SECONDS = TIMEOUT
 
 
-def logged_in(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
 def last_active(client: Client, seconds_ago: int | None = None) -> Any:
     session = client.session
     if seconds_ago is not None:
@@ -37,8 +32,10 @@ def last_active(client: Client, seconds_ago: int | None = None) -> Any:
     return session.get(SESSION_LAST_ACTIVE_KEY)
 
 
-def test_it_logs_out_a_session_idle_for_longer_than_the_timeout(moderator: User) -> None:
-    client = logged_in(moderator)
+def test_it_logs_out_a_session_idle_for_longer_than_the_timeout(
+    moderator: User, client_for: ClientFor
+) -> None:
+    client = client_for(moderator)
     assert client.get("/queue/").status_code == 200
     last_active(client, seconds_ago=TIMEOUT + 5)
 
@@ -49,8 +46,10 @@ def test_it_logs_out_a_session_idle_for_longer_than_the_timeout(moderator: User)
     assert client.get("/queue/").status_code == 302  # logged out for good, not just this request
 
 
-def test_it_keeps_a_session_that_was_active_within_the_timeout(moderator: User) -> None:
-    client = logged_in(moderator)
+def test_it_keeps_a_session_that_was_active_within_the_timeout(
+    moderator: User, client_for: ClientFor
+) -> None:
+    client = client_for(moderator)
     last_active(client, seconds_ago=TIMEOUT - 60)
 
     assert client.get("/queue/").status_code == 200
@@ -58,10 +57,10 @@ def test_it_keeps_a_session_that_was_active_within_the_timeout(moderator: User) 
 
 
 def test_lease_renewal_and_counters_polling_do_not_count_as_activity(
-    moderator: User, queued_cases: CasesFactory
+    moderator: User, queued_cases: CasesFactory, client_for: ClientFor
 ) -> None:
     [case] = queued_cases()
-    client = logged_in(moderator)
+    client = client_for(moderator)
     client.post("/queue/next")
     before = last_active(client, seconds_ago=TIMEOUT - 60)
 
@@ -71,10 +70,10 @@ def test_lease_renewal_and_counters_polling_do_not_count_as_activity(
 
 
 def test_an_idle_tab_polling_for_its_lease_is_sent_to_the_login_page_and_loses_the_lease(
-    moderator: User, queued_cases: CasesFactory
+    moderator: User, queued_cases: CasesFactory, client_for: ClientFor
 ) -> None:
     [case] = queued_cases()
-    client = logged_in(moderator)
+    client = client_for(moderator)
     client.post("/queue/next")
     case.refresh_from_db()
     held_until = case.lease_expires_at
@@ -92,9 +91,9 @@ def test_an_idle_tab_polling_for_its_lease_is_sent_to_the_login_page_and_loses_t
     assert Case.objects.get(pk=case.pk).lease_owner == moderator
 
 
-def test_a_zero_timeout_turns_it_off(moderator: User, settings: Any) -> None:
+def test_a_zero_timeout_turns_it_off(moderator: User, settings: Any, client_for: ClientFor) -> None:
     settings.SESSION_IDLE_TIMEOUT_SECONDS = 0
-    client = logged_in(moderator)
+    client = client_for(moderator)
     last_active(client, seconds_ago=10 * TIMEOUT)
 
     assert client.get("/queue/").status_code == 200

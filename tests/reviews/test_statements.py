@@ -11,14 +11,12 @@ from django.test import Client
 
 from moderation.models import Case, TriageResult
 from policies.models import Policy, StatementOfReasonsMapping
-from tests.conftest import ApiClient
+from tests.conftest import ApiClient, ClientFor
 from tests.reviews.exports_helpers import decided_case, jsonl_rows
 from tests.reviews.helpers import cases_create
 
 
-def statements(user: User, **params: str) -> list[dict[str, Any]]:
-    client = Client()
-    client.force_login(user)
+def statements(client: Client, **params: str) -> list[dict[str, Any]]:
     rows = jsonl_rows(client.get("/audit/export", {"kind": "statements", "format": "jsonl", **params}))
     return rows
 
@@ -32,7 +30,12 @@ def auto_actioned_case(policy: Policy, source: ApiClient) -> Case:
 
 
 def test_only_decisions_that_restricted_content_become_statements(
-    auditor: User, moderator: User, senior_moderator: User, policy: Policy, source: ApiClient
+    auditor: User,
+    moderator: User,
+    senior_moderator: User,
+    policy: Policy,
+    source: ApiClient,
+    client_for: ClientFor,
 ) -> None:
     restricted, _ = decided_case(policy, source, moderator)
     decided_case(policy, source, moderator, action="overturn", final_label="safe")
@@ -43,19 +46,19 @@ def test_only_decisions_that_restricted_content_become_statements(
     auto = auto_actioned_case(policy, source)
     cases_create(policy, source.source, 1, state=Case.State.AUTO_CLEARED, verdict="safe")
 
-    puids = [s["puid"] for s in statements(auditor)]
+    puids = [s["puid"] for s in statements(client_for(auditor))]
     assert len(puids) == 2
     assert puids[0].startswith(f"{source.source.slug}:{restricted.item.external_id}:decision-")
     assert puids[1] == f"{source.source.slug}:{auto.item.external_id}:case-{auto.pk}"
 
 
 def test_the_automated_flags_say_who_decided(
-    auditor: User, moderator: User, policy: Policy, source: ApiClient
+    auditor: User, moderator: User, policy: Policy, source: ApiClient, client_for: ClientFor
 ) -> None:
     decided_case(policy, source, moderator, model_verdict="violates", action="confirm")
     decided_case(policy, source, moderator, model_verdict="safe", action="overturn", final_label="violates")
     auto_actioned_case(policy, source)
-    confirmed, overturned, auto = statements(auditor)
+    confirmed, overturned, auto = statements(client_for(auditor))
     assert (confirmed["automated_detection"], confirmed["automated_decision"]) == (
         "Yes",
         "AUTOMATED_DECISION_PARTIALLY",
@@ -70,10 +73,10 @@ def test_the_automated_flags_say_who_decided(
 
 
 def test_a_policy_without_a_mapping_gets_the_terms_of_service_defaults(
-    auditor: User, moderator: User, policy: Policy, source: ApiClient
+    auditor: User, moderator: User, policy: Policy, source: ApiClient, client_for: ClientFor
 ) -> None:
     case, decision = decided_case(policy, source, moderator, rule_ids=("SP1",))
-    (statement,) = statements(auditor)
+    (statement,) = statements(client_for(auditor))
     assert statement["decision_ground"] == "DECISION_GROUND_INCOMPATIBLE_CONTENT"
     assert statement["incompatible_content_ground"] == "Terms of service: Spam policy"
     assert statement["incompatible_content_illegal"] == "No"
@@ -89,7 +92,7 @@ def test_a_policy_without_a_mapping_gets_the_terms_of_service_defaults(
 
 
 def test_the_policy_mapping_sets_ground_category_visibility_and_scope(
-    auditor: User, moderator: User, policy: Policy, source: ApiClient
+    auditor: User, moderator: User, policy: Policy, source: ApiClient, client_for: ClientFor
 ) -> None:
     StatementOfReasonsMapping.objects.create(
         policy=policy,
@@ -104,7 +107,7 @@ def test_the_policy_mapping_sets_ground_category_visibility_and_scope(
     )
     decided_case(policy, source, moderator, rule_ids=("SP1",))
     decided_case(policy, source, moderator, rule_ids=("SP2",))
-    by_rule_1, by_rule_2 = statements(auditor)
+    by_rule_1, by_rule_2 = statements(client_for(auditor))
     assert by_rule_1["decision_ground"] == "DECISION_GROUND_ILLEGAL_CONTENT"
     assert by_rule_1["illegal_content_legal_ground"] == "Unfair Commercial Practices Directive 2005/29/EC"
     assert by_rule_1["illegal_content_explanation"] == "Covert advertising is unlawful."
@@ -117,17 +120,23 @@ def test_the_policy_mapping_sets_ground_category_visibility_and_scope(
 
 
 def test_statements_follow_the_policy_actor_and_time_filters(
-    auditor: User, moderator: User, other_moderator: User, policy: Policy, source: ApiClient
+    auditor: User,
+    moderator: User,
+    other_moderator: User,
+    policy: Policy,
+    source: ApiClient,
+    client_for: ClientFor,
 ) -> None:
     _, first = decided_case(policy, source, moderator)
     _, second = decided_case(policy, source, other_moderator)
     auto_actioned_case(policy, source)
-    assert len(statements(auditor, actor=moderator.username)) == 1
-    assert len(statements(auditor, actor="system")) == 1
-    assert len(statements(auditor, since=second.created_at.isoformat())) == 2  # second + the auto-action
-    assert statements(auditor, policy="spam") == statements(auditor)
-    assert [s["puid"] for s in statements(auditor, until=second.created_at.isoformat())] == [
-        s["puid"] for s in statements(auditor) if s["puid"].endswith(f"decision-{first.pk}")
+    client = client_for(auditor)
+    assert len(statements(client, actor=moderator.username)) == 1
+    assert len(statements(client, actor="system")) == 1
+    assert len(statements(client, since=second.created_at.isoformat())) == 2  # second + the auto-action
+    assert statements(client, policy="spam") == statements(client)
+    assert [s["puid"] for s in statements(client, until=second.created_at.isoformat())] == [
+        s["puid"] for s in statements(client) if s["puid"].endswith(f"decision-{first.pk}")
     ]
 
 
