@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,11 +11,13 @@ import redis
 from django.contrib.auth.models import User
 from django.test import Client
 
+from accounts.roles import Role
 from moderation import services
-from moderation.models import Source
+from moderation.models import Case, Source
 from moderation.redis import redis_client
 from policies import services as policy_services
 from policies.models import Policy, PolicyVersion
+from tests.reviews.helpers import CallbackReceiver, cases_create, user_create
 
 pytest_plugins = ["inference_worker.testing.fixtures"]
 
@@ -160,3 +162,62 @@ def client_for() -> ClientFor:
         return client
 
     return log_in
+
+
+# Personas and factories of the review workflow, shared by every app's tests.
+
+
+@pytest.fixture
+def moderator(policy: Policy) -> User:
+    return user_create("mona", Role.MODERATOR, grants=[policy])
+
+
+@pytest.fixture
+def other_moderator(policy: Policy) -> User:
+    return user_create("otto", Role.MODERATOR, grants=[policy])
+
+
+@pytest.fixture
+def senior_moderator(policy: Policy) -> User:
+    return user_create("sena", Role.SENIOR_MODERATOR, grants=[policy])
+
+
+@pytest.fixture
+def policy_editor(db: None) -> User:
+    return user_create("pete", Role.POLICY_EDITOR)
+
+
+@pytest.fixture
+def auditor(db: None) -> User:
+    return user_create("audrey", Role.AUDITOR)
+
+
+@pytest.fixture
+def admin(db: None) -> User:
+    """In the admin group (not a Django superuser): sees every queue."""
+    return user_create("ada", Role.ADMIN)
+
+
+@pytest.fixture
+def outsider(db: None) -> User:
+    """A moderator of another team: no queue is granted to them."""
+    return user_create("olaf", Role.MODERATOR)
+
+
+CasesFactory = Callable[..., list[Case]]
+
+
+@pytest.fixture
+def queued_cases(policy: Policy, source: ApiClient) -> CasesFactory:
+    """queued_cases(3, verdict="safe", priority=40, ...) -> cases waiting in the `policy` queue."""
+
+    def make(count: int = 1, **fields: Any) -> list[Case]:
+        return cases_create(policy, source.source, count, **fields)
+
+    return make
+
+
+@pytest.fixture
+def callback_receiver() -> Iterator[CallbackReceiver]:
+    with CallbackReceiver() as receiver:
+        yield receiver

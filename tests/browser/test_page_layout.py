@@ -26,7 +26,7 @@ from reviews.models import Decision
 from tests.browser.conftest import Tab, screenshot, user_with_role
 from tests.browser.sessions import log_in
 from tests.conftest import ApiClient
-from tests.reviews.evaluation_helpers import golden_accepted
+from tests.policies.evaluation_helpers import golden_accepted
 from tests.reviews.helpers import cases_create
 
 pytestmark = pytest.mark.browser

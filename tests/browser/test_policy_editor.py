@@ -13,7 +13,7 @@ from policies import services as policy_services
 from policies.models import Policy, PolicyVersion
 from tests.browser.conftest import Tab, screenshot, user_with_role
 from tests.browser.sessions import log_in
-from tests.reviews.evaluation_helpers import golden_set_small
+from tests.policies.evaluation_helpers import golden_set_small
 
 pytestmark = pytest.mark.browser
 

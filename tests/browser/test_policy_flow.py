@@ -19,7 +19,7 @@ from inference_worker.testing.fixtures import engine_config_for
 from policies import evaluations
 from policies.models import EvaluationRun, Policy, PolicyVersion
 from tests.browser.conftest import PASSWORD, Tab, screenshot, user_with_role
-from tests.reviews.evaluation_helpers import golden_accepted, golden_set_small
+from tests.policies.evaluation_helpers import golden_accepted, golden_set_small
 
 pytestmark = pytest.mark.browser
 

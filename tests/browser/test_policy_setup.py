@@ -16,7 +16,7 @@ from policies.models import EvaluationResult, EvaluationRun, Policy, PolicyVersi
 from tests.browser.conftest import PASSWORD, Tab, screenshot, user_with_role
 from tests.browser.test_policy_flow import RUN_URL, run_in_a_worker_thread
 from tests.conftest import source_api_client
-from tests.reviews.evaluation_helpers import golden_accepted
+from tests.policies.evaluation_helpers import golden_accepted
 
 pytestmark = pytest.mark.browser
 

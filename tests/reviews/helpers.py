@@ -1,6 +1,6 @@
 """Test helpers for the review workflow: personas, quick cases, and a loopback callback receiver.
 
-Plain functions (the fixtures in tests/reviews/conftest.py wrap them), so tests of other apps can use them.
+Plain functions (the fixtures in tests/conftest.py wrap them), so tests of other apps can use them.
 """
 
 from __future__ import annotations

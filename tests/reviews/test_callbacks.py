@@ -30,8 +30,7 @@ from reviews import callbacks, services, tasks
 from reviews.callbacks import CallbackFailed
 from reviews.models import CallbackDelivery, Decision
 from reviews.services import DecisionIn
-from tests.conftest import ApiClient
-from tests.reviews.conftest import CasesFactory
+from tests.conftest import ApiClient, CasesFactory
 from tests.reviews.helpers import CallbackReceiver, refused_url
 
 

@@ -18,8 +18,7 @@ from policies.models import Policy
 from reviews import selectors, services, tasks
 from reviews.models import Decision
 from reviews.services import DecisionIn, DecisionRefused
-from tests.conftest import ClientFor
-from tests.reviews.conftest import CasesFactory
+from tests.conftest import CasesFactory, ClientFor
 from tests.reviews.helpers import cases_create, text_of, user_create
 
 

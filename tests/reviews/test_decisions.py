@@ -15,8 +15,7 @@ from policies.models import GoldenExample, Policy
 from reviews import services
 from reviews.models import Decision
 from reviews.services import DecisionIn, DecisionRefused
-from tests.conftest import ClientFor
-from tests.reviews.conftest import CasesFactory
+from tests.conftest import CasesFactory, ClientFor
 
 
 @pytest.fixture(autouse=True)

@@ -13,8 +13,7 @@ from policies.models import Policy
 from reviews import metrics
 from reviews.models import Decision
 from reviews.templatetags.figures import hourly_chart, metric, metric_change, rate
-from tests.conftest import ClientFor
-from tests.reviews.conftest import CasesFactory
+from tests.conftest import CasesFactory, ClientFor
 from tests.reviews.helpers import table_rows, text_of, user_create
 
 

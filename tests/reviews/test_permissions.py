@@ -14,8 +14,7 @@ from accounts.roles import Role
 from moderation.models import Case
 from reviews import services
 from reviews.models import Decision
-from tests.conftest import ClientFor
-from tests.reviews.conftest import CasesFactory
+from tests.conftest import CasesFactory, ClientFor
 from tests.reviews.helpers import case_ids_in
 
 

@@ -16,9 +16,8 @@ from policies.models import GoldenExample, Policy
 from reviews import services, tasks
 from reviews.models import Decision
 from reviews.services import DecisionIn
-from tests.conftest import ApiClient, ClientFor
+from tests.conftest import ApiClient, CasesFactory, ClientFor
 from tests.inference_worker.autoclear_helpers import reasoner_proven
-from tests.reviews.conftest import CasesFactory
 
 
 @pytest.fixture

@@ -14,8 +14,7 @@ from policies import services as policy_services
 from policies.models import Policy
 from reviews import selectors
 from reviews.models import QueueGrant
-from tests.conftest import POLICY_TEXT, ApiClient, ClientFor
-from tests.reviews.conftest import CasesFactory
+from tests.conftest import POLICY_TEXT, ApiClient, CasesFactory, ClientFor
 from tests.reviews.helpers import case_ids_in, cases_create, table_rows
 
 NEXT_PAGE = re.compile(r'href="\?([^"]*after=[^"]+)"')

@@ -10,8 +10,7 @@ from django.utils import timezone
 
 from inference_worker.outcomes import case_risk
 from reviews import selectors, services
-from tests.conftest import ClientFor
-from tests.reviews.conftest import CasesFactory
+from tests.conftest import CasesFactory, ClientFor
 
 
 def test_a_verdict_outranks_the_funnel_and_confidence_moves_the_risk() -> None:

@@ -8,8 +8,8 @@ from django.test import Client
 from policies.models import Policy
 from policies.rules import policy_rule_names
 from reviews import services
-from tests.reviews.conftest import CasesFactory
-from tests.reviews.evaluation_helpers import finished_run, golden_accepted
+from tests.conftest import CasesFactory
+from tests.policies.evaluation_helpers import finished_run, golden_accepted
 
 POLICY = """# Spam
 

@@ -13,8 +13,7 @@ from django.test import Client
 from config.middleware import SESSION_LAST_ACTIVE_KEY
 from moderation.models import Case
 from reviews import services
-from tests.conftest import ClientFor
-from tests.reviews.conftest import CasesFactory
+from tests.conftest import CasesFactory, ClientFor
 
 TIMEOUT = 3600
 

@@ -23,7 +23,7 @@ from inference_worker.testing.engine_simulator import EngineSimulator
 from inference_worker.testing.fixtures import engine_config_for
 from policies import evaluations, golden
 from policies.models import EvaluationResult, EvaluationRun, Policy, PolicyVersion
-from tests.reviews.evaluation_helpers import golden_accepted, golden_set_small
+from tests.policies.evaluation_helpers import golden_accepted, golden_set_small
 
 
 def run_now(version: PolicyVersion, config: EngineConfig) -> EvaluationRun:

@@ -11,8 +11,8 @@ from django.test import Client
 
 from moderation.models import Case, TriageResult
 from policies.models import Policy, StatementOfReasonsMapping
+from tests.audit.exports_helpers import decided_case, jsonl_rows
 from tests.conftest import ApiClient, ClientFor
-from tests.reviews.exports_helpers import decided_case, jsonl_rows
 from tests.reviews.helpers import cases_create
 
 

@@ -18,7 +18,7 @@ from policies import services as policy_services
 from policies.lint import OUTLINE_PLACEHOLDERS, POLICY_OUTLINE, policy_lint
 from policies.models import Policy, PolicyVersion
 from tests.conftest import POLICY_TEXT, ApiClient
-from tests.reviews.evaluation_helpers import finished_run, golden_set_small
+from tests.policies.evaluation_helpers import finished_run, golden_set_small
 from tests.reviews.helpers import user_create
 
 NEW_TEXT = POLICY_TEXT.replace("- SP2: Links", "- SP3: Fake giveaways.\n- SP2: Links")

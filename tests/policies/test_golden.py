@@ -16,8 +16,8 @@ from policies.models import GoldenExample, Policy
 from reviews import services
 from reviews.models import Decision
 from reviews.services import DecisionIn
-from tests.reviews.conftest import CasesFactory
-from tests.reviews.evaluation_helpers import golden_accepted
+from tests.conftest import CasesFactory
+from tests.policies.evaluation_helpers import golden_accepted
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from policies import evaluations
 from policies import services as policy_services
 from policies.models import EvaluationRun, Policy, PolicyVersion
 from tests.conftest import POLICY_TEXT
-from tests.reviews.evaluation_helpers import finished_run, golden_accepted, golden_set_small
+from tests.policies.evaluation_helpers import finished_run, golden_accepted, golden_set_small
 
 PAGES = [
     ("get", "/policies/"),

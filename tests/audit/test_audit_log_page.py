@@ -14,7 +14,7 @@ from audit.models import AuditEvent
 from audit.selectors import AUDIT_PAGE_SIZE
 from policies.models import Policy
 from tests.conftest import ClientFor
-from tests.reviews.test_audit_chain import events_record, with_trigger_disabled
+from tests.audit.test_audit_chain import events_record, with_trigger_disabled
 
 
 def get(client: Client, **params: str | int) -> tuple[int, str]:

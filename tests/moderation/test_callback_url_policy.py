@@ -27,8 +27,7 @@ from reviews import services as review_services
 from reviews.callbacks import CallbackFailed
 from reviews.models import CallbackDelivery, Decision
 from reviews.services import DecisionIn
-from tests.conftest import ApiClient
-from tests.reviews.conftest import CasesFactory
+from tests.conftest import ApiClient, CasesFactory
 from tests.reviews.helpers import CallbackReceiver, refused_url
 
 PUBLIC = ipaddress.ip_address("93.184.215.14")

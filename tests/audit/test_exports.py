@@ -16,8 +16,8 @@ from audit.models import ApiToken, AuditEvent
 from moderation.models import ContentItem, TriageResult
 from policies import services as policy_services
 from policies.models import Policy
+from tests.audit.exports_helpers import CHAIN_OF_THOUGHT, csv_rows, decided_case, jsonl_rows
 from tests.conftest import POLICY_TEXT, ApiClient, ClientFor
-from tests.reviews.exports_helpers import CHAIN_OF_THOUGHT, csv_rows, decided_case, jsonl_rows
 
 
 def api_get(path: str, token: str | None, **params: Any) -> Any:
