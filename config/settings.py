@@ -212,6 +212,8 @@ CELERY_BEAT_SCHEDULE = {
     "leases-expire": {"task": "reviews.leases_expire", "schedule": 60.0},
     "callbacks-sweep": {"task": "reviews.callbacks_sweep", "schedule": 300.0},
     "evaluation-runs-sweep": {"task": "reviews.evaluation_runs_sweep", "schedule": 300.0},
+    "decision-hours-compact": {"task": "reviews.decision_hours_compact", "schedule": 60.0},
+    "decision-hours-reconcile": {"task": "reviews.decision_hours_reconcile", "schedule": 3600.0},
 }
 
 # The safeguard engine (gpt-oss-safeguard behind vLLM or any OpenAI-compatible server).

@@ -151,6 +151,14 @@ class Case(models.Model):
                 name="case_queue_age_idx",
                 condition=Q(state__in=["queued", "escalated", "appealed"]),
             ),
+            # Counts of open cases per policy version and state, and the oldest waiting one (queue counts,
+            # polled by every open queue page, and the metrics backlog): an index-only read of what is open.
+            models.Index(
+                fields=["policy_version", "state"],
+                include=["queued_at"],
+                name="case_open_idx",
+                condition=Q(state__in=["queued", "escalated", "appealed", "claimed"]),
+            ),
             # Triage claims walk pending cases in id order; without this they would scan every settled case.
             models.Index(fields=["id"], name="case_pending_idx", condition=Q(state="pending_triage")),
             # The stuck-case sweep.

@@ -9,8 +9,8 @@ from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import connections
-from django.db.models import Count, Min, Q, QuerySet
-from django.db.models.functions import TruncHour
+from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.roles import Role, user_roles
@@ -18,7 +18,7 @@ from config.db_router import read_alias, replica_reads
 from moderation.models import Case
 from policies.models import Policy, PolicyVersion
 from reviews import selectors
-from reviews.models import Decision
+from reviews.models import DecisionHour
 
 WIDE_VIEW_ROLES = {Role.ADMIN, Role.SENIOR_MODERATOR, Role.POLICY_EDITOR, Role.AUDITOR}
 CHART_HOURS = 24
@@ -56,23 +56,19 @@ class Agreement:
         return self.true_positive + self.false_positive + self.false_negative + self.true_negative
 
 
-def agreement_of(decisions: QuerySet[Decision]) -> Agreement:
+def agreement_of(hours: QuerySet[DecisionHour]) -> Agreement:
     """The model's verdicts judged against the moderators' final labels (only where the model decided).
 
     A QA second review repeats the model verdict of the case it checks: it is counted in the QA agreement,
-    not here a second time.
+    not here a second time (reviews/rollups.py counts first reviews only).
     """
-    counts = (
-        decisions.exclude(action=Decision.Action.ESCALATE)
-        .filter(case__qa_of__isnull=True)
-        .aggregate(
-            tp=Count("id", filter=Q(model_verdict="violates", final_label="violates")),
-            fp=Count("id", filter=Q(model_verdict="violates", final_label="safe")),
-            fn=Count("id", filter=Q(model_verdict="safe", final_label="violates")),
-            tn=Count("id", filter=Q(model_verdict="safe", final_label="safe")),
-        )
+    sums = hours.aggregate(
+        tp=Coalesce(Sum("true_positives"), 0),
+        fp=Coalesce(Sum("false_positives"), 0),
+        fn=Coalesce(Sum("false_negatives"), 0),
+        tn=Coalesce(Sum("true_negatives"), 0),
     )
-    return Agreement(counts["tp"], counts["fp"], counts["fn"], counts["tn"])
+    return Agreement(sums["tp"], sums["fp"], sums["fn"], sums["tn"])
 
 
 def latency_percentiles(policy_ids: list[int], since: Any) -> dict[str, float | None]:
@@ -104,17 +100,17 @@ def _metrics_compute(policies: QuerySet[Policy]) -> dict[str, Any]:
     now = timezone.now()
     since = now - timedelta(hours=CHART_HOURS)
     policy_ids = list(policies.values_list("id", flat=True))
-    decisions = Decision.objects.filter(case__policy_version__policy_id__in=policy_ids)
-    hourly = decisions_per_hour(decisions, now=now)
+    # Decisions are read from their hourly rollups (reviews/rollups.py): rows per version and hour, never
+    # the decision history.
+    hours = DecisionHour.objects.filter(policy_version__policy_id__in=policy_ids)
+    hourly = decisions_per_hour(hours, now=now)
     return {
         "backlog": backlog_of(policies, now=now),
         "hourly": hourly,
         "decisions_24h": sum(h["count"] for h in hourly),
-        "overturns": overturns_per_version(policy_ids),
-        "agreement": agreement_of(decisions),
-        "qa": decisions.filter(agrees_with_reviewed__isnull=False).aggregate(
-            reviews=Count("id"), agreed=Count("id", filter=Q(agrees_with_reviewed=True))
-        ),
+        "overturns": overturns_per_version(hours),
+        "agreement": agreement_of(hours),
+        "qa": hours.aggregate(reviews=Coalesce(Sum("qa_reviews"), 0), agreed=Coalesce(Sum("qa_agreed"), 0)),
         "latency": latency_percentiles(policy_ids, since),
         "auto": Case.objects.filter(
             policy_version__policy_id__in=policy_ids, updated_at__gte=since
@@ -126,17 +122,10 @@ def _metrics_compute(policies: QuerySet[Policy]) -> dict[str, Any]:
 
 
 def backlog_of(policies: QuerySet[Policy], *, now: datetime) -> list[dict[str, Any]]:
-    """Per policy: the cases waiting, and how many minutes the oldest has waited (None if none waits)."""
-    waiting = Q(versions__cases__state__in=selectors.WAITING_STATES)
-    rows: Any = (
-        policies.annotate(
-            waiting=Count("versions__cases", filter=waiting),
-            oldest=Min("versions__cases__queued_at", filter=waiting),
-        )
-        .order_by("name")
-        .values("name", "waiting", "oldest")
-    )
-    backlog: list[dict[str, Any]] = list(rows)
+    """Per policy: the cases waiting, and how many minutes the oldest has waited (None if none waits).
+
+    From the open cases only (selectors.open_counts_by_policy): what is waiting, not the history."""
+    backlog = selectors.open_counts_by_policy(list(policies.order_by("name").values("id", "name")))
     for row in backlog:
         row["oldest_age_minutes"] = (
             round((now - row["oldest"]).total_seconds() / 60) if row["oldest"] else None
@@ -144,40 +133,40 @@ def backlog_of(policies: QuerySet[Policy], *, now: datetime) -> list[dict[str, A
     return backlog
 
 
-def decisions_per_hour(decisions: QuerySet[Decision], *, now: datetime) -> list[dict[str, Any]]:
+def decisions_per_hour(hours: QuerySet[DecisionHour], *, now: datetime) -> list[dict[str, Any]]:
     """The last CHART_HOURS hours, oldest first, each with its count (0 for an hour without decisions).
 
     Data only: the chart's geometry is drawn by reviews/templatetags/figures.py (hourly_chart).
     """
     first_hour = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=CHART_HOURS - 1)
     per_hour = dict(
-        decisions.filter(created_at__gte=now - timedelta(hours=CHART_HOURS))
-        .annotate(hour=TruncHour("created_at"))
+        hours.filter(hour__gte=first_hour)
         .values_list("hour")
-        .annotate(n=Count("id"))
+        .annotate(n=Sum("decisions"))
         .values_list("hour", "n")
     )
-    hours = [first_hour + timedelta(hours=h) for h in range(CHART_HOURS)]
-    return [{"hour": hour, "count": per_hour.get(hour, 0)} for hour in hours]
+    chart_hours = [first_hour + timedelta(hours=h) for h in range(CHART_HOURS)]
+    return [{"hour": hour, "count": per_hour.get(hour, 0)} for hour in chart_hours]
 
 
-def overturns_per_version(policy_ids: list[int]) -> Sequence[PolicyVersion]:
-    """Policy versions with decisions on a model verdict, each with decided, overturned and overturn_rate."""
-    versions = list(
-        PolicyVersion.objects.filter(policy_id__in=policy_ids)
-        .annotate(
-            # Only decisions on cases the model had a verdict for: a label given where the model gave none
-            # is "decided", neither agreement nor overturn.
-            decided=Count(
-                "cases__decisions",
-                filter=Q(cases__decisions__action__in=[Decision.Action.CONFIRM, Decision.Action.OVERTURN]),
-            ),
-            overturned=Count("cases__decisions", filter=Q(cases__decisions__action=Decision.Action.OVERTURN)),
-        )
+def overturns_per_version(hours: QuerySet[DecisionHour]) -> Sequence[PolicyVersion]:
+    """Policy versions with decisions on a model verdict, each with decided, overturned and overturn_rate.
+
+    Only decisions on cases the model had a verdict for: a label given where the model gave none is
+    "decided", neither agreement nor overturn."""
+    sums = {
+        row["policy_version_id"]: row
+        for row in hours.values("policy_version_id")
+        .annotate(decided=Sum("on_verdict"), overturned=Sum("overturns"))
         .filter(decided__gt=0)
+    }
+    versions = list(
+        PolicyVersion.objects.filter(pk__in=list(sums))
         .select_related("policy")
         .order_by("policy__name", "-number")
     )
     for version in versions:
+        version.decided = sums[version.pk]["decided"]  # type: ignore[attr-defined]
+        version.overturned = sums[version.pk]["overturned"]  # type: ignore[attr-defined]
         version.overturn_rate = version.overturned / version.decided  # type: ignore[attr-defined]
     return versions

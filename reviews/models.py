@@ -8,7 +8,7 @@ from django.db import models
 from django.db.models import Q
 
 from moderation.models import Case
-from policies.models import Label, Policy
+from policies.models import Label, Policy, PolicyVersion
 
 
 class QueueGrant(models.Model):
@@ -86,3 +86,40 @@ class CallbackDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"callback for decision {self.decision_id}, attempt {self.attempt}"
+
+
+class DecisionHour(models.Model):
+    """Decisions per policy version and hour (reviews/rollups.py): the metrics page sums these rows, never the
+    decision history. Append-only per decision (no row is updated, so deciding never waits on a counter), then
+    compacted to one row per version and hour every minute; a reconciliation recounts recent hours."""
+
+    policy_version = models.ForeignKey(PolicyVersion, on_delete=models.PROTECT, related_name="+")
+    hour = models.DateTimeField()
+    decisions = models.PositiveIntegerField(default=0)  # every decision, escalations included
+    on_verdict = models.PositiveIntegerField(default=0)  # confirm or overturn: the model had a verdict
+    overturns = models.PositiveIntegerField(default=0)
+    # The model's verdict against the final label, first reviews only (a QA review repeats its case's).
+    true_positives = models.PositiveIntegerField(default=0)
+    false_positives = models.PositiveIntegerField(default=0)
+    false_negatives = models.PositiveIntegerField(default=0)
+    true_negatives = models.PositiveIntegerField(default=0)
+    qa_reviews = models.PositiveIntegerField(default=0)
+    qa_agreed = models.PositiveIntegerField(default=0)
+
+    COUNTS: ClassVar[tuple[str, ...]] = (
+        "decisions",
+        "on_verdict",
+        "overturns",
+        "true_positives",
+        "false_positives",
+        "false_negatives",
+        "true_negatives",
+        "qa_reviews",
+        "qa_agreed",
+    )
+
+    class Meta:
+        indexes: ClassVar = [models.Index(fields=["policy_version", "hour"], name="decision_hour_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.decisions} decisions of version {self.policy_version_id} at {self.hour:%Y-%m-%d %H}:00"

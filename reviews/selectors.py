@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, Min, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from accounts.roles import Role, user_roles
@@ -304,20 +305,57 @@ def why_empty(user: User, *, policy_id: int | None, skipped_ids: list[int]) -> W
     return WhyEmpty(counts["skipped"], counts["own_qa"], counts["seniors"])
 
 
+# Cases open to people (waiting or held): what the counts and the backlog read, through case_open_idx.
+OPEN_STATES = (*WAITING_STATES, Case.State.CLAIMED)
+
+
+def open_case_counts(version_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """Per policy version: open cases by state, and the oldest waiting one's queued_at.
+
+    Reads only open cases (an index-only range of case_open_idx), so it costs what is waiting, never the
+    decided history."""
+    counts: dict[int, dict[str, Any]] = {}
+    rows = (
+        Case.objects.filter(state__in=OPEN_STATES, policy_version_id__in=version_ids)
+        .values("policy_version_id", "state")
+        .annotate(n=Count("*"), oldest=Min("queued_at"))
+        .order_by()
+    )
+    for row in rows:
+        version = counts.setdefault(row["policy_version_id"], {"oldest": None})
+        version[row["state"]] = row["n"]
+        if row["state"] in WAITING_STATES and row["oldest"] is not None:
+            version["oldest"] = min(filter(None, (version["oldest"], row["oldest"])))
+    return counts
+
+
+def open_counts_by_policy(policies: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """`policies` (dicts with "id") with queued, escalated, appealed, claimed, waiting and oldest added."""
+    versions = PolicyVersion.objects.filter(policy_id__in=[p["id"] for p in policies]).values_list(
+        "id", "policy_id"
+    )
+    policy_of = dict(versions)
+    per_policy: dict[int, dict[str, Any]] = {p["id"]: {"oldest": None} for p in policies}
+    for version_id, counts in open_case_counts(list(policy_of)).items():
+        totals = per_policy[policy_of[version_id]]
+        for state in OPEN_STATES:
+            totals[state] = totals.get(state, 0) + counts.get(state, 0)
+        if counts["oldest"] is not None:
+            totals["oldest"] = min(filter(None, (totals["oldest"], counts["oldest"])))
+    rows = []
+    for policy in policies:
+        totals = per_policy[policy["id"]]
+        row: dict[str, Any] = {**policy, "oldest": totals["oldest"]}
+        row.update({str(state): totals.get(state, 0) for state in OPEN_STATES})
+        row["waiting"] = sum(row[state] for state in WAITING_STATES)
+        rows.append(row)
+    return rows
+
+
 def queue_counts(user: User) -> list[dict[str, Any]]:
     """Per reviewable policy: waiting, escalated, appealed and claimed counts."""
-    rows: Any = (
-        policies_reviewable_by(user)
-        .annotate(
-            queued=Count("versions__cases", filter=Q(versions__cases__state=Case.State.QUEUED)),
-            escalated=Count("versions__cases", filter=Q(versions__cases__state=Case.State.ESCALATED)),
-            appealed=Count("versions__cases", filter=Q(versions__cases__state=Case.State.APPEALED)),
-            claimed=Count("versions__cases", filter=Q(versions__cases__state=Case.State.CLAIMED)),
-        )
-        .order_by("name")
-        .values("id", "name", "slug", "queued", "escalated", "appealed", "claimed")
-    )
-    return list(rows)
+    policies = list(policies_reviewable_by(user).order_by("name").values("id", "name", "slug"))
+    return open_counts_by_policy(policies)
 
 
 def case_has_model_verdict(case: Case) -> bool:

@@ -19,7 +19,7 @@ from moderation.models import Case, Source
 from moderation.routing import qa_sampled
 from policies import golden
 from policies.models import GoldenExample, Verdict
-from reviews import selectors, tasks
+from reviews import rollups, selectors, tasks
 from reviews.models import Decision
 
 LEASE_MINUTES = 10
@@ -171,6 +171,7 @@ def case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> Decisio
     """Record a moderator's call; the case is settled, escalated or double-checked, never twice decided."""
     with transaction.atomic():
         decided = _case_decide(case=case, moderator=moderator, decision=decision)
+        rollups.decision_hours_add([decided.decision.pk])
         # Last: the audit chain's lock is held from here to the commit, and every moderator waits on it.
         audit.record(decided.audit_action, actor=moderator, obj=decided.case, payload=decided.audit_payload)
     return decided.decision
@@ -322,6 +323,7 @@ def item_decide(*, moderator: User, decisions: Sequence[tuple[Case, DecisionIn]]
         if held != ids:
             raise LeaseLost("these cases are no longer yours to decide (lease expired or already decided)")
         decided = [_case_decide(case=case, moderator=moderator, decision=d) for case, d in decisions]
+        rollups.decision_hours_add([d.decision.pk for d in decided])
         # Last, in one INSERT per kind: the audit chain's lock is held from here to the commit only, not
         # across the other policies' decisions.
         for action in dict.fromkeys(d.audit_action for d in decided):

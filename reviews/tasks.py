@@ -2,16 +2,18 @@ from __future__ import annotations
 
 import logging
 import math
+from datetime import timedelta
 
 from celery import shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
+from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
 from config import publish
 from inference_worker import evaluation_runs
 from policies import evaluations
-from reviews import callbacks, qa, services
+from reviews import callbacks, qa, rollups, services
 
 logger = logging.getLogger(__name__)
 
@@ -95,3 +97,25 @@ def autoclear_monitor_enqueue(*, policy_version_id: int, tier: str) -> None:
         autoclear_monitor.delay(policy_version_id=policy_version_id, tier=tier)
     except BrokerError:
         logger.warning("broker unavailable; auto-clear monitoring of version %d waits", policy_version_id)
+
+
+# Recent hours are recounted; older ones only change if someone edits history (decisions are append-only).
+ROLLUP_RECOUNT_HOURS = 48
+
+
+@shared_task(name="reviews.decision_hours_compact", acks_late=True, soft_time_limit=60, time_limit=90)
+def decision_hours_compact(**_: object) -> None:
+    rollups.decision_hours_compact()
+
+
+@shared_task(
+    name="reviews.decision_hours_reconcile",
+    acks_late=True,
+    autoretry_for=(OperationalError, InterfaceError),  # a serialization failure too: recount again
+    retry_backoff=True,
+    max_retries=5,
+    soft_time_limit=120,
+    time_limit=180,
+)
+def decision_hours_reconcile(**_: object) -> None:
+    rollups.decision_hours_reconcile(since=timezone.now() - timedelta(hours=ROLLUP_RECOUNT_HOURS))

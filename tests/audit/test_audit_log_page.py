@@ -13,8 +13,8 @@ from audit import services as audit
 from audit.models import AuditEvent
 from audit.selectors import AUDIT_PAGE_SIZE
 from policies.models import Policy
-from tests.conftest import ClientFor
 from tests.audit.test_audit_chain import events_record, with_trigger_disabled
+from tests.conftest import ClientFor
 
 
 def get(client: Client, **params: str | int) -> tuple[int, str]:

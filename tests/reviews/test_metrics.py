@@ -10,8 +10,8 @@ from django.contrib.auth.models import User
 
 from moderation.models import Case
 from policies.models import Policy
-from reviews import metrics
-from reviews.models import Decision
+from reviews import metrics, rollups
+from reviews.models import Decision, DecisionHour
 from reviews.templatetags.figures import hourly_chart, metric, metric_change, rate
 from tests.conftest import CasesFactory, ClientFor
 from tests.reviews.helpers import table_rows, text_of, user_create
@@ -33,7 +33,7 @@ def decisions_made(
         action = Decision.Action.CONFIRM
     else:
         action = Decision.Action.OVERTURN
-    return [
+    made = [
         Decision.objects.create(
             case=c,
             moderator=moderator,
@@ -44,6 +44,8 @@ def decisions_made(
         )
         for c in cases
     ]
+    rollups.decision_hours_add([d.pk for d in made])  # as the decide service does, in its transaction
+    return made
 
 
 @pytest.fixture
@@ -66,7 +68,7 @@ def hand_built(queued_cases: CasesFactory, moderator: User, other_moderator: Use
 
 
 def test_it_computes_precision_and_recall_of_the_model_against_moderators(hand_built: list[Decision]) -> None:
-    agreement = metrics.agreement_of(Decision.objects.all())
+    agreement = metrics.agreement_of(DecisionHour.objects.all())
     assert (
         agreement.true_positive,
         agreement.false_positive,
@@ -79,7 +81,7 @@ def test_it_computes_precision_and_recall_of_the_model_against_moderators(hand_b
 
 
 def test_it_has_no_precision_or_recall_without_decisions(db: None) -> None:
-    agreement = metrics.agreement_of(Decision.objects.all())
+    agreement = metrics.agreement_of(DecisionHour.objects.all())
     assert (agreement.precision, agreement.recall, agreement.total) == (None, None, 0)
 
 
