@@ -12,9 +12,10 @@ For each size N, in order:
 2. inserts N content items and N cases PostgreSQL-side (INSERT ... SELECT generate_series): a backlog of
    BACKLOG waiting cases (queued; the work a page should cost, the same at every size) and N - BACKLOG
    decided ones, each with its moderator's decision (confirm, or overturn one in ten) spread over the last
-   30 days, and N audit events (bench rows: the audit page's cost does not depend on their hashes, and its
-   chain check says they do not verify); counts the decisions into the hourly rollups with the periodic
-   reconciliation's recount over every hour (its time is reported); then VACUUM ANALYZE;
+   30 days, one answered engine call per case, and N audit events (bench rows: the audit page's cost does
+   not depend on their hashes, and its chain check says they do not verify); counts the decisions into the
+   hourly rollups with the periodic reconciliation's recount over every hour (its time is reported); then
+   VACUUM ANALYZE;
 3. serves the app with gunicorn (DEBUG off, static files collected) and GETs each page 3 times to warm it,
    then `--requests` times one after another, with that page's user; reports p50 and p95 (client-side wall
    time on loopback, request sent until the full body is read).
@@ -131,6 +132,18 @@ SELECT g, g, %(moderator)s, CASE WHEN g %% 10 = 0 THEN 'overturn' ELSE 'confirm'
        now() - make_interval(secs => (g * 104729) %% 2592000) + interval '1 minute'
 FROM generate_series(%(backlog)s + 1::bigint, %(n)s) AS g
 """
+# One engine call per case, answered, at the time the case was queued.
+TRIAGE_SQL = """
+INSERT INTO moderation_triageresult (
+    case_id, tier, engine, model, reasoning_effort, verdict, policy_category, rule_ids, hallucinated_rule_ids,
+    confidence, rationale, chain_of_thought, raw_final_text, parse_path, prompt_tokens, completion_tokens,
+    latency_ms, finish_reason, error, created_at)
+SELECT g, 'safeguard', 'completions', 'openai/gpt-oss-safeguard-20b', 'low',
+       CASE WHEN g %% 3 = 0 THEN 'violates' ELSE 'safe' END, '', '{}'::varchar[], '{}'::varchar[], 'high',
+       'bench', '', '', 'json', 700, 120, 300 + (g * 7919) %% 2000, 'stop', '',
+       now() - make_interval(secs => (g * 104729) %% 2592000)
+FROM generate_series(1::bigint, %(n)s) AS g
+"""
 AUDIT_SQL = """
 INSERT INTO reviews_auditevent (
     seq, created_at, actor_kind, actor_id, actor_label, action, object_type, object_id, payload,
@@ -158,6 +171,7 @@ def database_seed(env: dict[str, str], size: int) -> dict[str, Any]:
         v0, v1 = setup["versions"]
         conn.execute(CASES_SQL, {"n": size, "v0": v0, "v1": v1, "backlog": backlog})
         conn.execute(DECISIONS_SQL, {"n": size, "backlog": backlog, "moderator": setup["moderator_id"]})
+        conn.execute(TRIAGE_SQL, {"n": size})
         first = conn.execute("SELECT coalesce(max(seq), 0) FROM reviews_auditevent").fetchone()
         conn.execute(AUDIT_SQL, {"n": size, "first": first[0] if first else 0})
         for table in ("moderation_contentitem", "moderation_case", "reviews_decision"):

@@ -159,6 +159,12 @@ class Case(models.Model):
                 name="case_open_idx",
                 condition=Q(state__in=["queued", "escalated", "appealed", "claimed"]),
             ),
+            # The metrics page's auto-clear and auto-action counts of the last day: a range, not the history.
+            models.Index(
+                fields=["updated_at"],
+                name="case_auto_recent_idx",
+                condition=Q(state__in=["auto_cleared", "auto_actioned"]),
+            ),
             # Triage claims walk pending cases in id order; without this they would scan every settled case.
             models.Index(fields=["id"], name="case_pending_idx", condition=Q(state="pending_triage")),
             # The stuck-case sweep.
@@ -226,6 +232,17 @@ class TriageResult(models.Model):
     # Funnel tier only: p(violation), the threshold, the calibration and the nearest labelled examples.
     funnel = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes: ClassVar = [
+            # The metrics page's engine latency of the last day: a range of answered engine calls.
+            models.Index(
+                fields=["created_at"],
+                include=["latency_ms", "case"],
+                name="triage_latency_recent_idx",
+                condition=Q(latency_ms__isnull=False, error="") & ~Q(tier="funnel"),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.tier} {self.verdict} for case {self.case_id}"
