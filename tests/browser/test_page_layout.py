@@ -22,6 +22,7 @@ from moderation.models import Case
 from policies import evaluation_metrics, evaluations
 from policies import services as policy_services
 from policies.models import EvaluationResult, EvaluationRun, Policy, PolicyVersion
+from reviews import rollups
 from reviews.models import Decision
 from tests.browser.conftest import Tab, screenshot, user_with_role
 from tests.browser.sessions import log_in
@@ -224,7 +225,7 @@ def test_the_metrics_chart_has_axes_and_values_and_the_page_fits(
     moderator = user_with_role("mona", Role.MODERATOR, grants=[policy])
     for hours_ago, count in ((0, 3), (2, 7), (5, 12), (11, 1), (23, 4)):
         with mock.patch("django.utils.timezone.now", return_value=now - timedelta(hours=hours_ago)):
-            for case in cases_create(policy, source.source, count, state=Case.State.DECIDED):
+            made = [
                 Decision.objects.create(
                     case=case,
                     moderator=moderator,
@@ -232,6 +233,9 @@ def test_the_metrics_chart_has_axes_and_values_and_the_page_fits(
                     final_label="violates",
                     model_verdict="violates",
                 )
+                for case in cases_create(policy, source.source, count, state=Case.State.DECIDED)
+            ]
+            rollups.decision_hours_add([d.pk for d in made])  # as the decide service does
     log_in(tab, editor)
     assert_fits(tab, "/metrics/", "metrics")
     chart = tab.page.locator("svg.chart")
