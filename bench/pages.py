@@ -11,11 +11,12 @@ For each size N, in order:
    editor);
 2. inserts N content items and N cases PostgreSQL-side (INSERT ... SELECT generate_series): a backlog of
    BACKLOG waiting cases (queued; the work a page should cost, the same at every size) and N - BACKLOG
-   decided ones, each with its moderator's decision (confirm, or overturn one in ten) spread over the last
-   30 days, one answered engine call per case, and N audit events (bench rows: the audit page's cost does
-   not depend on their hashes, and its chain check says they do not verify); counts the decisions into the
-   hourly rollups with the periodic reconciliation's recount over every hour (its time is reported); then
-   VACUUM ANALYZE;
+   decided ones, each with its moderator's decision (confirm, or overturn one in ten) a minute after it was
+   queued, DAILY a day (so a bigger N is a longer history, not more traffic); one answered engine call per
+   case; N audit events (bench rows: the audit page's cost does not depend on their hashes, and its chain
+   check says they do not verify). Then it counts the decisions and engine calls into the hourly rollups
+   (the decisions with the periodic reconciliation's recount over every hour; its time is reported), and
+   runs VACUUM ANALYZE;
 3. serves the app with gunicorn (DEBUG off, static files collected) and GETs each page 3 times to warm it,
    then `--requests` times one after another, with that page's user; reports p50 and p95 (client-side wall
    time on loopback, request sent until the full body is read).
@@ -54,6 +55,10 @@ from bench.stack import (
 DATABASE = "safeguard_bench_pages"
 REDIS_URL = "redis://127.0.0.1:6379/12"  # /healthz checks the broker; nothing is published here
 BACKLOG = 5_000
+# History grows by time, not by traffic: a day brings DAILY cases and decisions at every size, so N cases are
+# N / DAILY days of history (case g was queued g x SPACING seconds ago; the backlog is the newest).
+DAILY = 20_000
+SPACING = 86_400 / DAILY
 PAGES = {
     # name: (path, user)
     "queue": ("/queue/", "moderator"),
@@ -108,7 +113,7 @@ ITEMS_SQL = """
 INSERT INTO moderation_contentitem (
     id, source_id, external_id, text, metadata, injection_signals, received_at)
 SELECT g, %(source)s, 'bench-' || g, 'Bench post ' || g || ': is this allowed here?', '{}'::jsonb,
-       '{}'::varchar[], now() - make_interval(secs => (g * 104729) %% 2592000)
+       '{}'::varchar[], now() - make_interval(secs => g * %(spacing)s)
 FROM generate_series(1::bigint, %(n)s) AS g
 """
 # Cases 1..BACKLOG wait; the others are decided. Case g is under version g % 2.
@@ -120,7 +125,7 @@ SELECT g, g, CASE WHEN g %% 2 = 0 THEN %(v0)s ELSE %(v1)s END,
        CASE WHEN g <= %(backlog)s THEN 'queued' ELSE 'decided' END, false, 10 + (g * 7919) %% 71,
        CASE WHEN g %% 3 = 0 THEN 'violates' ELSE 'safe' END, 'high', 'bench: seeded', 1,
        q + interval '1 day', q, q, q
-FROM (SELECT g, now() - make_interval(secs => (g * 104729) %% 2592000) AS q
+FROM (SELECT g, now() - make_interval(secs => g * %(spacing)s) AS q
       FROM generate_series(1::bigint, %(n)s) AS g) AS s
 """
 DECISIONS_SQL = """
@@ -129,7 +134,7 @@ INSERT INTO reviews_decision (
 SELECT g, g, %(moderator)s, CASE WHEN g %% 10 = 0 THEN 'overturn' ELSE 'confirm' END,
        CASE WHEN (g %% 3 = 0) <> (g %% 10 = 0) THEN 'violates' ELSE 'safe' END, '{}'::varchar[], '', 20,
        CASE WHEN g %% 3 = 0 THEN 'violates' ELSE 'safe' END,
-       now() - make_interval(secs => (g * 104729) %% 2592000) + interval '1 minute'
+       now() - make_interval(secs => g * %(spacing)s) + interval '1 minute'
 FROM generate_series(%(backlog)s + 1::bigint, %(n)s) AS g
 """
 # One engine call per case, answered, at the time the case was queued.
@@ -141,7 +146,7 @@ INSERT INTO moderation_triageresult (
 SELECT g, 'safeguard', 'completions', 'openai/gpt-oss-safeguard-20b', 'low',
        CASE WHEN g %% 3 = 0 THEN 'violates' ELSE 'safe' END, '', '{}'::varchar[], '{}'::varchar[], 'high',
        'bench', '', '', 'json', 700, 120, 300 + (g * 7919) %% 2000, 'stop', '',
-       now() - make_interval(secs => (g * 104729) %% 2592000)
+       now() - make_interval(secs => g * %(spacing)s)
 FROM generate_series(1::bigint, %(n)s) AS g
 """
 AUDIT_SQL = """
@@ -167,11 +172,14 @@ def database_seed(env: dict[str, str], size: int) -> dict[str, Any]:
     with psycopg.connect(database_url(DATABASE), autocommit=True, connect_timeout=5) as conn:
         conn.execute("SET synchronous_commit = off")
         conn.execute("SET maintenance_work_mem = '512MB'")
-        conn.execute(ITEMS_SQL, {"source": setup["source_id"], "n": size})
+        conn.execute(ITEMS_SQL, {"source": setup["source_id"], "n": size, "spacing": SPACING})
         v0, v1 = setup["versions"]
-        conn.execute(CASES_SQL, {"n": size, "v0": v0, "v1": v1, "backlog": backlog})
-        conn.execute(DECISIONS_SQL, {"n": size, "backlog": backlog, "moderator": setup["moderator_id"]})
-        conn.execute(TRIAGE_SQL, {"n": size})
+        conn.execute(CASES_SQL, {"n": size, "v0": v0, "v1": v1, "backlog": backlog, "spacing": SPACING})
+        moderator = setup["moderator_id"]
+        conn.execute(
+            DECISIONS_SQL, {"n": size, "backlog": backlog, "moderator": moderator, "spacing": SPACING}
+        )
+        conn.execute(TRIAGE_SQL, {"n": size, "spacing": SPACING})
         first = conn.execute("SELECT coalesce(max(seq), 0) FROM reviews_auditevent").fetchone()
         conn.execute(AUDIT_SQL, {"n": size, "first": first[0] if first else 0})
         for table in ("moderation_contentitem", "moderation_case", "reviews_decision"):
@@ -246,6 +254,7 @@ def main() -> None:
                 "bench": "pages",
                 "sizes": sizes,
                 "backlog": BACKLOG,
+                "cases_per_day": DAILY,
                 "pages": pages,
                 "goal_met": goal,
                 "seed_seconds": seed_seconds,

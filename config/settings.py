@@ -213,6 +213,7 @@ CELERY_BEAT_SCHEDULE = {
     "callbacks-sweep": {"task": "reviews.callbacks_sweep", "schedule": 300.0},
     "evaluation-runs-sweep": {"task": "reviews.evaluation_runs_sweep", "schedule": 300.0},
     "decision-hours-compact": {"task": "reviews.decision_hours_compact", "schedule": 60.0},
+    "engine-latency-compact": {"task": "inference_worker.engine_latency_compact", "schedule": 60.0},
     "decision-hours-reconcile": {"task": "reviews.decision_hours_reconcile", "schedule": 3600.0},
 }
 

@@ -132,3 +132,21 @@ class EngineSettings(models.Model):
 
     def __str__(self) -> str:
         return "engine settings"
+
+
+class EngineLatencyHour(models.Model):
+    """Answered engine calls per policy version, hour and latency bucket (inference_worker/latency.py): the
+    metrics page's latency percentiles sum these rows instead of sorting the last day's calls. A row per
+    triage batch (no row is updated), compacted every minute."""
+
+    policy_version = models.ForeignKey(PolicyVersion, on_delete=models.PROTECT, related_name="+")
+    hour = models.DateTimeField()
+    # Latencies grow by 10% from one bucket to the next: bucket b holds [1.1^b - 1, 1.1^(b+1) - 1) ms.
+    bucket = models.PositiveSmallIntegerField()
+    calls = models.PositiveIntegerField()
+
+    class Meta:
+        indexes: ClassVar = [models.Index(fields=["hour", "policy_version"], name="engine_latency_hour_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.calls} calls in bucket {self.bucket} of version {self.policy_version_id}"

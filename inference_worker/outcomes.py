@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from audit import services as audit
 from config import publish
-from inference_worker import autoclear, embeddings, funnel, verdicts
+from inference_worker import autoclear, embeddings, funnel, latency, verdicts
 from inference_worker.claims import CaseWork
 from inference_worker.engine import EngineReply
 from inference_worker.runner import EngineConfig, retry_delay_seconds
@@ -286,7 +286,7 @@ def triage_outcomes_save(outcomes: list[CaseOutcome], config: EngineConfig) -> N
         for o in outcomes
     }
     with transaction.atomic():
-        TriageResult.objects.bulk_create(
+        saved = TriageResult.objects.bulk_create(
             [
                 _funnel_triage_result(o.work.case_id, o.work.funnel)
                 for o in outcomes
@@ -294,6 +294,7 @@ def triage_outcomes_save(outcomes: list[CaseOutcome], config: EngineConfig) -> N
             ]
             + [_triage_result(o.work.case_id, call, engine) for o in outcomes for call in o.calls]
         )
+        latency.engine_latency_add([r.pk for r in saved if r.latency_ms is not None])
         applied = _cases_update(list(updates.values()), from_state=Case.State.TRIAGING)
         audit.record_many(
             "case.triaged",

@@ -233,17 +233,6 @@ class TriageResult(models.Model):
     funnel = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
-    class Meta:
-        indexes: ClassVar = [
-            # The metrics page's engine latency of the last day: a range of answered engine calls.
-            models.Index(
-                fields=["created_at"],
-                include=["latency_ms", "case"],
-                name="triage_latency_recent_idx",
-                condition=Q(latency_ms__isnull=False, error="") & ~Q(tier="funnel"),
-            ),
-        ]
-
     def __str__(self) -> str:
         return f"{self.tier} {self.verdict} for case {self.case_id}"
 

@@ -8,13 +8,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
-from django.db import connections
 from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.roles import Role, user_roles
-from config.db_router import read_alias, replica_reads
+from config.db_router import replica_reads
+from inference_worker import latency
 from moderation.models import Case
 from policies.models import Policy, PolicyVersion
 from reviews import selectors
@@ -71,25 +71,6 @@ def agreement_of(hours: QuerySet[DecisionHour]) -> Agreement:
     return Agreement(sums["tp"], sums["fp"], sums["fn"], sums["tn"])
 
 
-def latency_percentiles(policy_ids: list[int], since: Any) -> dict[str, float | None]:
-    with connections[read_alias()].cursor() as cursor:
-        cursor.execute(
-            """
-            SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY r.latency_ms),
-                   percentile_cont(0.95) WITHIN GROUP (ORDER BY r.latency_ms),
-                   count(*)
-            FROM moderation_triageresult r
-            JOIN moderation_case c ON c.id = r.case_id
-            JOIN moderation_policyversion v ON v.id = c.policy_version_id
-            WHERE r.latency_ms IS NOT NULL AND r.error = '' AND r.tier <> 'funnel'
-              AND r.created_at >= %s AND v.policy_id = ANY(%s)
-            """,
-            [since, policy_ids],
-        )
-        p50, p95, count = cursor.fetchone() or (None, None, 0)
-    return {"p50_ms": p50, "p95_ms": p95, "calls": count}
-
-
 def metrics_compute(policies: QuerySet[Policy]) -> dict[str, Any]:
     """The metrics page's figures, read from the replica when one is configured (DATABASE_REPLICA_URL)."""
     with replica_reads():
@@ -111,7 +92,9 @@ def _metrics_compute(policies: QuerySet[Policy]) -> dict[str, Any]:
         "overturns": overturns_per_version(hours),
         "agreement": agreement_of(hours),
         "qa": hours.aggregate(reviews=Coalesce(Sum("qa_reviews"), 0), agreed=Coalesce(Sum("qa_agreed"), 0)),
-        "latency": latency_percentiles(policy_ids, since),
+        "latency": latency.latency_percentiles(
+            PolicyVersion.objects.filter(policy_id__in=policy_ids).values_list("id", flat=True), since
+        ),
         "auto": Case.objects.filter(
             policy_version__policy_id__in=policy_ids, updated_at__gte=since
         ).aggregate(
