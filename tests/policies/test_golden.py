@@ -62,7 +62,9 @@ def test_curators_accept_and_reject_with_an_audit_trail(
     candidate.refresh_from_db()
     assert candidate.status == GoldenExample.Status.REJECTED
     actions = list(
-        AuditEvent.objects.filter(object_type="reviews.goldenexample").values_list("action", flat=True)
+        AuditEvent.objects.filter(object_type="reviews.goldenexample")
+        .order_by("seq")
+        .values_list("action", flat=True)
     )
     assert actions == ["golden.accepted", "golden.rejected"]
 

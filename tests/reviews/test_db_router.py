@@ -92,7 +92,8 @@ def test_the_metrics_page_reads_the_replica(admin: User, active_version: Any, cl
         response = client.get("/metrics/")
     assert response.status_code == 200
     assert selects_of(on_replica, "moderation_case")
-    assert selects_of(on_replica, "moderation_triageresult")  # the raw latency query too
+    assert selects_of(on_replica, "reviews_decisionhour")  # the decision rollups
+    assert selects_of(on_replica, "inference_worker_enginelatencyhour")  # the latency buckets
 
 
 @replica_db
