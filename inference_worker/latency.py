@@ -12,6 +12,7 @@ from datetime import datetime
 from django.db import connection, transaction
 from django.db.models import Sum
 
+from config.rollups import rollup_compact
 from inference_worker.models import EngineLatencyHour
 from moderation.models import Case, TriageResult
 
@@ -19,6 +20,15 @@ BUCKET_RATIO = 1.1
 _TABLE = EngineLatencyHour._meta.db_table
 # What the latency figures count: answered engine calls (errors and funnel scores aside).
 _ANSWERED = "r.latency_ms IS NOT NULL AND r.error = '' AND r.tier <> 'funnel'"
+# Rows for the answered calls WHERE selects (one per version, hour and bucket); the add and the recount.
+_COUNTED = f"""
+INSERT INTO {_TABLE} (policy_version_id, hour, bucket, calls)
+SELECT c.policy_version_id, date_trunc('hour', r.created_at), floor(ln(r.latency_ms + 1) / ln(%s))::smallint,
+       count(*)
+FROM {TriageResult._meta.db_table} r JOIN {Case._meta.db_table} c ON c.id = r.case_id
+WHERE {{where}} AND {_ANSWERED}
+GROUP BY 1, 2, 3
+"""  # noqa: S608 - the table names are ours, every value is a parameter
 
 
 def bucket_of(latency_ms: float) -> int:
@@ -35,53 +45,19 @@ def engine_latency_add(result_ids: Sequence[int]) -> None:
     if not result_ids:
         return
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            INSERT INTO {_TABLE} (policy_version_id, hour, bucket, calls)
-            SELECT c.policy_version_id, date_trunc('hour', r.created_at),
-                   floor(ln(r.latency_ms + 1) / ln(%s))::smallint, count(*)
-            FROM {TriageResult._meta.db_table} r JOIN {Case._meta.db_table} c ON c.id = r.case_id
-            WHERE r.id = ANY(%s) AND {_ANSWERED}
-            GROUP BY 1, 2, 3
-            """,  # noqa: S608 - the table names are ours, every value is a parameter
-            [BUCKET_RATIO, list(result_ids)],
-        )
+        cursor.execute(_COUNTED.format(where="r.id = ANY(%s)"), [BUCKET_RATIO, list(result_ids)])
 
 
 def engine_latency_recount() -> None:
-    """Count every answered engine call afresh, in one row per version, hour and bucket: after calls went in
-    behind triage's back (a restore, a bulk load, the pages benchmark). Run it while triage is stopped."""
+    """Count every answered engine call afresh: after calls went in behind triage's back (a restore, a bulk
+    load, the pages benchmark). Run it while triage is stopped."""
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(f"DELETE FROM {_TABLE}")  # noqa: S608 - the table name is ours
-        cursor.execute(
-            f"""
-            INSERT INTO {_TABLE} (policy_version_id, hour, bucket, calls)
-            SELECT c.policy_version_id, date_trunc('hour', r.created_at),
-                   floor(ln(r.latency_ms + 1) / ln(%s))::smallint, count(*)
-            FROM {TriageResult._meta.db_table} r JOIN {Case._meta.db_table} c ON c.id = r.case_id
-            WHERE {_ANSWERED}
-            GROUP BY 1, 2, 3
-            """,  # noqa: S608 - the table names are ours, every value is a parameter
-            [BUCKET_RATIO],
-        )
+        cursor.execute(_COUNTED.format(where="true"), [BUCKET_RATIO])
 
 
 def engine_latency_compact() -> None:
-    """One row per version, hour and bucket; rows inserted meanwhile are not seen, so they stay and count."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            WITH split AS (
-                SELECT policy_version_id, hour, bucket FROM {_TABLE} GROUP BY 1, 2, 3 HAVING count(*) > 1
-            ), gone AS (
-                DELETE FROM {_TABLE} t USING split s
-                WHERE t.policy_version_id = s.policy_version_id AND t.hour = s.hour AND t.bucket = s.bucket
-                RETURNING t.*
-            )
-            INSERT INTO {_TABLE} (policy_version_id, hour, bucket, calls)
-            SELECT policy_version_id, hour, bucket, sum(calls) FROM gone GROUP BY 1, 2, 3
-            """  # noqa: S608 - the table name is ours; no value comes from outside
-        )
+    rollup_compact(_TABLE, ("policy_version_id", "hour", "bucket"), ("calls",))
 
 
 def latency_percentiles(version_ids: Iterable[int], since: datetime) -> dict[str, float | None]:

@@ -16,6 +16,7 @@ from django.db import connection, transaction
 from django.db.models import Sum
 
 from audit import services as audit
+from config.rollups import rollup_compact
 from moderation.models import Case
 from reviews.models import Decision, DecisionHour
 
@@ -59,23 +60,7 @@ def decision_hours_add(decision_ids: Sequence[int]) -> None:
 
 
 def decision_hours_compact() -> None:
-    """One row per version and hour: the rows this statement sees are replaced by their sums. A row inserted
-    meanwhile is not seen, so it stays and still counts."""
-    sums = ", ".join(f"sum({c})" for c in COUNTS)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            WITH split AS (
-                SELECT policy_version_id, hour FROM {_TABLE} GROUP BY 1, 2 HAVING count(*) > 1
-            ), gone AS (
-                DELETE FROM {_TABLE} t USING split s
-                WHERE t.policy_version_id = s.policy_version_id AND t.hour = s.hour
-                RETURNING t.*
-            )
-            INSERT INTO {_TABLE} (policy_version_id, hour, {_COLUMNS})
-            SELECT policy_version_id, hour, {sums} FROM gone GROUP BY 1, 2
-            """  # noqa: S608 - the table name is ours; no value comes from outside
-        )
+    rollup_compact(_TABLE, ("policy_version_id", "hour"), COUNTS)
 
 
 def decision_hours_reconcile(*, since: datetime | None) -> int:

@@ -309,45 +309,28 @@ def why_empty(user: User, *, policy_id: int | None, skipped_ids: list[int]) -> W
 OPEN_STATES = (*WAITING_STATES, Case.State.CLAIMED)
 
 
-def open_case_counts(version_ids: list[int]) -> dict[int, dict[str, Any]]:
-    """Per policy version: open cases by state, and the oldest waiting one's queued_at.
-
-    Reads only open cases (an index-only range of case_open_idx), so it costs what is waiting, never the
-    decided history."""
-    counts: dict[int, dict[str, Any]] = {}
-    rows = (
-        Case.objects.filter(state__in=OPEN_STATES, policy_version_id__in=version_ids)
-        .values("policy_version_id", "state")
+def open_counts_by_policy(policies: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """`policies` (dicts with "id") with their open cases by state, `waiting`, and the oldest waiting case's
+    queued_at as `oldest`. Reads only open cases (an index-only range of case_open_idx per version), so it
+    costs what is open, never the decided history."""
+    counts: dict[tuple[int, str], tuple[int, Any]] = {
+        (row["policy_version__policy_id"], row["state"]): (row["n"], row["oldest"])
+        for row in Case.objects.filter(
+            state__in=OPEN_STATES, policy_version__policy_id__in=[p["id"] for p in policies]
+        )
+        .values("policy_version__policy_id", "state")
         .annotate(n=Count("*"), oldest=Min("queued_at"))
         .order_by()
-    )
-    for row in rows:
-        version = counts.setdefault(row["policy_version_id"], {"oldest": None})
-        version[row["state"]] = row["n"]
-        if row["state"] in WAITING_STATES and row["oldest"] is not None:
-            version["oldest"] = min(filter(None, (version["oldest"], row["oldest"])))
-    return counts
-
-
-def open_counts_by_policy(policies: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """`policies` (dicts with "id") with queued, escalated, appealed, claimed, waiting and oldest added."""
-    versions = PolicyVersion.objects.filter(policy_id__in=[p["id"] for p in policies]).values_list(
-        "id", "policy_id"
-    )
-    policy_of = dict(versions)
-    per_policy: dict[int, dict[str, Any]] = {p["id"]: {"oldest": None} for p in policies}
-    for version_id, counts in open_case_counts(list(policy_of)).items():
-        totals = per_policy[policy_of[version_id]]
-        for state in OPEN_STATES:
-            totals[state] = totals.get(state, 0) + counts.get(state, 0)
-        if counts["oldest"] is not None:
-            totals["oldest"] = min(filter(None, (totals["oldest"], counts["oldest"])))
+    }
     rows = []
     for policy in policies:
-        totals = per_policy[policy["id"]]
-        row: dict[str, Any] = {**policy, "oldest": totals["oldest"]}
-        row.update({str(state): totals.get(state, 0) for state in OPEN_STATES})
+        row: dict[str, Any] = {**policy}
+        row.update({str(state): counts.get((policy["id"], state), (0, None))[0] for state in OPEN_STATES})
         row["waiting"] = sum(row[state] for state in WAITING_STATES)
+        waited = [
+            counts[policy["id"], state][1] for state in WAITING_STATES if (policy["id"], state) in counts
+        ]
+        row["oldest"] = min(waited, default=None)
         rows.append(row)
     return rows
 
