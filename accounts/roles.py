@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import models
 
@@ -21,8 +23,14 @@ def user_roles(user: User | AnonymousUser) -> set[str]:
         return set()
     cached: set[str] | None = getattr(user, "_roles", None)
     if cached is None:
-        cached = set(user.groups.values_list("name", flat=True))
-        if user.is_superuser:
-            cached.add(Role.ADMIN)
-        user._roles = cached  # type: ignore[attr-defined]
+        cached = roles_cache(user, user.groups.values_list("name", flat=True))
     return cached
+
+
+def roles_cache(user: User, group_names: Iterable[str]) -> set[str]:
+    """The user's roles, kept on the user object for the rest of the request (see reviews/backends.py)."""
+    roles = set(group_names)
+    if user.is_superuser:
+        roles.add(Role.ADMIN)
+    user._roles = roles  # type: ignore[attr-defined]
+    return roles

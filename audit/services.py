@@ -87,20 +87,20 @@ def _events_insert(events: list[AuditEvent]) -> None:
     sql = f"""
         INSERT INTO {table} (seq, created_at, actor_kind, actor_id, actor_label, action, object_type,
             object_id, payload, prev_hash, hash)
-        SELECT q, %s, %s, %s, %s, %s, t, o, p, ph, h
-        FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::jsonb[], %s::text[], %s::text[])
-            AS u(q, t, o, p, ph, h)
+        SELECT q, %s, ak, ai, al, a, t, o, p, ph, h
+        FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+            %s::jsonb[], %s::text[], %s::text[])
+            AS u(q, ak, ai, al, a, t, o, p, ph, h)
         RETURNING seq, id
     """  # noqa: S608 - the table name is ours, every value is a parameter
-    # One batch has one actor, action and time (record_many, record_about).
-    first = events[0]
+    # One append has one time (_append).
     params: list[Any] = [
-        first.created_at,
-        first.actor_kind,
-        first.actor_id,
-        first.actor_label,
-        first.action,
+        events[0].created_at,
         [e.seq for e in events],
+        [e.actor_kind for e in events],
+        [e.actor_id for e in events],
+        [e.actor_label for e in events],
+        [e.action for e in events],
         [e.object_type for e in events],
         [e.object_id for e in events],
         [Jsonb(e.payload) for e in events],
@@ -158,6 +158,33 @@ def record_many(
                 **actor_fields,
             )
             for obj, payload in objects
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class EventIn:
+    """An event to record with others in one append (record_all)."""
+
+    action: str
+    actor: Actor
+    obj: models.Model
+    payload: dict[str, Any]
+
+
+def record_all(events: Sequence[EventIn]) -> list[AuditEvent]:
+    """Events of any actions and actors, in this order, in one append (one lock, one head read, one INSERT):
+    what one user action did, recorded at the end of its transaction."""
+    return _append(
+        [
+            AuditEvent(
+                action=e.action,
+                object_type=object_type_of(e.obj),
+                object_id=str(e.obj.pk),
+                payload=e.payload,
+                **_actor_fields(e.actor),
+            )
+            for e in events
         ]
     )
 

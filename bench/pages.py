@@ -71,6 +71,7 @@ PAGES = {
 SETUP_CODE = """
 import json
 from datetime import timedelta
+from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.contrib.sessions.backends.db import SessionStore
 from django.utils import timezone
@@ -98,7 +99,7 @@ users = {
 sessions = {}
 for name, user in users.items():
     store = SessionStore()
-    store.update({SESSION_KEY: str(user.pk), BACKEND_SESSION_KEY: "django.contrib.auth.backends.ModelBackend",
+    store.update({SESSION_KEY: str(user.pk), BACKEND_SESSION_KEY: settings.AUTHENTICATION_BACKENDS[0],
                   HASH_SESSION_KEY: user.get_session_auth_hash()})
     store.set_expiry(timezone.now() + timedelta(days=1))
     store.create()

@@ -7,6 +7,7 @@ from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from audit import keys
 from policies.models import Confidence, PolicyVersion, Verdict
@@ -199,6 +200,15 @@ class Case(models.Model):
     @property
     def is_claimed(self) -> bool:
         return self.state == self.State.CLAIMED
+
+    def is_held_by(self, user_id: int) -> bool:
+        """Claimed by this user under a lease that still runs (one that ran out is lost before the sweep)."""
+        return (
+            self.is_claimed
+            and self.lease_owner_id == user_id
+            and self.lease_expires_at is not None
+            and self.lease_expires_at > timezone.now()
+        )
 
 
 class TriageResult(models.Model):

@@ -49,7 +49,16 @@ def policies_reviewable_by(user: User) -> QuerySet[Policy]:
 
 
 def cases_reviewable_by(user: User) -> QuerySet[Case]:
-    return Case.objects.filter(policy_version__policy__in=policies_reviewable_by(user))
+    if user_is_admin(user):
+        return Case.objects.all()
+    if not user_is_reviewer(user):
+        return Case.objects.none()
+    # The grants loaded with the request's user (reviews/backends.py): a list, so the case queries join no
+    # grant table (less for PostgreSQL to plan on every claim and decision); a subquery for any other user.
+    granted: list[int] | None = getattr(user, "granted_policy_ids", None)
+    if granted is None:
+        return Case.objects.filter(policy_version__policy__in=policies_reviewable_by(user))
+    return Case.objects.filter(policy_version__policy_id__in=granted)
 
 
 def cases_viewable_by(user: User) -> QuerySet[Case]:
@@ -62,6 +71,16 @@ def cases_viewable_by(user: User) -> QuerySet[Case]:
     return cases_reviewable_by(user).filter(
         ~Q(item_id__in=held_reviews.values("item_id")) | Q(pk__in=held_reviews.values("pk"))
     )
+
+
+def case_viewable(user: User, case_id: int, *related: str) -> Case | None:
+    """The case if the user may open its page (cases_viewable_by); one query when they hold it, as they do
+    on every decision: a held case is always viewable (a QA review is claimed on its own, and a moderator
+    holds one claim at a time, so no review they hold can hide it)."""
+    case = cases_reviewable_by(user).select_related(*related).filter(pk=case_id).first()
+    if case is None or case.is_held_by(user.pk):
+        return case
+    return case if cases_viewable_by(user).filter(pk=case_id).exists() else None
 
 
 def case_states_claimable_by(user: User) -> list[str]:

@@ -6,11 +6,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from django.contrib.auth.models import User
+from django.core.exceptions import EmptyResultSet
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from audit import services as audit
@@ -44,6 +46,14 @@ def _waiting_state(case: Case) -> Case.State:
     return Case.State.QUEUED
 
 
+@dataclass(frozen=True)
+class ClaimScope:
+    """Where "next" claims from: the queue the moderator chose (None: all theirs), less what they skipped."""
+
+    policy_id: int | None = None
+    skip_ids: Sequence[int] = ()
+
+
 def case_claim_next(
     *, moderator: User, policy_id: int | None = None, skip_ids: Sequence[int] = ()
 ) -> Case | None:
@@ -52,53 +62,92 @@ def case_claim_next(
     A case the moderator still holds comes first, so a reload never hands out a second one; a moderator's
     own claims are serialised, so neither does a double click.
     """
-    candidates = selectors.cases_reviewable_by(moderator).filter(
-        state__in=selectors.case_states_claimable_by(moderator)
-    )
-    if policy_id is not None:
-        candidates = candidates.filter(policy_version__policy_id=policy_id)
-    if skip_ids:
-        candidates = candidates.exclude(pk__in=skip_ids)
-    # Nobody double-checks their own decision.
-    candidates = candidates.exclude(qa_of__decisions__moderator=moderator)
     with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [CLAIM_LOCK_CLASS, moderator.pk])
+        _claims_serialise(moderator)
         held = selectors.cases_claimed_by(moderator).order_by("lease_expires_at").first()
         if held is not None:
             return held
-        case = (
-            candidates.order_by(*selectors.queue_order())
-            .select_for_update(skip_locked=True, of=("self",))
-            .first()
-        )
-        if case is None:
-            return None
-        # Item-centric review: the item's other open cases in this moderator's queues (under the same filter)
-        # come with it, under the same lease, so the text is read once. A case another moderator holds is
-        # skipped (SKIP LOCKED); QA second reviews (blind) and appeals are claimed on their own.
-        siblings: list[Case] = []
-        if case.qa_of_id is None and case.appeal_of_id is None:
-            siblings = list(
-                candidates.filter(item_id=case.item_id, qa_of__isnull=True, appeal_of__isnull=True)
-                .exclude(pk=case.pk)
-                .order_by("pk")
-                .select_for_update(skip_locked=True, of=("self",))
-            )
-        now = timezone.now()
-        claimed = [case, *siblings]
-        expires = now + timedelta(minutes=LEASE_MINUTES)
-        Case.objects.filter(pk__in=[c.pk for c in claimed]).update(
-            state=Case.State.CLAIMED, lease_owner=moderator, lease_expires_at=expires, updated_at=now
-        )
-        for each in claimed:
-            each.state, each.lease_owner, each.lease_expires_at = Case.State.CLAIMED, moderator, expires
-        audit.record_many(
-            "case.claimed",
-            actor=moderator,
-            objects=[(c, {"lease_expires_at": str(expires)}) for c in claimed],
-        )
+        case, events = _case_claim(moderator, ClaimScope(policy_id, skip_ids))
+        audit.record_all(events)
     return case
+
+
+def _claims_serialise(moderator: User) -> None:
+    """One claim at a time per moderator, to the end of the caller's transaction."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [CLAIM_LOCK_CLASS, moderator.pk])
+
+
+def _case_claim(moderator: User, scope: ClaimScope) -> tuple[Case | None, list[audit.EventIn]]:
+    """Lease the first waiting case in the moderator's queue order, with its item's other open cases, in the
+    caller's transaction (after _claims_serialise); the audit events are the caller's to record.
+
+    One statement: the first case (FOR UPDATE SKIP LOCKED, so two moderators never get the same one), its
+    siblings and the lease, written together: the claim is one round trip to PostgreSQL, not three.
+    """
+    candidates = selectors.cases_reviewable_by(moderator).filter(
+        state__in=selectors.case_states_claimable_by(moderator)
+    )
+    if scope.policy_id is not None:
+        candidates = candidates.filter(policy_version__policy_id=scope.policy_id)
+    if scope.skip_ids:
+        candidates = candidates.exclude(pk__in=scope.skip_ids)
+    # Nobody double-checks their own decision.
+    candidates = candidates.exclude(qa_of__decisions__moderator=moderator)
+    now = timezone.now()
+    expires = now + timedelta(minutes=LEASE_MINUTES)
+    try:
+        sql, params = _claim_sql(candidates)
+    except EmptyResultSet:  # no queue granted: nothing to claim
+        return None, []
+    params = [*params, Case.State.CLAIMED, moderator.pk, expires, now]
+    # The first case first (RETURNING has no order); is_first comes with each row as an extra attribute.
+    claimed = sorted(Case.objects.raw(sql, params), key=lambda c: (not cast(Any, c).is_first, c.pk))
+    if not claimed:
+        return None, []
+    for each in claimed:
+        each.lease_owner = moderator
+    payload = {"lease_expires_at": str(expires)}
+    return claimed[0], [audit.EventIn("case.claimed", moderator, c, payload) for c in claimed]
+
+
+def _claim_sql(candidates: QuerySet[Case]) -> tuple[str, list[Any]]:
+    """The claim's one statement; its last four parameters (state, owner, expiry, now) are the caller's."""
+    first_sql, first_params = _sql_of(
+        candidates.order_by(*selectors.queue_order())
+        .values("id", "item_id", "qa_of_id", "appeal_of_id")
+        .select_for_update(skip_locked=True, of=("self",))[:1]
+    )
+    # Item-centric review: the item's other open cases in this moderator's queues (under the same filter)
+    # come with it, under the same lease, so the text is read once. A case another moderator holds is
+    # skipped (SKIP LOCKED); QA second reviews (blind) and appeals are claimed on their own.
+    siblings_sql, siblings_params = _sql_of(
+        candidates.filter(
+            item_id=RawSQL("(SELECT item_id FROM first_case)", ()),
+            qa_of__isnull=True,
+            appeal_of__isnull=True,
+        )
+        .exclude(pk=RawSQL("(SELECT id FROM first_case)", ()))
+        .values("id")
+        .select_for_update(skip_locked=True, of=("self",))
+    )
+    table = Case._meta.db_table
+    sql = f"""
+        WITH first_case AS ({first_sql}), siblings AS ({siblings_sql})
+        UPDATE {table} SET state = %s, lease_owner_id = %s, lease_expires_at = %s, updated_at = %s
+        WHERE id IN (
+            SELECT id FROM first_case
+            UNION ALL
+            SELECT id FROM siblings
+            WHERE EXISTS (SELECT FROM first_case WHERE qa_of_id IS NULL AND appeal_of_id IS NULL)
+        )
+        RETURNING {table}.*, {table}.id = (SELECT id FROM first_case) AS is_first
+    """  # noqa: S608 - the table name and the querysets' SQL are ours, every value is a parameter
+    return sql, [*first_params, *siblings_params]
+
+
+def _sql_of(queryset: QuerySet[Any]) -> tuple[str, tuple[Any, ...]]:
+    return queryset.query.get_compiler(using=queryset.db).as_sql()
 
 
 def case_lease_renew(*, case: Case, moderator: User) -> bool:
@@ -158,67 +207,101 @@ class DecisionIn:
 
 
 @dataclass(frozen=True)
-class _Decided:
-    """A decision made, and the audit event it still owes (recorded last: see case_decide)."""
+class Recorded:
+    """What one submit recorded, and the case the moderator goes on to (None: nothing left to claim, or
+    no claim asked for)."""
 
-    decision: Decision
-    case: Case
-    audit_action: str
-    audit_payload: dict[str, Any]
+    decisions: list[Decision]
+    next_case: Case | None
 
 
 def case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> Decision:
-    """Record a moderator's call; the case is settled, escalated or double-checked, never twice decided."""
+    """Record a moderator's call on one case; the case is settled, escalated or double-checked, never twice
+    decided. (item_decide with one case and no next claim.)"""
+    return item_decide(moderator=moderator, decisions=[(case, decision)]).decisions[0]
+
+
+def item_decide(
+    *,
+    moderator: User,
+    decisions: Sequence[tuple[Case, DecisionIn]],
+    claim_next: ClaimScope | None = None,
+) -> Recorded:
+    """One submit for the cases of an item the moderator holds: each decision still its own immutable
+    Decision with its audit event and callback, all recorded or none; then, when asked, the next case is
+    claimed in the same transaction, so the round trip from one item to the next is one commit and one
+    append to the audit chain (its lock is taken last, held only until the commit)."""
     with transaction.atomic():
-        decided = _case_decide(case=case, moderator=moderator, decision=decision)
-        rollups.decision_hours_add([decided.decision.pk])
+        if claim_next is not None:
+            _claims_serialise(moderator)  # first, as in case_claim_next: the same lock order
+        held = _cases_held_lock(moderator)
+        if not {c.pk for c, _ in decisions} <= held.keys():
+            raise LeaseLost("this case is no longer yours to decide (lease expired or already decided)")
+        events: list[audit.EventIn] = []
+        made = []
+        for case, d in decisions:
+            locked = held[case.pk]
+            # The row as locked, with the item and policy the caller's request already loaded (a case never
+            # changes them); loaded here when it did not.
+            if Case.item.is_cached(case):
+                locked.item = case.item
+            if Case.policy_version.is_cached(case):
+                locked.policy_version = case.policy_version
+            made.append(_case_decide(case=locked, moderator=moderator, decision=d, events=events))
+        rollups.decision_hours_add([m.pk for m in made])
+        next_case = None
+        if claim_next is not None:
+            # A case still held (a single decision on an item with other policies) comes first, as a reload
+            # of "next" would find it.
+            decided = {c.pk for c, _ in decisions}
+            still_held = sorted(
+                (c for pk, c in held.items() if pk not in decided), key=lambda c: c.lease_expires_at or 0
+            )
+            if still_held:
+                next_case = still_held[0]
+            else:
+                next_case, claimed = _case_claim(moderator, claim_next)
+                events.extend(claimed)
         # Last: the audit chain's lock is held from here to the commit, and every moderator waits on it.
-        audit.record(decided.audit_action, actor=moderator, obj=decided.case, payload=decided.audit_payload)
-    return decided.decision
+        audit.record_all(events)
+    return Recorded(made, next_case)
 
 
-def _case_decide(*, case: Case, moderator: User, decision: DecisionIn) -> _Decided:
-    """case_decide without its audit event; the caller's transaction records it."""
-    with transaction.atomic():
-        locked = _case_lock_for_decision(case=case, moderator=moderator, decision=decision)
-        action, final_label = _action_and_label(locked, decision)
-        rule_ids = _rule_ids(locked, decision, action, final_label)
-        made = _decision_create(
-            case=locked,
-            moderator=moderator,
-            decision=decision,
-            action=action,
-            final_label=final_label,
-            rule_ids=rule_ids,
-        )
-        if action == Decision.Action.ESCALATE:
-            return _case_escalate(case=locked, made=made)
-        return _case_settle(case=locked, made=made)
-
-
-def _case_lock_for_decision(*, case: Case, moderator: User, decision: DecisionIn) -> Case:
-    """The case, locked, if it is still this moderator's to decide; LeaseLost or DecisionRefused if not."""
-    locked = (
-        Case.objects.select_for_update(of=("self",))
-        .select_related("item__source", "policy_version__policy")
-        .filter(
-            pk=case.pk,
-            state=Case.State.CLAIMED,
-            lease_owner=moderator,
-            # A lease that ran out is lost even before the sweep frees it.
-            lease_expires_at__gt=timezone.now(),
-        )
-        .first()
+def _cases_held_lock(moderator: User) -> dict[int, Case]:
+    """Every case the moderator holds, locked (in one order, so two submits cannot deadlock); a lease that
+    ran out is lost even before the sweep frees it."""
+    held = Case.objects.filter(
+        state=Case.State.CLAIMED, lease_owner=moderator, lease_expires_at__gt=timezone.now()
     )
-    if locked is None:
-        raise LeaseLost("this case is no longer yours to decide (lease expired or already decided)")
+    return {c.pk: c for c in held.select_for_update().order_by("pk")}
+
+
+def _case_decide(
+    *, case: Case, moderator: User, decision: DecisionIn, events: list[audit.EventIn]
+) -> Decision:
+    """One decision on a locked case the moderator holds, in the caller's transaction; its audit events are
+    added to `events` for the caller to record."""
     if (
         decision.action == Decision.Action.ESCALATE
-        and locked.needs_senior
+        and case.needs_senior
         and not selectors.user_is_senior(moderator)
     ):
         raise DecisionRefused("this case is already escalated")
-    return locked
+    action, final_label = _action_and_label(case, decision)
+    rule_ids = _rule_ids(case, decision, action, final_label)
+    made = _decision_create(
+        case=case,
+        moderator=moderator,
+        decision=decision,
+        action=action,
+        final_label=final_label,
+        rule_ids=rule_ids,
+    )
+    if action == Decision.Action.ESCALATE:
+        _case_escalate(case=case, made=made, moderator=moderator, events=events)
+    else:
+        _case_settle(case=case, made=made, moderator=moderator, events=events)
+    return made
 
 
 def _decision_create(
@@ -237,23 +320,24 @@ def _decision_create(
         else None
     )
     try:
-        with transaction.atomic():
-            return Decision.objects.create(
-                case=case,
-                moderator=moderator,
-                action=action,
-                final_label=final_label,
-                rule_ids=rule_ids,
-                note=decision.note,
-                seconds_spent=decision.seconds_spent,
-                model_verdict=case.verdict,
-                agrees_with_reviewed=_agreement(case, reviewed, final_label),
-            )
+        # No savepoint: the held lease already makes this the case's only decision; the unique index is the
+        # backstop, and its error rolls back the whole submit.
+        return Decision.objects.create(
+            case=case,
+            moderator=moderator,
+            action=action,
+            final_label=final_label,
+            rule_ids=rule_ids,
+            note=decision.note,
+            seconds_spent=decision.seconds_spent,
+            model_verdict=case.verdict,
+            agrees_with_reviewed=_agreement(case, reviewed, final_label),
+        )
     except IntegrityError as exc:
         raise DecisionRefused("this case already has a decision") from exc
 
 
-def _case_escalate(*, case: Case, made: Decision) -> _Decided:
+def _case_escalate(*, case: Case, made: Decision, moderator: User, events: list[audit.EventIn]) -> None:
     """Hand the case on to a senior moderator, ahead of the queue."""
     case.needs_senior = True
     Case.objects.filter(pk=case.pk).update(
@@ -265,13 +349,30 @@ def _case_escalate(*, case: Case, made: Decision) -> _Decided:
         lease_expires_at=None,
         updated_at=timezone.now(),
     )
-    return _Decided(made, case, "case.escalated", {"decision_id": made.pk, "note": made.note})
+    events.append(
+        audit.EventIn("case.escalated", moderator, case, {"decision_id": made.pk, "note": made.note})
+    )
 
 
-def _case_settle(*, case: Case, made: Decision) -> _Decided:
+def _case_settle(*, case: Case, made: Decision, moderator: User, events: list[audit.EventIn]) -> None:
     """The case is decided: monitors, the golden set, QA sampling and the platform's callback follow."""
     Case.objects.filter(pk=case.pk).update(
         state=Case.State.DECIDED, lease_owner=None, lease_expires_at=None, updated_at=timezone.now()
+    )
+    events.append(
+        audit.EventIn(
+            "case.decided",
+            moderator,
+            case,
+            {
+                "decision_id": made.pk,
+                "action": made.action,
+                "final_label": made.final_label,
+                "rule_ids": made.rule_ids,
+                "model_verdict": made.model_verdict,
+                "agrees_with_reviewed": made.agrees_with_reviewed,
+            },
+        )
     )
     # A QA sample of an auto-clear: the tier's live miss rate may now say it must stop clearing.
     if case.cleared_by:
@@ -285,54 +386,12 @@ def _case_settle(*, case: Case, made: Decision) -> _Decided:
     # A QA review only measures agreement: the platform and the golden set already have the outcome.
     if case.qa_of_id is None:
         _golden_candidate_from_decision(case, made)
-        _qa_review_maybe_open(case, made)
+        qa_case = _qa_review_maybe_open(case)
+        if qa_case is not None:
+            payload = {"reviews_case": case.pk, "decision_id": made.pk}
+            events.append(audit.EventIn("case.qa_opened", None, qa_case, payload))
         if case.item.source.callback_url:
             transaction.on_commit(partial(tasks.callback_enqueue, decision_id=made.pk))
-    return _Decided(
-        made,
-        case,
-        "case.decided",
-        {
-            "decision_id": made.pk,
-            "action": made.action,
-            "final_label": made.final_label,
-            "rule_ids": made.rule_ids,
-            "model_verdict": made.model_verdict,
-            "agrees_with_reviewed": made.agrees_with_reviewed,
-        },
-    )
-
-
-def item_decide(*, moderator: User, decisions: Sequence[tuple[Case, DecisionIn]]) -> list[Decision]:
-    """One submit for every policy of an item: each still its own immutable Decision with its audit event
-    and its callback (case_decide per case), all in one transaction: all recorded, or none."""
-    with transaction.atomic():
-        ids = sorted(c.pk for c, _ in decisions)
-        # Lock every case first, in one order, before the audit chain's lock is taken by the first decision.
-        held = list(
-            Case.objects.select_for_update(of=("self",))
-            .filter(
-                pk__in=ids,
-                state=Case.State.CLAIMED,
-                lease_owner=moderator,
-                lease_expires_at__gt=timezone.now(),
-            )
-            .order_by("pk")
-            .values_list("pk", flat=True)
-        )
-        if held != ids:
-            raise LeaseLost("these cases are no longer yours to decide (lease expired or already decided)")
-        decided = [_case_decide(case=case, moderator=moderator, decision=d) for case, d in decisions]
-        rollups.decision_hours_add([d.decision.pk for d in decided])
-        # Last, in one INSERT per kind: the audit chain's lock is held from here to the commit only, not
-        # across the other policies' decisions.
-        for action in dict.fromkeys(d.audit_action for d in decided):
-            audit.record_many(
-                action,
-                actor=moderator,
-                objects=[(d.case, d.audit_payload) for d in decided if d.audit_action == action],
-            )
-        return [d.decision for d in decided]
 
 
 def _action_and_label(case: Case, decision: DecisionIn) -> tuple[str, str]:
@@ -410,7 +469,7 @@ def _agreement(case: Case, reviewed: Decision | None, final_label: str) -> bool 
     return None
 
 
-def _qa_review_maybe_open(case: Case, decision: Decision) -> Case | None:
+def _qa_review_maybe_open(case: Case) -> Case | None:
     """A sampled share of decisions is reviewed again by someone else; agreement is recorded then."""
     policy = case.policy_version.policy
     # Appeals were already judged twice (model at high effort, a senior moderator): no QA on top.
@@ -429,12 +488,6 @@ def _qa_review_maybe_open(case: Case, decision: Decision) -> Case | None:
         confidence=case.confidence,
         route_reason="QA: second review of a decision",
         queued_at=timezone.now(),
-    )
-    audit.record(
-        "case.qa_opened",
-        actor=None,
-        obj=qa_case,
-        payload={"reviews_case": case.pk, "decision_id": decision.pk},
     )
     return qa_case
 

@@ -8,6 +8,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import (
+    Http404,
     HttpResponse,
     HttpResponseBadRequest,
 )
@@ -92,22 +93,35 @@ def queue_counts(request: AuthedRequest) -> HttpResponse:
     )
 
 
+def _claim_scope(request: AuthedRequest) -> services.ClaimScope:
+    """The queue filter the moderator chose with "next" (kept in the session, so a decision or a skip
+    stays in the same queue), less the cases they skipped."""
+    return services.ClaimScope(
+        policy_id=request.session.get(POLICY_FILTER_SESSION_KEY),
+        skip_ids=request.session.get(SKIPPED_SESSION_KEY, []),
+    )
+
+
 def _claim_next_and_go(request: AuthedRequest) -> HttpResponse:
-    """Claim the next case under the queue filter the moderator chose with "next" (kept in the session, so
-    a decision or a skip stays in the same queue), or say truthfully why there is none."""
-    policy_id = request.session.get(POLICY_FILTER_SESSION_KEY)
-    skipped = request.session.get(SKIPPED_SESSION_KEY, [])
-    case = services.case_claim_next(moderator=request.user, policy_id=policy_id, skip_ids=skipped)
-    if case is None:
-        left = selectors.why_empty(request.user, policy_id=policy_id, skipped_ids=skipped)
-        where = "this queue" if policy_id is not None else "your queues"
-        message = f"Nothing left to review in {where}."
-        message += f" Still waiting: {left}." if str(left) else " Well done."
-        messages.info(request, message)
-        request.session[SKIPPED_SESSION_KEY] = []
-        query = f"?{urlencode({'policy': policy_id})}" if policy_id is not None else ""
-        return redirect_to(request, reverse("reviews:queue") + query)
-    return redirect_to(request, reverse("reviews:case_detail", args=[case.pk]))
+    scope = _claim_scope(request)
+    case = services.case_claim_next(
+        moderator=request.user, policy_id=scope.policy_id, skip_ids=scope.skip_ids
+    )
+    return _go_to(request, case, scope)
+
+
+def _go_to(request: AuthedRequest, case: Case | None, scope: services.ClaimScope) -> HttpResponse:
+    """To the case claimed next, or back to the queue, saying truthfully why there is none."""
+    if case is not None:
+        return redirect_to(request, reverse("reviews:case_detail", args=[case.pk]))
+    left = selectors.why_empty(request.user, policy_id=scope.policy_id, skipped_ids=list(scope.skip_ids))
+    where = "this queue" if scope.policy_id is not None else "your queues"
+    message = f"Nothing left to review in {where}."
+    message += f" Still waiting: {left}." if str(left) else " Well done."
+    messages.info(request, message)
+    request.session[SKIPPED_SESSION_KEY] = []
+    query = f"?{urlencode({'policy': scope.policy_id})}" if scope.policy_id is not None else ""
+    return redirect_to(request, reverse("reviews:queue") + query)
 
 
 @require_POST
@@ -124,13 +138,12 @@ def case_next(request: AuthedRequest) -> HttpResponse:
 @login_required
 def case_detail(request: AuthedRequest, case_id: int) -> HttpResponse:
     _reviewer_required(request)
-    case = get_object_or_404(
-        selectors.cases_viewable_by(request.user).select_related(
-            "item__source", "policy_version__policy", "lease_owner"
-        ),
-        pk=case_id,
+    case = selectors.case_viewable(
+        request.user, case_id, "item__source", "policy_version__policy", "lease_owner"
     )
-    mine = selectors.cases_claimed_by(request.user).filter(pk=case.pk).exists()
+    if case is None:
+        raise Http404("No such case in your queues.")
+    mine = case.is_held_by(request.user.pk)
     if mine:
         held = selectors.item_cases_claimed_by(request.user, case)
         if len(held) > 1:
@@ -256,34 +269,33 @@ def _decision_refused(request: AuthedRequest, case: Case, form: DecisionForm, me
 def case_decide(request: AuthedRequest, case_id: int) -> HttpResponse:
     _reviewer_required(request)
     # Any case the moderator may see: one whose hold they lost gets a 409 that says so, not a 404.
-    case = get_object_or_404(
-        selectors.cases_viewable_by(request.user).select_related("policy_version__policy", "item__source"),
-        pk=case_id,
-    )
+    case = selectors.case_viewable(request.user, case_id, "policy_version__policy", "item__source")
+    if case is None:
+        raise Http404("No such case in your queues.")
     form = DecisionForm(request.POST, case=case)
     # The lease first: a moderator who lost the case hears that (409), not what the form lacks (400).
-    if not selectors.cases_claimed_by(request.user).filter(pk=case.pk).exists():
+    if not case.is_held_by(request.user.pk):
         return _decision_refused(request, case, form, LEASE_LOST)
     if not form.is_valid():
         return _decision_form_invalid(request, case, form, status=400)
+    decision = DecisionIn(
+        action=form.cleaned_data["action"],
+        final_label=form.cleaned_data.get("final_label") or "",
+        rule_ids=form.cleaned_data.get("rule_ids") or [],
+        note=form.cleaned_data.get("note") or "",
+        seconds_spent=form.seconds_spent(),
+    )
+    scope = _claim_scope(request)
     try:
-        made = services.case_decide(
-            case=case,
-            moderator=request.user,
-            decision=DecisionIn(
-                action=form.cleaned_data["action"],
-                final_label=form.cleaned_data.get("final_label") or "",
-                rule_ids=form.cleaned_data.get("rule_ids") or [],
-                note=form.cleaned_data.get("note") or "",
-                seconds_spent=form.seconds_spent(),
-            ),
+        recorded = services.item_decide(
+            moderator=request.user, decisions=[(case, decision)], claim_next=scope
         )
     except LeaseLost:
         return _decision_refused(request, case, form, LEASE_LOST)
     except DecisionRefused as exc:
         return _decision_refused(request, case, form, f"Not recorded: {exc}.")
-    messages.success(request, decision_summary(case, made))
-    return _claim_next_and_go(request)
+    messages.success(request, decision_summary(case, recorded.decisions[0]))
+    return _go_to(request, recorded.next_case, scope)
 
 
 @require_POST
@@ -291,33 +303,29 @@ def case_decide(request: AuthedRequest, case_id: int) -> HttpResponse:
 def item_decide(request: AuthedRequest, case_id: int) -> HttpResponse:
     """One submit for every policy of the item the moderator holds (case_id: any of its cases)."""
     _reviewer_required(request)
-    case = get_object_or_404(
-        selectors.cases_viewable_by(request.user).select_related("policy_version__policy", "item__source"),
-        pk=case_id,
-    )
+    case = selectors.case_viewable(request.user, case_id, "policy_version__policy", "item__source")
+    if case is None:
+        raise Http404("No such case in your queues.")
     held = selectors.item_cases_claimed_by(request.user, case)
     # The cases the page was drawn with: if the moderator lost any of them, nothing is recorded.
     shown = {int(pk) for pk in request.POST.get("cases", "").split(",") if pk.strip().isdigit()}
     mine = {c.pk for c in held}
-    if (
-        case.pk not in mine
-        or not shown <= mine
-        or not selectors.cases_claimed_by(request.user).filter(pk=case.pk).exists()
-    ):
+    if case.pk not in mine or not shown <= mine or not case.is_held_by(request.user.pk):
         return _item_lost(request, held)
     form = ItemDecisionForm(request.POST, cases=held)
     if not form.is_valid():
         return _item_page(request, held, form, status=400)
+    scope = _claim_scope(request)
     try:
-        made = services.item_decide(moderator=request.user, decisions=form.decisions())
+        recorded = services.item_decide(moderator=request.user, decisions=form.decisions(), claim_next=scope)
     except LeaseLost:
         return _item_lost(request, held)
     except DecisionRefused as exc:
         form.add_error(None, f"Not recorded: {exc}.")
         return _item_page(request, held, form, status=409)
-    for each, decision in zip(held, made, strict=True):
+    for each, decision in zip(held, recorded.decisions, strict=True):
         messages.success(request, decision_summary(each, decision))
-    return _claim_next_and_go(request)
+    return _go_to(request, recorded.next_case, scope)
 
 
 def _item_lost(request: AuthedRequest, cases: list[Case]) -> HttpResponse:
