@@ -237,17 +237,18 @@ def item_decide(
         held = _cases_held_lock(moderator)
         if not {c.pk for c, _ in decisions} <= held.keys():
             raise LeaseLost("this case is no longer yours to decide (lease expired or already decided)")
-        events: list[audit.EventIn] = []
-        made = []
+        locked = []
         for case, d in decisions:
-            locked = held[case.pk]
+            row = held[case.pk]
             # The row as locked, with the item and policy the caller's request already loaded (a case never
             # changes them); loaded here when it did not.
             if Case.item.is_cached(case):
-                locked.item = case.item
+                row.item = case.item
             if Case.policy_version.is_cached(case):
-                locked.policy_version = case.policy_version
-            made.append(_case_decide(case=locked, moderator=moderator, decision=d, events=events))
+                row.policy_version = case.policy_version
+            locked.append((row, d))
+        events: list[audit.EventIn] = []
+        made = _cases_decide(moderator=moderator, decisions=locked, events=events)
         rollups.decision_hours_add([m.pk for m in made])
         next_case = None
         if claim_next is not None:
@@ -276,11 +277,56 @@ def _cases_held_lock(moderator: User) -> dict[int, Case]:
     return {c.pk: c for c in held.select_for_update().order_by("pk")}
 
 
-def _case_decide(
-    *, case: Case, moderator: User, decision: DecisionIn, events: list[audit.EventIn]
-) -> Decision:
-    """One decision on a locked case the moderator holds, in the caller's transaction; its audit events are
-    added to `events` for the caller to record."""
+def _cases_decide(
+    *, moderator: User, decisions: Sequence[tuple[Case, DecisionIn]], events: list[audit.EventIn]
+) -> list[Decision]:
+    """The decisions on locked cases the moderator holds, in the caller's transaction: a statement per kind
+    of write, whatever the number of policies (the Decisions, the cases' new states, the golden candidates);
+    the audit events are added to `events`, in the decisions' order, for the caller to record."""
+    rows = [_decision_build(case=case, moderator=moderator, decision=d) for case, d in decisions]
+    try:
+        # No savepoint: the held lease already makes these the cases' only decisions; the unique index is the
+        # backstop, and its error rolls back the whole submit.
+        made = Decision.objects.bulk_create(rows)
+    except IntegrityError as exc:
+        raise DecisionRefused("this case already has a decision") from exc
+    cases = [case for case, _ in decisions]
+    now = timezone.now()
+    escalated = [c for c, m in zip(cases, made, strict=True) if m.action == Decision.Action.ESCALATE]
+    for case in escalated:
+        case.needs_senior = True
+    for state in {_waiting_state(c) for c in escalated}:
+        Case.objects.filter(pk__in=[c.pk for c in escalated if _waiting_state(c) == state]).update(
+            # An appeal handed on stays an appeal (and where the lease sweep would put it back).
+            state=state,
+            needs_senior=True,
+            priority=F("priority") + 5,
+            lease_owner=None,
+            lease_expires_at=None,
+            updated_at=now,
+        )
+    settled = [(c, m) for c, m in zip(cases, made, strict=True) if m.action != Decision.Action.ESCALATE]
+    if settled:
+        Case.objects.filter(pk__in=[c.pk for c, _ in settled]).update(
+            state=Case.State.DECIDED, lease_owner=None, lease_expires_at=None, updated_at=now
+        )
+        # A QA review only measures agreement: the platform and the golden set already have the outcome.
+        GoldenExample.objects.bulk_create(
+            [_golden_candidate_from_decision(c, m) for c, m in settled if c.qa_of_id is None]
+        )
+    for case, m in zip(cases, made, strict=True):
+        if m.action == Decision.Action.ESCALATE:
+            events.append(
+                audit.EventIn("case.escalated", moderator, case, {"decision_id": m.pk, "note": m.note})
+            )
+        else:
+            _case_settled(case=case, made=m, moderator=moderator, events=events)
+    return made
+
+
+def _decision_build(*, case: Case, moderator: User, decision: DecisionIn) -> Decision:
+    """The immutable Decision row to insert, or DecisionRefused; with the QA agreement when the case
+    double-checks another."""
     if (
         decision.action == Decision.Action.ESCALATE
         and case.needs_senior
@@ -289,76 +335,26 @@ def _case_decide(
         raise DecisionRefused("this case is already escalated")
     action, final_label = _action_and_label(case, decision)
     rule_ids = _rule_ids(case, decision, action, final_label)
-    made = _decision_create(
-        case=case,
-        moderator=moderator,
-        decision=decision,
-        action=action,
-        final_label=final_label,
-        rule_ids=rule_ids,
-    )
-    if action == Decision.Action.ESCALATE:
-        _case_escalate(case=case, made=made, moderator=moderator, events=events)
-    else:
-        _case_settle(case=case, made=made, moderator=moderator, events=events)
-    return made
-
-
-def _decision_create(
-    *,
-    case: Case,
-    moderator: User,
-    decision: DecisionIn,
-    action: str,
-    final_label: str,
-    rule_ids: list[str],
-) -> Decision:
-    """The immutable Decision row, with the QA agreement when the case double-checks another."""
     reviewed = (
         Decision.objects.filter(case_id=case.qa_of_id).exclude(action=Decision.Action.ESCALATE).first()
         if case.qa_of_id is not None
         else None
     )
-    try:
-        # No savepoint: the held lease already makes this the case's only decision; the unique index is the
-        # backstop, and its error rolls back the whole submit.
-        return Decision.objects.create(
-            case=case,
-            moderator=moderator,
-            action=action,
-            final_label=final_label,
-            rule_ids=rule_ids,
-            note=decision.note,
-            seconds_spent=decision.seconds_spent,
-            model_verdict=case.verdict,
-            agrees_with_reviewed=_agreement(case, reviewed, final_label),
-        )
-    except IntegrityError as exc:
-        raise DecisionRefused("this case already has a decision") from exc
-
-
-def _case_escalate(*, case: Case, made: Decision, moderator: User, events: list[audit.EventIn]) -> None:
-    """Hand the case on to a senior moderator, ahead of the queue."""
-    case.needs_senior = True
-    Case.objects.filter(pk=case.pk).update(
-        # An appeal handed on stays an appeal (and where the lease sweep would put it back).
-        state=_waiting_state(case),
-        needs_senior=True,
-        priority=F("priority") + 5,
-        lease_owner=None,
-        lease_expires_at=None,
-        updated_at=timezone.now(),
-    )
-    events.append(
-        audit.EventIn("case.escalated", moderator, case, {"decision_id": made.pk, "note": made.note})
+    return Decision(
+        case=case,
+        moderator=moderator,
+        action=action,
+        final_label=final_label,
+        rule_ids=rule_ids,
+        note=decision.note,
+        seconds_spent=decision.seconds_spent,
+        model_verdict=case.verdict,
+        agrees_with_reviewed=_agreement(case, reviewed, final_label),
     )
 
 
-def _case_settle(*, case: Case, made: Decision, moderator: User, events: list[audit.EventIn]) -> None:
-    """The case is decided: monitors, the golden set, QA sampling and the platform's callback follow."""
-    Case.objects.filter(pk=case.pk).update(
-        state=Case.State.DECIDED, lease_owner=None, lease_expires_at=None, updated_at=timezone.now()
-    )
+def _case_settled(*, case: Case, made: Decision, moderator: User, events: list[audit.EventIn]) -> None:
+    """The case is decided: its audit event; monitors, QA sampling and the platform's callback follow."""
     events.append(
         audit.EventIn(
             "case.decided",
@@ -383,9 +379,7 @@ def _case_settle(*, case: Case, made: Decision, moderator: User, events: list[au
                 tier=case.cleared_by,
             )
         )
-    # A QA review only measures agreement: the platform and the golden set already have the outcome.
     if case.qa_of_id is None:
-        _golden_candidate_from_decision(case, made)
         qa_case = _qa_review_maybe_open(case)
         if qa_case is not None:
             payload = {"reviews_case": case.pk, "decision_id": made.pk}
@@ -441,7 +435,7 @@ def _rule_ids(case: Case, decision: DecisionIn, action: str, final_label: str) -
 
 def _golden_candidate_from_decision(case: Case, decision: Decision) -> GoldenExample:
     text = case.item.text
-    return GoldenExample.objects.create(
+    return GoldenExample(
         policy=case.policy_version.policy,
         text=text,
         text_hash=golden.text_hash(text),

@@ -6,12 +6,13 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connection
 from django.utils import timezone
 
 from audit.models import AuditEvent
 from moderation.models import Case, ContentItem
 from policies import services as policy_services
-from policies.models import Policy, PolicyVersion
+from policies.models import GoldenExample, Policy, PolicyVersion
 from reviews import services
 from reviews.models import Decision, QueueGrant
 from tests.conftest import POLICY_TEXT, ApiClient, ClientFor
@@ -257,3 +258,32 @@ def test_concurrent_item_claims_never_share_a_case_and_decide_each_once(policy: 
     assert Counter(claimed).most_common(1)[0][1] == 1, "a case was handed to two moderators"
     assert len(claimed) == 30 and Decision.objects.count() == 30
     assert not Case.objects.exclude(state=Case.State.DECIDED).exists()
+
+
+def test_one_submit_writes_each_kind_of_row_in_one_statement_whatever_the_number_of_policies(
+    two_queues: list[Policy], source: ApiClient, client_for: ClientFor
+) -> None:
+    moderator = user_create("mona", "moderator", grants=two_queues)
+    spam, harassment = item_cases(source, two_queues, ["violates", "safe"])
+    client = client_for(moderator)
+    client.post("/queue/next")
+    statements: list[str] = []
+
+    def log(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        statements.append(sql.lstrip())
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(log):
+        response = client.post(
+            f"/cases/{spam.pk}/decide-item", {"action": "confirm_all", f"case{spam.pk}-rule_ids": ["SP1"]}
+        )
+    assert response.status_code == 302
+    assert Decision.objects.filter(case__in=[spam, harassment]).count() == 2
+    assert GoldenExample.objects.count() == 2
+    for write in (
+        'INSERT INTO "reviews_decision"',
+        'INSERT INTO "reviews_goldenexample"',
+        'UPDATE "moderation_case" SET "state" = ',
+        "INSERT INTO reviews_auditevent",
+    ):
+        assert len([s for s in statements if s.startswith(write)]) == 1, write
