@@ -255,9 +255,7 @@ def item_decide(
             # A case still held (a single decision on an item with other policies) comes first, as a reload
             # of "next" would find it.
             decided = {c.pk for c, _ in decisions}
-            still_held = sorted(
-                (c for pk, c in held.items() if pk not in decided), key=lambda c: c.lease_expires_at or 0
-            )
+            still_held = [c for pk, c in held.items() if pk not in decided]
             if still_held:
                 next_case = still_held[0]
             else:
