@@ -91,7 +91,8 @@ class CallbackDelivery(models.Model):
 class DecisionHour(models.Model):
     """Decisions per policy version and hour (reviews/rollups.py): the metrics page sums these rows, never the
     decision history. Append-only per decision (no row is updated, so deciding never waits on a counter), then
-    compacted to one row per version and hour every minute; a reconciliation recounts recent hours."""
+    compacted to one row per version and hour every minute (older than a week: per day; older than 90 days:
+    per month, `hour` being the row's start); a reconciliation recounts recent hours."""
 
     policy_version = models.ForeignKey(PolicyVersion, on_delete=models.PROTECT, related_name="+")
     hour = models.DateTimeField()

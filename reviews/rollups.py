@@ -8,12 +8,13 @@ what a decision counts for (the metrics page's chart, overturn rates, model agre
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
 from django.db.models import Sum
+from django.utils import timezone
 
 from audit import services as audit
 from config.rollups import rollup_compact
@@ -59,8 +60,54 @@ def decision_hours_add(decision_ids: Sequence[int]) -> None:
         )
 
 
-def decision_hours_compact() -> None:
+# Rows older than HOURLY_DAYS are merged into their day, older than DAILY_DAYS into their month: the metrics
+# page sums a few hundred rows per version (a week of hours, three months of days, a row a month) whatever
+# the history's length. The chart reads the last 24 hours and the reconciliation the last 48, both hourly.
+HOURLY_DAYS = 7
+DAILY_DAYS = 90
+
+
+def _horizons(now: datetime) -> tuple[datetime, datetime]:
+    """Where hours stop and days start, and where days stop and months start (UTC). Aligned to a day and a
+    month, so no day or month row straddles one and a row's start says which it is."""
+    hourly_from = (now - timedelta(days=HOURLY_DAYS)).replace(hour=0, minute=0, second=0, microsecond=0)
+    daily_from = (now - timedelta(days=DAILY_DAYS)).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return hourly_from, daily_from
+
+
+def bucket_of(hour: datetime, *, now: datetime) -> datetime:
+    """The start of the row a decision hour is kept in (as the compaction's SQL computes it)."""
+    hourly_from, daily_from = _horizons(now)
+    if hour >= hourly_from:
+        return hour
+    if hour >= daily_from:
+        return hour.replace(hour=0)
+    return hour.replace(day=1, hour=0)
+
+
+def decision_hours_compact(*, now: datetime | None = None) -> None:
+    """Old hours into their day or month, then one row per version and bucket."""
+    now = now or timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH gone AS (
+                DELETE FROM {_TABLE} WHERE hour < %(hourly_from)s AND hour <> {_BUCKET} RETURNING *
+            )
+            INSERT INTO {_TABLE} (policy_version_id, hour, {_COLUMNS})
+            SELECT policy_version_id, {_BUCKET}, {", ".join(f"sum({c})" for c in COUNTS)}
+            FROM gone GROUP BY 1, 2
+            """,  # noqa: S608 - the table and column names are ours, every value is a parameter
+            dict(zip(("hourly_from", "daily_from"), _horizons(now), strict=True)),
+        )
     rollup_compact(_TABLE, ("policy_version_id", "hour"), COUNTS)
+
+
+# bucket_of in SQL, for rows older than HOURLY_DAYS (the session's time zone is UTC).
+_BUCKET = (
+    "CASE WHEN hour >= %(daily_from)s THEN date_trunc('day', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' "
+    "ELSE date_trunc('month', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' END"
+)
 
 
 def decision_hours_reconcile(*, since: datetime | None) -> int:
@@ -69,6 +116,7 @@ def decision_hours_reconcile(*, since: datetime | None) -> int:
 
     One snapshot (REPEATABLE READ) for the recount and the stored rows: a decision committed meanwhile is in
     neither, and its own row, which the repair does not see, stays and counts it."""
+    now = timezone.now()
     where, params = (
         ("d.created_at >= date_trunc('hour', %s::timestamptz)", [since]) if since else ("true", [])
     )
@@ -78,21 +126,24 @@ def decision_hours_reconcile(*, since: datetime | None) -> int:
             if snapshot:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             cursor.execute(_COUNTED.format(where=where), params)
-            expected = {(row[0], row[1]): tuple(row[2:]) for row in cursor.fetchall()}
+            expected = _in_buckets([((row[0], row[1]), row[2:]) for row in cursor.fetchall()], now=now)
         stored_rows = DecisionHour.objects.all()
         if since is not None:
             stored_rows = stored_rows.filter(hour__gte=since.replace(minute=0, second=0, microsecond=0))
         sums: Any = stored_rows.values("policy_version_id", "hour").annotate(**{c: Sum(c) for c in COUNTS})
-        stored = {(r["policy_version_id"], r["hour"]): tuple(r[c] for c in COUNTS) for r in sums.order_by()}
+        rows = [((r["policy_version_id"], r["hour"]), [r[c] for c in COUNTS]) for r in sums.order_by()]
+        stored = _in_buckets(rows, now=now)
         drifted = sorted(k for k in expected.keys() | stored.keys() if expected.get(k) != stored.get(k))
         if not drifted:
             return 0
-        for version_id, hour in drifted:
-            DecisionHour.objects.filter(policy_version_id=version_id, hour=hour).delete()
-            counts = expected.get((version_id, hour))
+        for version_id, bucket in drifted:
+            # Every stored row of the bucket (an old one may not be merged into its day or month yet).
+            hours = [h for (v, h), _ in rows if v == version_id and bucket_of(h, now=now) == bucket]
+            DecisionHour.objects.filter(policy_version_id=version_id, hour__in=hours).delete()
+            counts = expected.get((version_id, bucket))
             if counts is not None:
                 DecisionHour.objects.create(
-                    policy_version_id=version_id, hour=hour, **dict(zip(COUNTS, counts, strict=True))
+                    policy_version_id=version_id, hour=bucket, **dict(zip(COUNTS, counts, strict=True))
                 )
         logger.warning("decision rollups: %d rows drifted and were recounted", len(drifted))
         audit.record_about(
@@ -107,3 +158,15 @@ def decision_hours_reconcile(*, since: datetime | None) -> int:
             },
         )
     return len(drifted)
+
+
+def _in_buckets(
+    rows: Iterable[tuple[tuple[int, datetime], Sequence[int]]], *, now: datetime
+) -> dict[tuple[int, datetime], tuple[int, ...]]:
+    """Counts per (version, hour) summed per (version, bucket_of(hour)), as the compaction keeps them."""
+    summed: dict[tuple[int, datetime], list[int]] = {}
+    for (version_id, hour), counts in rows:
+        into = summed.setdefault((version_id, bucket_of(hour, now=now)), [0] * len(COUNTS))
+        for n, count in enumerate(counts):
+            into[n] += count
+    return {key: tuple(counts) for key, counts in summed.items()}

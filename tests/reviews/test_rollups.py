@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from django.contrib.auth.models import User
 from django.db import connection
+from django.db.models import Sum
 from django.utils import timezone
 
 from accounts.roles import Role
@@ -182,3 +183,70 @@ def test_concurrent_decisions_leave_the_rollups_equal_to_a_full_count(policy: Po
     rollups.decision_hours_compact()
     assert stored() == counted_from_history()
     assert DecisionHour.objects.count() == len(counted_from_history())  # one row per version and hour
+
+
+def test_old_hours_are_kept_per_day_then_per_month_with_the_same_totals(
+    policy: Policy, queued_cases: CasesFactory, moderator: User
+) -> None:
+    now = timezone.now()
+    this_hour = now.replace(minute=0, second=0, microsecond=0)
+    a_day = (now - timedelta(days=10)).replace(hour=0, minute=0, second=0, microsecond=0)
+    a_month = (now - timedelta(days=200)).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    times = [
+        now,
+        a_day + timedelta(hours=5),
+        a_day + timedelta(hours=9),
+        a_month + timedelta(days=2, hours=1),
+        a_month + timedelta(days=20, hours=13),
+    ]
+    ids = []
+    with connection.cursor() as cursor:
+        # Decisions made in the past (append-only: inserted as they were, never updated).
+        for case, at in zip(queued_cases(len(times), verdict="safe"), times, strict=True):
+            cursor.execute(
+                "INSERT INTO reviews_decision (case_id, moderator_id, action, final_label, rule_ids, note,"
+                " seconds_spent, model_verdict, created_at)"
+                " VALUES (%s, %s, 'confirm', 'safe', '{}', '', 0, 'safe', %s) RETURNING id",
+                [case.pk, moderator.pk, at],
+            )
+            ids.append(cursor.fetchone()[0])
+    rollups.decision_hours_add(ids)
+    assert DecisionHour.objects.count() == 5
+
+    rollups.decision_hours_compact()
+
+    assert sorted(DecisionHour.objects.values_list("hour", "decisions", "true_negatives")) == [
+        (a_month, 2, 2),
+        (a_day, 2, 2),
+        (this_hour, 1, 1),
+    ]
+    assert rollups.decision_hours_reconcile(since=None) == 0
+    rollups.decision_hours_compact()
+    assert DecisionHour.objects.count() == 3
+
+
+def test_a_recount_agrees_with_the_compacted_rows_across_the_day_and_month_boundaries(
+    policy: Policy, queued_cases: CasesFactory, moderator: User
+) -> None:
+    now = timezone.now()
+    # A decision every 5 hours over the last 104 days, and every hour for the days around both boundaries
+    # (7 and 90 days back): rows on both sides of each, whatever the time of day the test runs at.
+    hours_ago = sorted({*range(0, 24 * 104, 5), *range(24 * 5, 24 * 10), *range(24 * 88, 24 * 93)})
+    cases = queued_cases(len(hours_ago), verdict="safe")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO reviews_decision (case_id, moderator_id, action, final_label, rule_ids, note,"
+            " seconds_spent, model_verdict, created_at)"
+            " SELECT c, %s, 'confirm', 'safe', '{}', '', 0, 'safe', %s - h * interval '1 hour'"
+            " FROM unnest(%s::bigint[], %s::int[]) AS u(c, h) RETURNING id",
+            [moderator.pk, now, [c.pk for c in cases], hours_ago],
+        )
+        ids = [row[0] for row in cursor.fetchall()]
+    rollups.decision_hours_add(ids)
+    # Compacted a day earlier, then again now: the recount finds what the rows say either way.
+    rollups.decision_hours_compact(now=now - timedelta(days=1, hours=7))
+    assert rollups.decision_hours_reconcile(since=None) == 0
+    rollups.decision_hours_compact()
+    assert rollups.decision_hours_reconcile(since=None) == 0
+    assert DecisionHour.objects.aggregate(n=Sum("decisions"))["n"] == len(hours_ago)
+    assert DecisionHour.objects.count() < 7 * 24 + 90 + 4
