@@ -29,9 +29,12 @@ class AuditEvent(models.Model):
         SOURCE = "source"
         SYSTEM = "system"
 
-    # Position in the chain: 1, 2, 3... without gaps (appends are serialised, see audit/services.py).
-    seq = models.BigIntegerField(unique=True)
-    # Set in Python before hashing (not auto_now_add) so the stored value is the hashed value.
+    # Position in the chain: 1, 2, 3... without gaps. Unique because appends are serialised
+    # (audit/services.py), and each month's partition has a unique index on it: the table is partitioned by
+    # month of created_at (config/partitions.py), so no index over the whole table is unique on seq alone.
+    seq = models.BigIntegerField()
+    # Set in Python before hashing (not auto_now_add) so the stored value is the hashed value; never earlier
+    # than the previous event's, so each month holds one unbroken stretch of the chain.
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     actor_kind = models.CharField(max_length=8, choices=ActorKind.choices)
     actor_id = models.CharField(max_length=64, blank=True)

@@ -55,11 +55,14 @@ def _append(events: list[AuditEvent]) -> list[AuditEvent]:
     with transaction.atomic(savepoint=False):
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [chain.CHAIN_LOCK_KEY])
-            # A new statement after the lock: its snapshot sees the head the previous holder committed.
-            cursor.execute("SELECT seq, hash FROM reviews_auditevent ORDER BY seq DESC LIMIT 1")
+            # A new statement after the lock: its snapshot sees the head the previous holder committed. One
+            # probe of each month's seq index (a merge of the partitions' top rows), never a scan.
+            cursor.execute("SELECT seq, hash, created_at FROM reviews_auditevent ORDER BY seq DESC LIMIT 1")
             head = cursor.fetchone()
         seq, prev_hash = (head[0], head[1]) if head else (0, chain.GENESIS_HASH)
-        now = timezone.now()
+        # Never before the head, whatever this host's clock says: the log is partitioned by month of
+        # created_at, and a month must hold one unbroken stretch of the chain to be archived on its own.
+        now = max(timezone.now(), head[2]) if head else timezone.now()
         for event in events:
             seq += 1
             event.seq = seq

@@ -215,6 +215,7 @@ CELERY_BEAT_SCHEDULE = {
     "decision-hours-compact": {"task": "reviews.decision_hours_compact", "schedule": 60.0},
     "engine-latency-compact": {"task": "inference_worker.engine_latency_compact", "schedule": 60.0},
     "decision-hours-reconcile": {"task": "reviews.decision_hours_reconcile", "schedule": 3600.0},
+    "history-partitions-ensure": {"task": "reviews.history_partitions_ensure", "schedule": 86400.0},
 }
 
 # The safeguard engine (gpt-oss-safeguard behind vLLM or any OpenAI-compatible server).
