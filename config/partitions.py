@@ -27,7 +27,10 @@ class HistoryTable:
 
 
 AUDIT_EVENTS = HistoryTable("reviews_auditevent", (("seq_uniq", "(seq)"),))
-HISTORY_TABLES = (AUDIT_EVENTS,)
+DECISIONS = HistoryTable(
+    "reviews_decision", (("one_final_per_case", "(case_id) WHERE NOT action::text = 'escalate'"),)
+)
+HISTORY_TABLES = (AUDIT_EVENTS, DECISIONS)
 
 
 def month_start(value: datetime | date) -> date:
