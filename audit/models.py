@@ -57,6 +57,31 @@ class AuditEvent(models.Model):
         return f"{self.action} {self.object_type}:{self.object_id}"
 
 
+class ArchivedPartition(models.Model):
+    """A month of a history table exported to a file and detached (reviews/history.py). Append-only.
+
+    For the audit log it is the chain's anchor: verification starts after `last_seq`, from `last_hash`.
+    """
+
+    table = models.CharField(max_length=63)
+    partition = models.CharField(max_length=63, unique=True)
+    range_start = models.DateTimeField()
+    range_end = models.DateTimeField()
+    rows = models.BigIntegerField()
+    file = models.CharField(max_length=500)
+    sha256 = models.CharField(max_length=64)
+    # Audit log months only: the chain stretch the file holds (empty month: both None).
+    first_seq = models.BigIntegerField(null=True, blank=True)
+    last_seq = models.BigIntegerField(null=True, blank=True)
+    last_hash = models.CharField(max_length=64, blank=True)
+    # The history.partition_archived event that carries this manifest in the chain.
+    event_seq = models.BigIntegerField()
+    archived_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.partition} ({self.rows} rows) in {self.file}"
+
+
 API_TOKEN_PREFIX = "sgu"  # noqa: S105 - a public prefix, not a secret
 
 

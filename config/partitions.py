@@ -1,8 +1,9 @@
 """Monthly range partitions of the history tables (PostgreSQL declarative partitioning).
 
-The mechanics only, by table name, so migrations and the maintenance task share one way to name and create
-a month. Months are UTC calendar months of `created_at`; each table also has a DEFAULT partition so that no
-row is ever refused, whatever the clock says or however long the maintenance task has not run.
+The mechanics only, by table name, so migrations, the maintenance task and the retention service share one
+way to name, create, list and detach a month. Months are UTC calendar months of `created_at`; each table
+also has a DEFAULT partition so that no row is ever refused, whatever the clock says or however long the
+maintenance task has not run. What may be archived, and the audit trail of it, is reviews/history.py's.
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ DECISIONS = HistoryTable(
     "reviews_decision", (("one_final_per_case", "(case_id) WHERE NOT action::text = 'escalate'"),)
 )
 HISTORY_TABLES = (AUDIT_EVENTS, DECISIONS)
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    # The month it holds; None for the DEFAULT partition.
+    month: date | None
 
 
 def month_start(value: datetime | date) -> date:
@@ -96,6 +104,47 @@ def partitions_ensure(cursor: CursorWrapper, spec: HistoryTable, *, now: datetim
         for month in (month_add(current, n) for n in range(MONTHS_AHEAD + 1))
         if partition_create(cursor, spec, month)
     ]
+
+
+def partitions_attached(cursor: CursorWrapper, table: str) -> list[Partition]:
+    """The partitions attached to the table, oldest month first, the DEFAULT one last."""
+    cursor.execute(
+        """
+        SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'
+        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+        WHERE i.inhparent = %s::regclass
+        """,
+        [table],
+    )
+    found: list[Partition] = []
+    for name, is_default in cursor.fetchall():
+        month = None if is_default else _month_of(table, name)
+        found.append(Partition(name, month))
+    return sorted(found, key=lambda p: (p.month is None, p.month or date.min))
+
+
+def _month_of(table: str, name: str) -> date | None:
+    suffix = name.removeprefix(f"{table}_p")
+    try:
+        return datetime.strptime(suffix, "%Y_%m").replace(tzinfo=UTC).date()
+    except ValueError:
+        return None  # a partition an operator attached under another name: not ours to archive
+
+
+def partition_detach(cursor: CursorWrapper, table: str, name: str, *, lock_timeout_ms: int) -> None:
+    """Detach a month; the table stays in the database under its name, still refusing UPDATE and DELETE.
+
+    A plain DETACH takes an ACCESS EXCLUSIVE lock on the parent (CONCURRENTLY is refused while a DEFAULT
+    partition exists): the lock timeout makes it give up rather than queue every writer behind a long read.
+    """
+    cursor.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
+    cursor.execute(f"ALTER TABLE {table} DETACH PARTITION {name}")
+    cursor.execute("SET LOCAL lock_timeout = DEFAULT")
+    # The parent's triggers leave with the detach: the archived month stays append-only on its own.
+    cursor.execute(
+        f"CREATE TRIGGER {name}_append_only BEFORE UPDATE OR DELETE ON {name} "
+        "FOR EACH ROW EXECUTE FUNCTION reviews_refuse_change()"
+    )
 
 
 def table_partition(

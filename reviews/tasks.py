@@ -124,3 +124,9 @@ def decision_hours_reconcile(**_: object) -> None:
 @shared_task(name="reviews.history_partitions_ensure", acks_late=True, soft_time_limit=60, time_limit=90)
 def history_partitions_ensure(**_: object) -> None:
     history.partitions_ensure()
+
+
+# An export streams a whole month to disk: generous limits, and a run cut short leaves the month attached.
+@shared_task(name="reviews.history_archive", acks_late=True, soft_time_limit=3300, time_limit=3600)
+def history_archive(**_: object) -> None:
+    history.history_archive_due()
