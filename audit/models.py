@@ -29,9 +29,12 @@ class AuditEvent(models.Model):
         SOURCE = "source"
         SYSTEM = "system"
 
-    # Position in the chain: 1, 2, 3... without gaps (appends are serialised, see audit/services.py).
-    seq = models.BigIntegerField(unique=True)
-    # Set in Python before hashing (not auto_now_add) so the stored value is the hashed value.
+    # Position in the chain: 1, 2, 3... without gaps. Unique because appends are serialised
+    # (audit/services.py), and each month's partition has a unique index on it: the table is partitioned by
+    # month of created_at (config/partitions.py), so no index over the whole table is unique on seq alone.
+    seq = models.BigIntegerField()
+    # Set in Python before hashing (not auto_now_add) so the stored value is the hashed value; never earlier
+    # than the previous event's, so each month holds one unbroken stretch of the chain.
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     actor_kind = models.CharField(max_length=8, choices=ActorKind.choices)
     actor_id = models.CharField(max_length=64, blank=True)
@@ -52,6 +55,31 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} {self.object_type}:{self.object_id}"
+
+
+class ArchivedPartition(models.Model):
+    """A month of a history table exported to a file and detached (reviews/history.py). Append-only.
+
+    For the audit log it is the chain's anchor: verification starts after `last_seq`, from `last_hash`.
+    """
+
+    table = models.CharField(max_length=63)
+    partition = models.CharField(max_length=63, unique=True)
+    range_start = models.DateTimeField()
+    range_end = models.DateTimeField()
+    rows = models.BigIntegerField()
+    file = models.CharField(max_length=500)
+    sha256 = models.CharField(max_length=64)
+    # Audit log months only: the chain stretch the file holds (empty month: both None).
+    first_seq = models.BigIntegerField(null=True, blank=True)
+    last_seq = models.BigIntegerField(null=True, blank=True)
+    last_hash = models.CharField(max_length=64, blank=True)
+    # The history.partition_archived event that carries this manifest in the chain.
+    event_seq = models.BigIntegerField()
+    archived_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.partition} ({self.rows} rows) in {self.file}"
 
 
 API_TOKEN_PREFIX = "sgu"  # noqa: S105 - a public prefix, not a secret

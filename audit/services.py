@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -18,7 +19,7 @@ from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from audit import chain
-from audit.models import AuditEvent
+from audit.models import ArchivedPartition, AuditEvent
 
 
 class SourceActor(Protocol):
@@ -55,11 +56,14 @@ def _append(events: list[AuditEvent]) -> list[AuditEvent]:
     with transaction.atomic(savepoint=False):
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [chain.CHAIN_LOCK_KEY])
-            # A new statement after the lock: its snapshot sees the head the previous holder committed.
-            cursor.execute("SELECT seq, hash FROM reviews_auditevent ORDER BY seq DESC LIMIT 1")
-            head = cursor.fetchone()
+            # A new statement after the lock: its snapshot sees the head the previous holder committed. One
+            # probe of each month's seq index (a merge of the partitions' top rows), never a scan.
+            cursor.execute("SELECT seq, hash, created_at FROM reviews_auditevent ORDER BY seq DESC LIMIT 1")
+            head = cursor.fetchone() or _archived_head()
         seq, prev_hash = (head[0], head[1]) if head else (0, chain.GENESIS_HASH)
-        now = timezone.now()
+        # Never before the head, whatever this host's clock says: the log is partitioned by month of
+        # created_at, and a month must hold one unbroken stretch of the chain to be archived on its own.
+        now = max(timezone.now(), head[2]) if head else timezone.now()
         for event in events:
             seq += 1
             event.seq = seq
@@ -79,6 +83,38 @@ def _append(events: list[AuditEvent]) -> list[AuditEvent]:
             )
         _events_insert(events)
         return events
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """The last archived stretch of the chain: the events up to `last_seq` are in `file`."""
+
+    last_seq: int
+    last_hash: str
+    archived_before: datetime
+    file: str
+    sha256: str
+    event_seq: int
+
+
+def _archived_head() -> tuple[int, str, datetime] | None:
+    """Where the chain goes on when every remaining month has been archived (an empty log after detaching)."""
+    anchor = chain_anchor()
+    return (anchor.last_seq, anchor.last_hash, anchor.archived_before) if anchor is not None else None
+
+
+def chain_anchor() -> Anchor | None:
+    row = (
+        ArchivedPartition.objects.filter(table=AuditEvent._meta.db_table, last_seq__isnull=False)
+        .order_by("-last_seq")
+        .values_list("last_seq", "last_hash", "range_end", "file", "sha256", "event_seq")
+        .first()
+    )
+    if row is None:
+        return None
+    last_seq, last_hash, archived_before, file, sha256, event_seq = row
+    assert last_seq is not None  # filtered above; for the type checker
+    return Anchor(last_seq, last_hash, archived_before, file, sha256, event_seq)
 
 
 def _events_insert(events: list[AuditEvent]) -> None:
@@ -202,6 +238,18 @@ class ChainReport:
     head_seq: int
     head_hash: str
     broken: ChainBreak | None
+    # Verification started after this archived stretch (events up to its last_seq are in its file).
+    anchor: Anchor | None = None
+
+    @property
+    def archived_note(self) -> str:
+        if self.anchor is None:
+            return ""
+        return (
+            f"events before seq {self.anchor.last_seq + 1} were archived (the last of them in "
+            f"{self.anchor.file}, sha256 {self.anchor.sha256}); verification started from that anchor "
+            f"(seq {self.anchor.last_seq}, hash {self.anchor.last_hash})"
+        )
 
 
 VERIFY_FIELDS = (
@@ -223,16 +271,41 @@ VERIFY_FIELDS = (
 HASHED_FIELDS = tuple(f for f in VERIFY_FIELDS if f not in {"id", "hash"})
 
 
-def _events_in_chain_order() -> Iterator[tuple[Any, ...]]:
+def _events_in_chain_order(*, after_seq: int, up_to_seq: int | None) -> Iterator[tuple[Any, ...]]:
     # A server-side cursor in a transaction (not WITH HOLD): memory stays flat however long the log.
+    events = AuditEvent.objects.filter(seq__gt=after_seq)
+    if up_to_seq is not None:
+        events = events.filter(seq__lte=up_to_seq)
     with transaction.atomic():
-        yield from AuditEvent.objects.order_by("seq").values_list(*VERIFY_FIELDS).iterator(chunk_size=5000)
+        yield from events.order_by("seq").values_list(*VERIFY_FIELDS).iterator(chunk_size=5000)
 
 
 def chain_verify() -> ChainReport:
-    """Walk the chain in order; stop at the first event whose position, link or content hash is wrong."""
-    expected_seq, prev_hash, verified = 1, chain.GENESIS_HASH, 0
-    for row in _events_in_chain_order():
+    """Walk the chain in order; stop at the first event whose position, link or content hash is wrong.
+
+    Archived months are not in the table any more: the walk starts from the last archived event's seq and
+    hash (the anchor), which the history.partition_archived event in the chain itself also carries."""
+    anchor = chain_anchor()
+    if anchor is None:
+        return chain_verify_range(after_seq=0, after_hash=chain.GENESIS_HASH)
+    report = chain_verify_range(after_seq=anchor.last_seq, after_hash=anchor.last_hash)
+    broken = report.broken
+    recorded = AuditEvent.objects.filter(seq=anchor.event_seq).values_list("id", "payload").first()
+    if broken is None and recorded is not None:
+        event_id, manifest = recorded
+        if (manifest.get("last_seq"), manifest.get("last_hash")) != (anchor.last_seq, anchor.last_hash):
+            problem = (
+                f"the archive anchor (seq {anchor.last_seq}, hash {anchor.last_hash}) differs from the one "
+                f"its archive event recorded (anchor altered)"
+            )
+            broken = ChainBreak(event_id, anchor.event_seq, problem)
+    return ChainReport(report.verified, report.head_seq, report.head_hash, broken, anchor)
+
+
+def chain_verify_range(*, after_seq: int, after_hash: str, up_to_seq: int | None = None) -> ChainReport:
+    """The chain from the event after `after_seq` (which hashed to `after_hash`), up to `up_to_seq`."""
+    expected_seq, prev_hash, verified = after_seq + 1, after_hash, 0
+    for row in _events_in_chain_order(after_seq=after_seq, up_to_seq=up_to_seq):
         event_id, seq, created_at, kind, actor_id, label, action, otype, oid, payload, stored_prev, stored = (
             row
         )

@@ -217,7 +217,16 @@ CELERY_BEAT_SCHEDULE = {
     "decision-hours-compact": {"task": "reviews.decision_hours_compact", "schedule": 60.0},
     "engine-latency-compact": {"task": "inference_worker.engine_latency_compact", "schedule": 60.0},
     "decision-hours-reconcile": {"task": "reviews.decision_hours_reconcile", "schedule": 3600.0},
+    "history-partitions-ensure": {"task": "reviews.history_partitions_ensure", "schedule": 86400.0},
+    "history-archive": {"task": "reviews.history_archive", "schedule": 86400.0},
 }
+
+# History retention (reviews/history.py): audit events and decisions are partitioned by month; months older
+# than this many full months are exported to HISTORY_ARCHIVE_DIR and detached. 0 keeps everything.
+HISTORY_RETENTION_MONTHS = env_int("HISTORY_RETENTION_MONTHS", 0)
+HISTORY_ARCHIVE_DIR = env_str("HISTORY_ARCHIVE_DIR", str(BASE_DIR / "history-archive"))
+# Decisions stay attached while they may be appealed (the DSA asks for at least six months).
+HISTORY_APPEAL_WINDOW_DAYS = env_int("HISTORY_APPEAL_WINDOW_DAYS", 183)
 
 # The safeguard engine (gpt-oss-safeguard behind vLLM or any OpenAI-compatible server).
 # An empty SAFEGUARD_BASE_URL means "no reasoning engine configured": cases go to humans.

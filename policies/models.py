@@ -185,8 +185,15 @@ class GoldenExample(models.Model):
     # Free-form grouping for the per-category breakdown (e.g. a data set's "type" column).
     category = models.CharField(max_length=100, blank=True)
     origin = models.CharField(max_length=8, choices=Origin.choices)
+    # No database constraint: decisions are partitioned by month and have no unique index on id alone; they
+    # are never deleted, and a month cited by golden examples is not archived (reviews/history.py).
     decision = models.OneToOneField(
-        "reviews.Decision", null=True, blank=True, on_delete=models.PROTECT, related_name="golden_example"
+        "reviews.Decision",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="golden_example",
+        db_constraint=False,
     )
     status = models.CharField(max_length=9, choices=Status.choices, default=Status.CANDIDATE)
     created_by = models.ForeignKey(

@@ -18,7 +18,8 @@ import httpx
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Exists, OuterRef
+from django.db.models import Count, Exists, OuterRef, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from audit import services as audit
@@ -212,6 +213,9 @@ def callbacks_lost(*, max_attempts: int, limit: int = 500) -> list[int]:
         now - CALLBACK_RESEND_AFTER - timedelta(seconds=settings.CALLBACK_RETRY_BACKOFF_MAX_SECONDS)
     )
     deliveries = CallbackDelivery.objects.filter(decision=OuterRef("pk"))
+    # Counted in a subquery, not by grouping decisions: their primary key is (id, created_at) since they are
+    # partitioned by month, so grouping by id no longer lets the query order by created_at.
+    attempts = deliveries.order_by().values("decision").annotate(n=Count("pk")).values("n")
     candidates = list(
         Decision.objects.filter(
             created_at__lt=now - CALLBACK_RESEND_AFTER,
@@ -222,7 +226,7 @@ def callbacks_lost(*, max_attempts: int, limit: int = 500) -> list[int]:
         .exclude(case__item__source__callback_url="")
         .exclude(Exists(deliveries.filter(succeeded=True)))
         .exclude(Exists(deliveries.filter(created_at__gte=retrying_since)))
-        .annotate(attempts=Count("callback_deliveries"))
+        .annotate(attempts=Coalesce(Subquery(attempts), 0))
         .filter(attempts__lt=max_attempts)
         .order_by("created_at")
         .values_list("pk", flat=True)[:limit]

@@ -5,7 +5,6 @@ from typing import ClassVar
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
-from django.db.models import Q
 
 from moderation.models import Case
 from policies.models import Label, Policy, PolicyVersion
@@ -56,11 +55,9 @@ class Decision(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
-        constraints: ClassVar = [
-            models.UniqueConstraint(
-                fields=["case"], condition=~Q(action="escalate"), name="decision_one_final_per_case"
-            ),
-        ]
+        # Partitioned by month of created_at (config/partitions.py): one final decision per case is a unique
+        # index of each month's partition, and across months the case's lock and state (only a claimed case
+        # is decided, and deciding settles it) -- docs/architecture.md, invariants.
         permissions: ClassVar = [
             ("export_reasoning", "Can export the model's chain of thought with decisions"),
         ]
@@ -72,7 +69,12 @@ class Decision(models.Model):
 class CallbackDelivery(models.Model):
     """One attempt to tell the platform about a decision."""
 
-    decision = models.ForeignKey(Decision, on_delete=models.PROTECT, related_name="callback_deliveries")
+    # No database constraint: a foreign key must reference a unique index, and the partitioned decisions have
+    # none on id alone. Decisions are never deleted (a trigger refuses it); an archived month takes its
+    # decisions out of reach (reviews/history.py).
+    decision = models.ForeignKey(
+        Decision, on_delete=models.PROTECT, related_name="callback_deliveries", db_constraint=False
+    )
     url = models.URLField()
     attempt = models.PositiveSmallIntegerField()
     status_code = models.PositiveSmallIntegerField(null=True, blank=True)

@@ -13,7 +13,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from config import publish
 from inference_worker import evaluation_runs
 from policies import evaluations
-from reviews import callbacks, qa, rollups, services
+from reviews import callbacks, history, qa, rollups, services
 
 logger = logging.getLogger(__name__)
 
@@ -119,3 +119,14 @@ def decision_hours_compact(**_: object) -> None:
 )
 def decision_hours_reconcile(**_: object) -> None:
     rollups.decision_hours_reconcile(since=timezone.now() - timedelta(hours=ROLLUP_RECOUNT_HOURS))
+
+
+@shared_task(name="reviews.history_partitions_ensure", acks_late=True, soft_time_limit=60, time_limit=90)
+def history_partitions_ensure(**_: object) -> None:
+    history.partitions_ensure()
+
+
+# An export streams a whole month to disk: generous limits, and a run cut short leaves the month attached.
+@shared_task(name="reviews.history_archive", acks_late=True, soft_time_limit=3300, time_limit=3600)
+def history_archive(**_: object) -> None:
+    history.history_archive_due()

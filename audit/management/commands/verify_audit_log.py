@@ -14,6 +14,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         report = chain_verify()
+        if report.anchor is not None:
+            self.stdout.write(report.archived_note)
         if report.broken is not None:
             broken = report.broken
             raise CommandError(
