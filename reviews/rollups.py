@@ -85,6 +85,13 @@ def bucket_of(hour: datetime, *, now: datetime) -> datetime:
     return hour.replace(day=1, hour=0)
 
 
+# bucket_of in SQL, for rows older than HOURLY_DAYS (the session's time zone is UTC).
+_BUCKET = (
+    "CASE WHEN hour >= %(daily_from)s THEN date_trunc('day', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' "
+    "ELSE date_trunc('month', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' END"
+)
+
+
 def decision_hours_compact(*, now: datetime | None = None) -> None:
     """Old hours into their day or month, then one row per version and bucket."""
     now = now or timezone.now()
@@ -101,13 +108,6 @@ def decision_hours_compact(*, now: datetime | None = None) -> None:
             dict(zip(("hourly_from", "daily_from"), _horizons(now), strict=True)),
         )
     rollup_compact(_TABLE, ("policy_version_id", "hour"), COUNTS)
-
-
-# bucket_of in SQL, for rows older than HOURLY_DAYS (the session's time zone is UTC).
-_BUCKET = (
-    "CASE WHEN hour >= %(daily_from)s THEN date_trunc('day', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' "
-    "ELSE date_trunc('month', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' END"
-)
 
 
 def decision_hours_reconcile(*, since: datetime | None) -> int:
@@ -136,9 +136,12 @@ def decision_hours_reconcile(*, since: datetime | None) -> int:
         drifted = sorted(k for k in expected.keys() | stored.keys() if expected.get(k) != stored.get(k))
         if not drifted:
             return 0
+        # Every stored row of a bucket (an old one may not be merged into its day or month yet).
+        hours_of: dict[tuple[int, datetime], list[datetime]] = {}
+        for (version_id, hour), _ in rows:
+            hours_of.setdefault((version_id, bucket_of(hour, now=now)), []).append(hour)
         for version_id, bucket in drifted:
-            # Every stored row of the bucket (an old one may not be merged into its day or month yet).
-            hours = [h for (v, h), _ in rows if v == version_id and bucket_of(h, now=now) == bucket]
+            hours = hours_of.get((version_id, bucket), [])
             DecisionHour.objects.filter(policy_version_id=version_id, hour__in=hours).delete()
             counts = expected.get((version_id, bucket))
             if counts is not None:
